@@ -1,0 +1,195 @@
+"""Retrieval-head ranking (section 3, eq. 1-4, after Wu et al. 2024).
+
+Each probe's answer is decoded greedily with a KV cache. At each step, for every head, the argmax of its
+attention over the visible positions is recorded (in the attention hook, no weights are materialised); the head
+copies the generated token w when w is in the needle value and the argmax position holds w. With g_h the
+multiset of tokens head h copied and k the needle's tokens, the score is |g_h ∩ k| / |k| (multiset intersection:
+a needle token that occurs twice can be copied twice, never more), averaged over probes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ai_assets.influence.masking import masked_heads, recording_argmax
+from ai_assets.influence.models import LoadedModel
+from ai_assets.influence.probes import PROBE_SET_VERSION, Probe, probe_set_digest
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class Decoded:
+    tokens: list[int]  # greedily generated ids
+    text: str  # their decoded text
+    copies: np.ndarray | None  # (L, H) retrieval score of this probe, when recorded
+
+    def exact_match(self, answer: str) -> bool:
+        """Compared as text: the context may merge a value's last token with the closing quote."""
+        return self.text.strip().startswith(answer.strip())
+
+
+@torch.no_grad()
+def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded:
+    """Greedy decoding of len(answer) tokens; with `record`, the per-head copy score of eq. 4."""
+    model, device = lm.model, lm.device
+    needle = list(probe.answer_ids)
+    uniq = sorted(set(needle))
+    slot = {tok: i for i, tok in enumerate(uniq)}
+    needle_count = torch.tensor([needle.count(t) for t in uniq], dtype=torch.float32)  # (U,)
+    counts = torch.zeros(lm.num_layers, lm.num_heads, len(uniq))  # (L, H, U) copy events per needle token
+    seq = torch.tensor(probe.prompt_ids, dtype=torch.long, device=device)
+    step_input, past, out_tokens = seq[None, :], None, []
+    eos = lm.tokenizer.eos_token_id
+    with recording_argmax(model) as control:
+        control.record_argmax = record
+        for _ in range(len(needle)):
+            out = model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            w = int(out.logits[0, -1].argmax())
+            if record and w in slot:
+                argmax = torch.stack([control.argmax[layer][0] for layer in range(lm.num_layers)])  # (L, H)
+                holds_w = (seq[argmax] == w).float().cpu()  # (L, H): top-attended position holds w
+                counts[:, :, slot[w]] += holds_w
+            out_tokens.append(w)
+            if w == eos:
+                break
+            seq = torch.cat([seq, seq.new_tensor([w])])
+            step_input = seq[None, -1:]
+    copies = None
+    if record:
+        copies = (torch.minimum(counts, needle_count).sum(-1) / len(needle)).numpy()  # (L, H)
+    return Decoded(tokens=out_tokens, text=lm.tokenizer.decode(out_tokens), copies=copies)
+
+
+def top_k_count(n_heads: int, top_frac: float) -> int:
+    """Nearest integer to top_frac * n, halves rounded up (270 heads at 5% -> 14)."""
+    if not 0.0 <= top_frac <= 1.0:
+        raise ValueError(f"top_frac must be in [0, 1], got {top_frac}")
+    return int(math.floor(top_frac * n_heads + 0.5))
+
+
+def select_heads(scores: np.ndarray, top_frac: float) -> list[tuple[int, int]]:
+    """Top heads by score; ties broken by (layer, head) so the choice is deterministic."""
+    L, H = scores.shape
+    k = top_k_count(L * H, top_frac)
+    order = sorted((-float(scores[layer, h]), layer, h) for layer in range(L) for h in range(H))
+    return sorted((layer, h) for _, layer, h in order[:k])
+
+
+def head_set_id(model_identity: str, heads: Iterable[tuple[int, int]]) -> str:
+    payload = json.dumps({"model": model_identity, "heads": sorted([int(layer), int(h)] for layer, h in heads)})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class HeadRanking:
+    scores: np.ndarray  # (L, H) mean retrieval score
+    heads: list[tuple[int, int]]
+    top_frac: float
+    model_identity: str
+    head_set_id: str
+    exact_match: float = float("nan")  # base model on the ranking probes
+    n_probes: int = 0
+    probe_max_tokens: int = 0
+    probe_digest: str = ""
+    probe_set_version: str = PROBE_SET_VERSION
+    model_spec: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model_identity,
+            "model_spec": self.model_spec,
+            "head_set_id": self.head_set_id,
+            "heads": [list(p) for p in self.heads],
+            "top_frac": self.top_frac,
+            "scores": np.round(self.scores, 6).tolist(),
+            "probe_set_version": self.probe_set_version,
+            "probe_digest": self.probe_digest,
+            "n_probes": self.n_probes,
+            "probe_max_tokens": self.probe_max_tokens,
+            "exact_match": self.exact_match,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> HeadRanking:
+        known = {"model", "model_spec", "head_set_id", "heads", "top_frac", "scores", "probe_set_version",
+                 "probe_digest", "n_probes", "probe_max_tokens", "exact_match"}
+        return cls(
+            scores=np.asarray(d["scores"], dtype=np.float64),
+            heads=[(int(layer), int(h)) for layer, h in d["heads"]],
+            top_frac=float(d["top_frac"]),
+            model_identity=d["model"],
+            head_set_id=d["head_set_id"],
+            exact_match=float(d.get("exact_match", float("nan"))),
+            n_probes=int(d.get("n_probes", 0)),
+            probe_max_tokens=int(d.get("probe_max_tokens", 0)),
+            probe_digest=d.get("probe_digest", ""),
+            probe_set_version=d.get("probe_set_version", PROBE_SET_VERSION),
+            model_spec=d.get("model_spec", ""),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+
+def rank_heads(lm: LoadedModel, probes: list[Probe], top_frac: float = 0.05, progress: Progress = None
+               ) -> HeadRanking:
+    total = np.zeros((lm.num_layers, lm.num_heads))
+    hits = 0
+    for i, probe in enumerate(probes):
+        decoded = decode_probe(lm, probe, record=True)
+        total += decoded.copies
+        hits += decoded.exact_match(probe.answer)
+        if progress:
+            progress(i + 1, len(probes))
+    scores = total / max(len(probes), 1)
+    heads = select_heads(scores, top_frac)
+    return HeadRanking(
+        scores=scores, heads=heads, top_frac=top_frac, model_identity=lm.identity,
+        head_set_id=head_set_id(lm.identity, heads), exact_match=hits / max(len(probes), 1),
+        n_probes=len(probes), probe_max_tokens=max((p.n_tokens for p in probes), default=0),
+        probe_digest=probe_set_digest(probes), model_spec=lm.spec,
+    )
+
+
+def probe_exact_match(lm: LoadedModel, probes: list[Probe], heads: Iterable = (), progress: Progress = None
+                      ) -> float:
+    """Share of probes whose greedy answer reproduces the needle exactly, with `heads` masked."""
+    hits = 0
+    with masked_heads(lm.model, heads):
+        for i, probe in enumerate(probes):
+            hits += decode_probe(lm, probe).exact_match(probe.answer)
+            if progress:
+                progress(i + 1, len(probes))
+    return hits / max(len(probes), 1)
+
+
+def load_head_set(path: str | Path) -> tuple[list[tuple[int, int]], dict]:
+    """Heads from a ranking JSON (`heads` key) or a plain JSON list of [layer, head] pairs."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read head set: {exc}") from exc
+    meta = data if isinstance(data, dict) else {}
+    pairs = data.get("heads") if isinstance(data, dict) else data
+    if not isinstance(pairs, list):
+        raise ValueError(f"{path}: expected a list of [layer, head] pairs or an object with 'heads'")
+    heads = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, int) for x in pair)):
+            raise ValueError(f"{path}: heads[{i}] = {pair!r} is not a [layer, head] pair of integers")
+        heads.append((pair[0], pair[1]))
+    return heads, meta
