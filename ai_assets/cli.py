@@ -150,9 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="../shared/corpus/sample/*/*.parquet")
     p.add_argument("--docs", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--heads", default=None, help="heads.json; default: 14 heads from layer 10 on")
-    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--heads", default=None, help="heads.json; default: 14 heads from layer 10 on, one per layer")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per batch for (a) and (b); default: 8192 on CPU, from free memory on GPU")
     p.add_argument("--out", default=None, help="also write the JSON result here")
+    p.add_argument("--rounds", type=int, default=4, help="document groups; the methods alternate within each")
+    p.add_argument("--methods", default="plain,single,ai,naive", help="subset of plain,single,ai,naive to time")
+    p.add_argument("--compile", action="store_true", help="torch.compile the scorer's layer stacks (GPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--rss-check", action="store_true",
+                   help="also score 1x and 4x --docs streamed, each in a fresh process, and report peak RSS")
+    p.add_argument("--rss-docs", type=int, default=None, help="documents of the 1x RSS run (default: --docs)")
+    p.add_argument("--stream-only", action="store_true", help="only (b) over a streamed read (used by --rss-check)")
+    p.add_argument("--stream-chunk", type=int, default=64, help="documents per streamed batch")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("prepare-model", help="convert/cache a model once (the default GGUF -> safetensors)")

@@ -1,7 +1,8 @@
 """Retrieval-head ranking (section 3, eq. 1-4, after Wu et al. 2024).
 
-Each probe's answer is decoded greedily with a KV cache. At each step, for every head, the argmax of its
-attention over the visible positions is recorded (in the attention hook, no weights are materialised); the head
+Each probe's answer is decoded greedily (speculatively, with the needle as the draft; see `decode_probe`). At
+each step, for every head, the argmax of its attention over the visible positions is recorded (in the
+attention function, no weights are materialised); the head
 copies the generated token w when w is in the needle value and the argmax position holds w. With g_h the
 multiset of tokens head h copied and k the needle's tokens, the score is |g_h ∩ k| / |k| (multiset intersection:
 a needle token that occurs twice can be copied twice, never more), averaged over probes.
@@ -13,13 +14,21 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ai_assets.influence.masking import masked_heads, recording_argmax
+from ai_assets.influence.masking import (
+    ATTN_NAME,
+    attention_modules,
+    enable_head_masking,
+    masked_heads,
+    masked_sdpa_attention,
+    visible_weights,
+)
 from ai_assets.influence.models import LoadedModel
 from ai_assets.influence.probes import PROBE_SET_VERSION, Probe, probe_set_digest
 
@@ -37,33 +46,128 @@ class Decoded:
         return self.text.strip().startswith(answer.strip())
 
 
-@torch.no_grad()
+PROBE_ATTN = "attention_influence_probe"
+
+
+@dataclass
+class QueryArgmax:
+    """Set on every attention module while a probe decodes: the last `n` queries' top-attended key per head."""
+
+    n: int
+    argmax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, n) key positions
+
+
+def query_argmax(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, n: int
+                 ) -> torch.Tensor:
+    """Argmax of the attention logits of the last n queries over their visible keys: -> (B, H, n).
+
+    softmax is monotone, so this is the argmax of the attention weights (as `masking.head_argmax`, which does
+    the same for the last query only).
+    """
+    B, H, Tq, D = query.shape
+    Hkv, Tk = key.shape[1], key.shape[2]
+    n = min(n, Tq)
+    q = query[:, :, Tq - n:, :].reshape(B, Hkv, H // Hkv, n, D).float()  # (B, Hkv, G, n, D)
+    logits = q @ key.float().transpose(-1, -2)[:, :, None]  # (B, Hkv, G, n, Tk)
+    q_pos = torch.arange(Tk - n, Tk, device=query.device)[:, None]  # queries are the last positions
+    visible = torch.arange(Tk, device=query.device)[None, :] <= q_pos  # (n, Tk) causal
+    if attention_mask is not None:
+        visible = visible & (visible_weights(attention_mask[..., -n:, :], n, Tk, B, query.device)[:, 0] > 0)
+        visible = visible[:, None, None]  # (B|1, 1, 1, n, Tk)
+    logits = logits.masked_fill(~visible, float("-inf"))
+    return logits.reshape(B, H, n, Tk).argmax(-1)
+
+
+def probe_attention(module, query, key, value, attention_mask, **kwargs):
+    """The engine's attention (SDPA + appendix-C masking), plus the argmax of the last queries when asked."""
+    out = masked_sdpa_attention(module, query, key, value, attention_mask, **kwargs)
+    rec: QueryArgmax | None = getattr(module, "_ai_query_argmax", None)
+    if rec is not None and rec.n > 0:
+        rec.argmax[module.layer_idx] = query_argmax(query, key, attention_mask, rec.n)
+    return out
+
+
+@contextmanager
+def probe_mode(model: torch.nn.Module):
+    """Switch the model to `probe_attention` (masking unchanged) and give back its recorder; restored after."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    enable_head_masking(model)
+    AttentionInterface.register(PROBE_ATTN, probe_attention)
+    AttentionMaskInterface.register(PROBE_ATTN, sdpa_mask)
+    rec = QueryArgmax(n=0)
+    modules = attention_modules(model)
+    model.set_attn_implementation(PROBE_ATTN)
+    for m in modules:
+        m._ai_query_argmax = rec
+    try:
+        yield rec
+    finally:
+        for m in modules:
+            m._ai_query_argmax = None
+        model.set_attn_implementation(ATTN_NAME)
+
+
+def advance(ptr: int, w: int, needle: list[int]) -> int:
+    """Where in the needle the next token is expected after generating w: a match moves on by one, a token
+    matching the one after moves past both (a skipped token), anything else is taken as a substitution."""
+    if ptr < len(needle) and w == needle[ptr]:
+        return ptr + 1
+    if ptr + 1 < len(needle) and w == needle[ptr + 1]:
+        return ptr + 2
+    return ptr + 1
+
+
+@torch.inference_mode()
 def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded:
-    """Greedy decoding of len(answer) tokens; with `record`, the per-head copy score of eq. 4."""
+    """Greedy decoding of len(answer) tokens; with `record`, the per-head copy score of eq. 4.
+
+    Decoding is speculative with the needle as the draft: one forward over the context plus the draft gives
+    the greedy token after every draft prefix, and those are the greedy output up to and including the first
+    one that differs from the draft (each was predicted from a context greedy decoding also has). After a
+    mismatch the KV cache is cut back to the accepted tokens and the rest of the needle (aligned past the
+    substituted token) is the next draft. The output and the recorded argmaxes are those of token-by-token
+    greedy decoding; a probe costs one long forward plus a few short ones instead of len(answer) single-token
+    steps, which on a CPU are slow matrix-vector products.
+    """
     model, device = lm.model, lm.device
     needle = list(probe.answer_ids)
     uniq = sorted(set(needle))
     slot = {tok: i for i, tok in enumerate(uniq)}
     needle_count = torch.tensor([needle.count(t) for t in uniq], dtype=torch.float32)  # (U,)
     counts = torch.zeros(lm.num_layers, lm.num_heads, len(uniq))  # (L, H, U) copy events per needle token
-    seq = torch.tensor(probe.prompt_ids, dtype=torch.long, device=device)
-    step_input, past, out_tokens = seq[None, :], None, []
     eos = lm.tokenizer.eos_token_id
-    with recording_argmax(model) as control:
-        control.record_argmax = record
-        for _ in range(len(needle)):
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+    out_tokens: list[int] = []
+    seq = list(probe.prompt_ids)  # the context so far
+    pending = list(seq)  # its tokens not yet in the KV cache
+    past, ptr, finished = None, 0, False
+    with probe_mode(model) as rec:
+        while not finished and len(out_tokens) < len(needle):
+            draft = needle[ptr: ptr + len(needle) - len(out_tokens) - 1]
+            rec.n, rec.argmax = (len(draft) + 1 if record else 0), {}
+            inputs = torch.tensor([pending + draft], dtype=torch.long, device=device)
+            out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=len(draft) + 1)
             past = out.past_key_values
-            w = int(out.logits[0, -1].argmax())
-            if record and w in slot:
-                argmax = torch.stack([control.argmax[layer][0] for layer in range(lm.num_layers)])  # (L, H)
-                holds_w = (seq[argmax] == w).float().cpu()  # (L, H): top-attended position holds w
-                counts[:, :, slot[w]] += holds_w
-            out_tokens.append(w)
-            if w == eos:
-                break
-            seq = torch.cat([seq, seq.new_tensor([w])])
-            step_input = seq[None, -1:]
+            greedy = out.logits[0].argmax(-1).tolist()  # greedy[i]: the next token after seq + draft[:i]
+            context = torch.tensor(seq + draft, dtype=torch.long, device=device)  # what query i can see
+            accepted = 0
+            for i, w in enumerate(greedy):
+                out_tokens.append(w)
+                accepted += 1
+                ptr = advance(ptr, w, needle)
+                if record and w in slot:
+                    argmax = torch.stack([rec.argmax[layer][0, :, i] for layer in range(lm.num_layers)])  # (L, H)
+                    counts[:, :, slot[w]] += (context[argmax] == w).float().cpu()  # top position holds w
+                finished = w == eos or len(out_tokens) == len(needle)
+                if finished or i == len(draft) or w != draft[i]:
+                    break
+            if not finished:
+                rejected = len(draft) - (accepted - 1)  # draft tokens in the cache after the mismatch
+                if rejected:
+                    past.crop(-rejected)
+                seq += greedy[:accepted]
+                pending = [greedy[accepted - 1]]
     copies = None
     if record:
         copies = (torch.minimum(counts, needle_count).sum(-1) / len(needle)).numpy()  # (L, H)

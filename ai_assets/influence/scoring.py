@@ -5,7 +5,14 @@ split into consecutive windows whose losses are token-weighted). The base and th
 share every layer below the first masked one, so those layers run once and only the rest runs twice. Batches
 are length-bucketed and right-padded: under a causal mask a real token never sees the padding after it, so no
 padding mask is needed and SDPA keeps its causal fast path. Cross-entropy is computed in row chunks over the
-real tokens only, so full-vocabulary float32 logits never exist for a whole batch.
+real tokens only, so full-vocabulary float32 logits never exist for a whole batch: on a CPU a chunk is ~100
+rows, small enough to stay in cache while it is upcast and reduced (the cross-entropy costs a third of what
+one big chunk costs), on a GPU it is large enough to keep the device busy.
+
+Everything runs under `torch.inference_mode`. On a GPU, batches can be sized from free memory
+(`batch_tokens=None`), per-batch results stay on the device until the end (no sync per batch), and the
+layer stacks can be compiled (`compile=True`). `score_batches` streams text batches with memory bounded by one
+batch.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from ai_assets.influence.models import LoadedModel
 
 Progress = Callable[[int, int], None] | None
 SCORE_COLUMNS = ["id", "domain", "n_tokens", "loss_base", "loss_ref", "score", "head_set_id"]
-LOGIT_CHUNK_ELEMENTS = 2**26  # ~256 MB of float32 logits at a time
+# float32 logits per chunk. CPU: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunk is reused
+# from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
+LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
+AUTO_BATCH_TOKENS_CPU = 8192
 
 
 @dataclass
@@ -66,7 +76,32 @@ def pad_batch(batch: list[Piece], pad_id: int, device: torch.device) -> tuple[to
     for i, p in enumerate(batch):
         ids[i, : len(p.ids)] = torch.tensor(p.ids)
     lengths = torch.tensor([len(p.ids) for p in batch])
+    if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's kernels
+        return ids.pin_memory().to(device, non_blocking=True), lengths.pin_memory().to(device, non_blocking=True)
     return ids.to(device), lengths.to(device)
+
+
+def batch_tokens_for_memory(free_bytes: int, config, dtype: torch.dtype, max_tokens: int,
+                            fraction: float = 0.5, cap: int = 2**20) -> int:
+    """Padded tokens per batch that fit `fraction` of free accelerator memory.
+
+    Live per token during the suffix passes: the shared prefix output, the running hidden state and the
+    residual (3 x C), q/k/v/attention output (~4 x C), the MLP's gate, up and product (3 x I) and the float32
+    upcast inside the norms (2 x C x 4 bytes); the logit chunk is bounded separately.
+    """
+    C = config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * C)
+    width = torch.finfo(dtype).bits // 8
+    per_token = width * (7 * C + 3 * inter) + 8 * C
+    tokens = int(free_bytes * fraction) // per_token
+    return int(min(max(tokens, max_tokens), cap))
+
+
+def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
+    if lm.device.type != "cuda":
+        return max(AUTO_BATCH_TOKENS_CPU, max_tokens)  # CPU matmuls saturate well below this
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    return batch_tokens_for_memory(free, lm.config, lm.dtype, max_tokens)
 
 
 def token_nll_sums(lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
@@ -78,7 +113,7 @@ def token_nll_sums(lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Te
     targets = ids[:, 1:][valid]  # (N,)
     rows = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid]  # (N,)
     vocab = lm_head.weight.shape[0]
-    step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+    step = max(16, LOGIT_CHUNK_ELEMENTS.get(ids.device.type, 2**26) // vocab)
     nll = torch.empty(h.shape[0], dtype=torch.float32, device=ids.device)
     for i in range(0, h.shape[0], step):
         logits = lm_head(h[i:i + step]).float()  # (n, V)
@@ -100,36 +135,60 @@ def decoder_parts(model: torch.nn.Module):
     return inner
 
 
-@torch.no_grad()
-def pair_nll(lm: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, masked: dict[int, torch.Tensor]
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_stack(inner: torch.nn.Module, start: int, stop: int, compile: bool = False) -> Callable:
+    """Run decoder layers start..stop-1 on (B, T, C); with `compile`, a torch.compile'd version cached per span.
+
+    The compiled function reads the head-masking control like the eager one, so a span run with and without
+    masked heads holds two graphs (dynamo guards on the control's contents); shapes are dynamic, so length
+    buckets of any size reuse them.
+    """
+    def run(x, pos, cos, sin):
+        for layer in inner.layers[start:stop]:
+            x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+        return x
+
+    if not compile:
+        return run
+    cache = inner.__dict__.setdefault("_ai_compiled_stacks", {})
+    if (start, stop) not in cache:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        cache[(start, stop)] = torch.compile(run, dynamic=True)
+    return cache[(start, stop)]
+
+
+@torch.inference_mode()
+def pair_nll(lm: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, masked: dict[int, torch.Tensor],
+             compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL sums per row for the base and the masked model: (B, T) -> (B,), (B,)."""
     model = lm.model
     control = enable_head_masking(model)
     inner = decoder_parts(model)
     if inner is None:  # generic path: two full forwards through the attention interface
         return generic_pair_nll(model, control, ids, lengths, masked)
-    first = min(masked) if masked else len(inner.layers)
+    n_layers = len(inner.layers)
+    first = min(masked) if masked else n_layers
     pos = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
     x = inner.embed_tokens(ids)  # (B, T, C)
-    rope = inner.rotary_emb(x, position_ids=pos)
+    cos, sin = inner.rotary_emb(x, position_ids=pos)
     previous = control.masked
     try:
         control.masked = {}
-        for layer in inner.layers[:first]:  # shared prefix: identical for base and reference
-            x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=rope)
+        if first > 0:  # shared prefix: identical for base and reference
+            x = layer_stack(inner, 0, first, compile)(x, pos, cos, sin)
         out = []
         for heads in ({}, masked) if masked else ({},):
             control.masked = heads
-            h = x
-            for layer in inner.layers[first:]:
-                h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=rope)
+            h = layer_stack(inner, first, n_layers, compile)(x, pos, cos, sin) if first < n_layers else x
             out.append(token_nll_sums(model.lm_head, inner.norm(h), ids, lengths))
+            del h
     finally:
         control.masked = previous
     return out[0], out[-1]
 
 
+@torch.inference_mode()
 def generic_pair_nll(model, control, ids, lengths, masked):
     attn = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()
     head = model.get_output_embeddings()
@@ -157,29 +216,41 @@ class Scores:
 
 
 def score_texts(lm: LoadedModel, texts: list[str], heads: Iterable, max_tokens: int | None = None,
-                batch_tokens: int = 8192, windows: bool = False, progress: Progress = None) -> Scores:
-    """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses."""
+                batch_tokens: int | None = 8192, windows: bool = False, progress: Progress = None,
+                compile: bool = False) -> Scores:
+    """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
+
+    batch_tokens=None sizes batches from free accelerator memory (8192 on a CPU); compile=True runs the
+    layer stacks through torch.compile (worth it on a GPU for long jobs; the first batches pay the compile).
+    """
     max_tokens = max_tokens or lm.max_context
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
     pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
     masked = heads_by_layer(pairs, lm.device)
     pieces, n_tokens = split_pieces(tokenize(lm, texts), max_tokens, windows)
+    if batch_tokens is None or batch_tokens <= 0:
+        batch_tokens = auto_batch_tokens(lm, max_tokens)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    done, total = 0, sum(len(p.ids) for p in pieces)
+    order, sums_base, sums_ref = [], [], []  # per-piece results stay on the device until the end
+    for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):
+        ids, lengths = pad_batch(batch, pad, lm.device)
+        nll_base, nll_ref = pair_nll(lm, ids, lengths, masked, compile=compile)
+        order.extend(batch)
+        sums_base.append(nll_base)
+        sums_ref.append(nll_ref)
+        done += sum(len(p.ids) for p in batch)
+        if progress:
+            progress(done, total)
     base = np.zeros(len(texts))
     ref = np.zeros(len(texts))
     predicted = np.zeros(len(texts))
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    done, total = 0, sum(len(p.ids) for p in pieces)
-    for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):
-        ids, lengths = pad_batch(batch, pad, lm.device)
-        nll_base, nll_ref = pair_nll(lm, ids, lengths, masked)
-        docs = np.array([p.doc for p in batch])
-        np.add.at(base, docs, nll_base.double().cpu().numpy())
-        np.add.at(ref, docs, nll_ref.double().cpu().numpy())
-        np.add.at(predicted, docs, (lengths - 1).cpu().numpy())
-        done += int(lengths.sum())
-        if progress:
-            progress(done, total)
+    if order:
+        docs = np.array([p.doc for p in order])
+        np.add.at(base, docs, torch.cat(sums_base).double().cpu().numpy())
+        np.add.at(ref, docs, torch.cat(sums_ref).double().cpu().numpy())
+        np.add.at(predicted, docs, np.array([len(p.ids) - 1 for p in order]))
     with np.errstate(divide="ignore", invalid="ignore"):
         loss_base = np.where(predicted > 0, base / predicted, np.nan)
         loss_ref = np.where(predicted > 0, ref / predicted, np.nan)
@@ -188,13 +259,25 @@ def score_texts(lm: LoadedModel, texts: list[str], heads: Iterable, max_tokens: 
     return Scores(n_tokens=n_tokens, loss_base=loss_base, loss_ref=loss_ref)
 
 
+def score_batches(lm: LoadedModel, batches: Iterable[list[str]], heads: Iterable, max_tokens: int | None = None,
+                  batch_tokens: int | None = 8192, windows: bool = False, compile: bool = False
+                  ) -> Iterator[Scores]:
+    """One Scores per incoming list of texts, in order: a shard read in record batches streams through with
+    memory bounded by one batch (length bucketing happens within each batch, so batches of a few hundred
+    documents keep padding low)."""
+    pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)  # fail before the first batch is read
+    for texts in batches:
+        yield score_texts(lm, list(texts), pairs, max_tokens, batch_tokens, windows, compile=compile)
+
+
 def score_frame(lm: LoadedModel, df, heads: Iterable, head_set_id: str, max_tokens: int | None = None,
-                batch_tokens: int = 8192, windows: bool = False, progress: Progress = None,
-                text_column: str = "text"):
+                batch_tokens: int | None = 8192, windows: bool = False, progress: Progress = None,
+                text_column: str = "text", compile: bool = False):
     """Score a polars frame with id, domain and text columns into the score-table contract."""
     import polars as pl
 
-    s = score_texts(lm, df.get_column(text_column).to_list(), heads, max_tokens, batch_tokens, windows, progress)
+    s = score_texts(lm, df.get_column(text_column).to_list(), heads, max_tokens, batch_tokens, windows, progress,
+                    compile=compile)
     return df.select("id", "domain").with_columns(
         pl.Series("n_tokens", s.n_tokens, dtype=pl.Int64),
         pl.Series("loss_base", s.loss_base, dtype=pl.Float64),

@@ -1,0 +1,59 @@
+"""The Dagster code location: the selection graph, its sensors and resources configured from the environment.
+
+    selector_model, corpus_shard (observed)
+      -> retrieval_probe_set -> retrieval_heads -> document_scores[shard] -> domain_cut
+      -> pretraining_manifest -> selection_evaluation
+
+See `ai_assets/settings.py` for the environment variables and the `demo` / `paper` profiles.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ai_assets.document_scores import document_scores
+from ai_assets.domain_cut import domain_cut
+from ai_assets.partitions import corpus_shard
+from ai_assets.pretraining_manifest import pretraining_manifest
+from ai_assets.retrieval_heads import retrieval_heads
+from ai_assets.retrieval_probe_set import retrieval_probe_set
+from ai_assets.selection_evaluation import selection_evaluation
+from ai_assets.selector_model import selector_model
+from ai_assets.sensors import corpus_shard_sensor
+from ai_assets.settings import Settings, load_settings
+from resources import Corpus, DuckDB, MLflow, SelectionProfile, SelectorModel, Workdir
+
+ASSETS = [selector_model, corpus_shard, retrieval_probe_set, retrieval_heads, document_scores, domain_cut,
+          pretraining_manifest, selection_evaluation]
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "selection_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Re-materializes domain_cut, the manifest and the evaluation when new scores land.",
+)
+
+
+def build_resources(settings: Settings) -> dict:
+    return {
+        "model": SelectorModel(spec=settings.model, dtype=settings.dtype, device=settings.device),
+        "corpus": Corpus(uri=settings.corpus, text_column=settings.text_column, id_column=settings.id_column,
+                         domain_column=settings.domain_column),
+        "profile": SelectionProfile.from_profile(settings.profile_name, settings.profile),
+        "workdir": Workdir(path=str(settings.workdir)),
+        "duckdb": DuckDB(database=str(settings.workdir / "selection.duckdb")),
+        "mlflow": MLflow(tracking_uri=settings.mlflow_tracking_uri),
+    }
+
+
+def build_definitions(settings: Settings | None = None, resources: dict | None = None) -> dg.Definitions:
+    settings = settings or load_settings()
+    return dg.Definitions(
+        assets=ASSETS,
+        sensors=[corpus_shard_sensor, automation_sensor],
+        resources={**build_resources(settings), **(resources or {})},
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,53 @@
+"""One dynamic partition per corpus shard, and the shard as an external (observed) asset.
+
+`corpus_shard` is not computed by Dagster: the shard sensor observes each shard file and records its
+fingerprint as the partition's data version, so a rewritten shard makes its score partition stale.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ai_assets.corpus import Shard
+
+SHARD_PARTITIONS = "corpus_shards"
+shard_partitions = dg.DynamicPartitionsDefinition(name=SHARD_PARTITIONS)
+
+corpus_shard = dg.AssetSpec(
+    "corpus_shard",
+    partitions_def=shard_partitions,
+    group_name="corpus",
+    description="A Parquet shard of the corpus (AI_CORPUS), observed by the shard sensor; its data version is "
+    "the file's fingerprint (size and modification time, or the object store's ETag).",
+)
+
+
+def shard_observation(shard: Shard) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=corpus_shard.key,
+        partition=shard.key,
+        tags={"dagster/data_version": shard.fingerprint},
+        metadata={"uri": shard.uri, "folder": shard.folder, "fingerprint": shard.fingerprint},
+    )
+
+
+def observed_version(instance: dg.DagsterInstance, key: str) -> str | None:
+    """The fingerprint last recorded for a shard partition, if any."""
+    record = instance.get_latest_data_version_record(corpus_shard.key, is_source=True, partition_key=key)
+    return (record.event_log_entry.tags or {}).get("dagster/data_version") if record else None
+
+
+def register_shards(instance: dg.DagsterInstance, shards: list[Shard]) -> list[str]:
+    """Add partitions for shards not yet registered, and record an observation for every shard whose file is
+    new or has changed since it was last observed; returns the new keys.
+
+    The sensor does the same on every tick; `python -m ai_assets.materialize` (make demo) and tests call this.
+    """
+    known = set(instance.get_dynamic_partitions(SHARD_PARTITIONS))
+    new = [s for s in shards if s.key not in known]
+    if new:
+        instance.add_dynamic_partitions(SHARD_PARTITIONS, [s.key for s in new])
+    for shard in shards:
+        if shard.key not in known or observed_version(instance, shard.key) != shard.fingerprint:
+            instance.report_runless_asset_event(shard_observation(shard))
+    return [s.key for s in new]

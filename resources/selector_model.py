@@ -1,0 +1,49 @@
+"""The selector model as a resource: loaded once per process in `setup_for_execution`."""
+
+from __future__ import annotations
+
+import threading
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from ai_assets.settings import DEFAULT_MODEL
+
+_CACHE: dict[tuple, object] = {}  # one loaded model per (spec, dtype, device) and process
+_LOCK = threading.Lock()
+
+
+class SelectorModel(dg.ConfigurableResource):
+    """The small LM whose retrieval heads are masked (AI_MODEL; default the embedded SmolLM2-135M GGUF)."""
+
+    spec: str = Field(default=DEFAULT_MODEL, description="Hub id, local HF folder, .gguf file, hf:// or s3://.")
+    dtype: str = Field(default="auto", description="auto (bf16 where the hardware has it), float32, bfloat16.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
+    trust_remote_code: bool = Field(default=False, description="Run model code shipped in the model folder.")
+
+    _lm: object = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from ai_assets.influence.models import load_model
+
+        key = (self.spec, self.dtype, self.device, self.trust_remote_code)
+        with _LOCK:
+            if key not in _CACHE:
+                if context.log:
+                    context.log.info(f"loading selector model {self.spec} ({self.dtype}, {self.device})")
+                _CACHE[key] = load_model(self.spec, dtype=self.dtype, device=self.device,
+                                         trust_remote_code=self.trust_remote_code)
+            self._lm = _CACHE[key]
+
+    @property
+    def lm(self):
+        """The `LoadedModel` (model, tokenizer, identity)."""
+        if self._lm is None:
+            raise RuntimeError("SelectorModel used outside a Dagster step: call setup_for_execution first")
+        return self._lm
+
+    def identity(self) -> str:
+        """Stable name of model + weights, without loading the weights (a GGUF is converted once)."""
+        from ai_assets.influence.models import resolve_spec
+
+        return resolve_spec(self.spec)[1]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Make sure $DAGSTER_HOME (default <repo>/.dagster_home) exists with a dagster.yaml, and print its absolute path.
+# Used by scripts/demo.sh and `make ui`: DAGSTER_HOME="$(bash scripts/dagster_home.sh)" dagster dev
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOME_DIR="${DAGSTER_HOME:-$REPO/.dagster_home}"
+mkdir -p "$HOME_DIR"
+HOME_DIR="$(cd "$HOME_DIR" && pwd)"
+if [ ! -f "$HOME_DIR/dagster.yaml" ]; then
+  cat > "$HOME_DIR/dagster.yaml" <<'YAML'
+# Local Dagster instance for `make demo` / `make ui` (SQLite storage in this folder).
+# Pools: `gpu` (document_scores) runs one scoring step at a time; on a machine with N GPUs run
+# `dagster instance concurrency set gpu N`. PostgreSQL and run monitoring: see the production dagster.yaml.
+concurrency:
+  pools:
+    default_limit: 1
+    granularity: op
+  runs:
+    max_concurrent_runs: 4
+telemetry:
+  enabled: false
+YAML
+fi
+echo "$HOME_DIR"
