@@ -251,6 +251,10 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int | None =
     return 2.0 * n**3 / best / 1e9
 
 
+def sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
@@ -267,9 +271,43 @@ def load_heads(args, lm: LoadedModel) -> list[tuple[int, int]]:
     return default_heads(lm.num_layers, lm.num_heads)
 
 
-def load(args) -> LoadedModel:
-    from ai_assets.influence.models import load_model
+# `--model random:<name>`: randomly initialised Llama models, for throughput only (scores mean nothing).
+RANDOM_CONFIGS = {
+    # the paper's 1.3B selector (Table 7)
+    "paper-1.3b": dict(hidden_size=2560, num_hidden_layers=16, num_attention_heads=20, num_key_value_heads=10,
+                       intermediate_size=10240, vocab_size=155136, max_position_embeddings=4096),
+    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=50000, max_position_embeddings=512),
+}
 
+
+def random_model(name: str, tokenizer_spec: str, dtype: str, device: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from ai_assets.influence.models import resolve_device, resolve_dtype, resolve_spec
+
+    if name not in RANDOM_CONFIGS:
+        raise SystemExit(f"error: unknown random model {name!r}; choose from {', '.join(RANDOM_CONFIGS)}")
+    target, _ = resolve_spec(tokenizer_spec)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cfg = LlamaConfig(**RANDOM_CONFIGS[name], tie_word_embeddings=False)
+    if len(tokenizer) > cfg.vocab_size:
+        raise SystemExit(f"error: tokenizer {tokenizer_spec!r} has {len(tokenizer)} tokens, more than {name}'s vocab")
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    with dev:  # initialise on the device: a 1.3B model inits in seconds on a GPU
+        model = AutoModelForCausalLM.from_config(cfg, dtype=resolve_dtype(dtype, dev))
+    return LoadedModel.from_pretrained_objects(model, tokenizer, identity=f"random:{name}", spec=f"random:{name}")
+
+
+def load(args) -> LoadedModel:
+    from ai_assets.influence.models import DEFAULT_MODEL, load_model
+
+    if args.model.startswith("random:"):
+        return random_model(args.model.removeprefix("random:"), getattr(args, "tokenizer", None) or DEFAULT_MODEL,
+                            args.dtype, args.device)
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       trust_remote_code=getattr(args, "trust_remote_code", False))
 
@@ -329,8 +367,8 @@ def run_benchmark(lm: LoadedModel, texts: list[str], heads, max_tokens: int = 51
     }
     res["target_ai_over_plain"] = round(0.95 * res["ideal_over_plain"], 4)
     for m in methods:
-        res[f"{m}_s"] = round(wall[m], 3)
-        res[f"{m}_cpu_s"] = round(cpu[m], 3)
+        res[f"{m}_s"] = round(wall[m], 6)
+        res[f"{m}_cpu_s"] = round(cpu[m], 6)
         res[f"{m}_tok_s"] = round(tokens / wall[m], 2)
     if "ai" in methods and "plain" in methods:
         res["ai_over_plain"] = round(res["ai_tok_s"] / res["plain_tok_s"], 4)
@@ -341,15 +379,15 @@ def run_benchmark(lm: LoadedModel, texts: list[str], heads, max_tokens: int = 51
         a, n = np.concatenate(scores["ai"]), np.concatenate(scores["naive"])  # both in document order
         res["max_abs_score_diff_vs_naive"] = float(np.nanmax(np.abs(a - n))) if np.isfinite(a).any() else 0.0
     if "ai" in methods:
-        res["ai_gflop"] = round(shape.ai_flops(lengths, first) / 1e9, 1)
-        res["ai_gflops"] = round(res["ai_gflop"] / wall["ai"], 2)
+        res["ai_gflop"] = round(shape.ai_flops(lengths, first) / 1e9, 9)
+        res["ai_gflops"] = sig(res["ai_gflop"] / wall["ai"])
     if "plain" in methods:
-        res["plain_gflops"] = round(shape.plain_flops(lengths) / 1e9 / wall["plain"], 2)
+        res["plain_gflops"] = sig(shape.plain_flops(lengths) / 1e9 / wall["plain"])
     if "single" in methods:
-        res["single_gflops"] = round(shape.ai_flops(lengths, lm.num_layers) / 1e9 / wall["single"], 2)
-    res["peak_gflops"] = round(matmul_peak_gflops(lm.dtype, device), 2)
+        res["single_gflops"] = sig(shape.ai_flops(lengths, lm.num_layers) / 1e9 / wall["single"])
+    res["peak_gflops"] = sig(matmul_peak_gflops(lm.dtype, device))
     if "ai_gflops" in res:
-        res["ai_share_of_peak"] = round(res["ai_gflops"] / res["peak_gflops"], 4)
+        res["ai_share_of_peak"] = sig(res["ai_gflops"] / res["peak_gflops"])
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if device.type == "cuda":
         res["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -381,6 +419,7 @@ def rss_check(args) -> dict:
     n = getattr(args, "rss_docs", None) or args.docs
     for k in (1, 4):
         cmd = [sys.executable, "-m", "ai_assets.cli", "bench", "--stream-only", "--model", args.model,
+               "--tokenizer", getattr(args, "tokenizer", None) or "smollm2-135m",
                "--dtype", args.dtype, "--device", args.device, "--corpus", args.corpus,
                "--docs", str(k * n), "--max-tokens", str(args.max_tokens),
                "--stream-chunk", str(args.stream_chunk)]
@@ -420,6 +459,11 @@ def log_stderr(msg: str) -> None:
 
 
 def main(args) -> int:
+    wanted = (getattr(args, "methods", None) or ",".join(METHODS)).split(",")
+    unknown = set(wanted) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    methods = tuple(m for m in METHODS if m in wanted)
     threads = getattr(args, "threads", None)
     if threads:
         torch.set_num_threads(threads)
@@ -431,16 +475,12 @@ def main(args) -> int:
         print(json.dumps(res))
         return 0
     texts = read_docs(args.corpus, args.docs)
-    wanted = (getattr(args, "methods", None) or ",".join(METHODS)).split(",")
-    unknown = set(wanted) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"error: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    methods = tuple(m for m in METHODS if m in wanted)
     log_stderr(f"{len(texts)} documents, heads {heads}, {torch.get_num_threads()} threads, load {os.getloadavg()}")
     res = run_benchmark(lm, texts, heads, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens,
                         rounds=getattr(args, "rounds", 4), methods=methods,
                         compile=getattr(args, "compile", False), log=log_stderr)
     res["corpus"] = args.corpus
+    res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     if getattr(args, "rss_check", False):
         log_stderr("rss check: streamed scoring of 1x and 4x the documents in fresh processes")
         res.update(rss_check(args))

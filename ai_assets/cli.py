@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rss-docs", type=int, default=None, help="documents of the 1x RSS run (default: --docs)")
     p.add_argument("--stream-only", action="store_true", help="only (b) over a streamed read (used by --rss-check)")
     p.add_argument("--stream-chunk", type=int, default=64, help="documents per streamed batch")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer for --model random:paper-1.3b / random:tiny (default: smollm2-135m)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("prepare-model", help="convert/cache a model once (the default GGUF -> safetensors)")
@@ -172,8 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ai_assets.influence.models import ModelLoadError
+    from ai_assets.scoring_job import InputError, OutputBusyError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (InputError, OutputBusyError, ModelLoadError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -66,6 +66,18 @@ def make_tiny_model(arch: str = "llama", kv_heads: int = 2, seed: int = 0, dtype
     return model.eval(), tok
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models run faster on one thread (no sync overhead), and the 2-core CI box is shared."""
+    if "smollm2" in request.fixturenames:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

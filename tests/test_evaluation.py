@@ -374,6 +374,11 @@ def test_length_and_edu_tables():
     assert table["A"]["edu_mean_selected"] == 2.0 and table["A"]["edu_mean_all"] == 3.0
 
 
+def test_doc_words_drop_stopwords_and_latex_underscores():
+    words = analysis.doc_words(pl.Series(["The \\sum_{i} of x_1 and __init__ in sklearn, 3D, 19th, 123 the"]))
+    assert sorted(words[0]) == ["19th", "3d", "__init__", "sklearn", "sum", "x_1"]
+
+
 def test_word_log_odds_against_hand_computation():
     texts = pl.DataFrame({
         "id": list("pqrstu"), "domain": ["d"] * 6,

@@ -86,7 +86,8 @@ def test_four_partitions_at_once(tmp_path, tiny_model_dir):
             time.sleep(0.02)
     finally:
         for p in procs:
-            p.kill() if p.poll() is None else None
+            if p.poll() is None:
+                p.kill()
     outputs = [p.communicate()[0] for p in procs]
     for key, p, out in zip(keys, procs, outputs, strict=True):
         assert p.returncode == 0, f"{key}:\n{out[-4000:]}"

@@ -135,9 +135,12 @@ def perplexity_table(df: pl.DataFrame, frac: float | None) -> pl.DataFrame:
 
 
 def doc_words(texts: pl.Series) -> pl.Series:
-    """Each document's set of distinct non-stopword words."""
-    return (texts.str.to_lowercase().str.extract_all(WORD).list.unique()
-            .list.eval(pl.element().filter(~pl.element().is_in(sorted(STOPWORDS)) & (pl.element().str.len_chars() <= 30))))
+    """Each document's set of distinct non-stopword words; edge underscores go (LaTeX `\\sum_`), dunders stay."""
+    w = pl.element()
+    word = pl.when(w.str.starts_with("__")).then(w).otherwise(w.str.strip_chars("_"))
+    return (texts.str.to_lowercase().str.extract_all(WORD)
+            .list.eval(word).list.unique()
+            .list.eval(w.filter(~w.is_in(sorted(STOPWORDS)) & w.str.contains("[a-z]") & (w.str.len_chars() <= 30))))
 
 
 def word_log_odds(texts: pl.DataFrame, min_docs: int = 3, n_top: int = 25, alpha: float = 0.5) -> pl.DataFrame:

@@ -98,9 +98,10 @@ def mirror_chart(summary: pl.DataFrame, path: Path) -> Path:
     for ax, row in zip(axes.flat, summary.iter_rows(named=True), strict=False):
         vals = [row["base"], row["retrieval_masked"], row["random_mean"]]
         vals = [np.nan if v is None else v for v in vals]
-        err = [0, 0, row["random_sd"] or 0]
-        ax.bar(["base", "retrieval\nmasked", f"random\nmasked (n={row['random_draws']})"], vals, yerr=err,
-               color=["0.6", "tab:red", "tab:blue"], capsize=4)
+        labels = ["base", "retrieval\nmasked", f"random\nmasked (n={row['random_draws']})"]
+        ax.bar(labels, vals, color=["0.6", "tab:red", "tab:blue"])
+        if row["random_sd"]:  # spread over the random draws only: the other two are single models
+            ax.errorbar([2], [vals[2]], yerr=[row["random_sd"]], color="k", capsize=4)
         arrow = "higher is better" if row["higher_is_better"] else "lower is better"
         ax.set_title(f"{row['metric']}\n({arrow})", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)

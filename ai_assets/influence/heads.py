@@ -119,6 +119,28 @@ def advance(ptr: int, w: int, needle: list[int]) -> int:
     return ptr + 1
 
 
+def lookup_draft(context: list[int], n_generated: int, size: int, max_ngram: int = 3) -> list[int]:
+    """Prompt-lookup draft: what followed the latest earlier occurrence of the context's last k tokens
+    (longest k first, k <= generated tokens), up to `size` tokens; [] when nothing matches."""
+    end = len(context)
+    for k in range(min(max_ngram, n_generated), 0, -1):
+        tail = context[end - k:]
+        for start in range(end - k - 1, -1, -1):
+            if context[start:start + k] == tail:
+                return context[start + k: start + k + size]
+    return []
+
+
+def next_draft(context: list[int], generated: list[int], needle: list[int], ptr: int, size: int) -> list[int]:
+    """The needle while greedy decoding follows it; once it strays (the model copies some other value), what
+    followed the latest tokens in the context."""
+    if size <= 0:
+        return []
+    if not generated or (ptr <= len(needle) and generated[-1] == needle[ptr - 1]):
+        return needle[ptr: ptr + size]
+    return lookup_draft(context, len(generated), size) or needle[ptr: ptr + size]
+
+
 @torch.inference_mode()
 def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded:
     """Greedy decoding of len(answer) tokens; with `record`, the per-head copy score of eq. 4.
@@ -126,10 +148,11 @@ def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded
     Decoding is speculative with the needle as the draft: one forward over the context plus the draft gives
     the greedy token after every draft prefix, and those are the greedy output up to and including the first
     one that differs from the draft (each was predicted from a context greedy decoding also has). After a
-    mismatch the KV cache is cut back to the accepted tokens and the rest of the needle (aligned past the
-    substituted token) is the next draft. The output and the recorded argmaxes are those of token-by-token
-    greedy decoding; a probe costs one long forward plus a few short ones instead of len(answer) single-token
-    steps, which on a CPU are slow matrix-vector products.
+    mismatch the KV cache is cut back to the accepted tokens and decoding goes on with a new draft: the rest
+    of the needle while the output follows it, otherwise what followed the last generated tokens in the
+    context (a model that retrieves the wrong value still copies it). The output and the recorded argmaxes
+    are those of token-by-token greedy decoding; a probe costs one long forward plus a few short ones instead
+    of len(answer) single-token steps, which on a CPU are slow matrix-vector products.
     """
     model, device = lm.model, lm.device
     needle = list(probe.answer_ids)
@@ -144,7 +167,7 @@ def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded
     past, ptr, finished = None, 0, False
     with probe_mode(model) as rec:
         while not finished and len(out_tokens) < len(needle):
-            draft = needle[ptr: ptr + len(needle) - len(out_tokens) - 1]
+            draft = next_draft(seq, out_tokens, needle, ptr, len(needle) - len(out_tokens) - 1)
             rec.n, rec.argmax = (len(draft) + 1 if record else 0), {}
             inputs = torch.tensor([pending + draft], dtype=torch.long, device=device)
             out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=len(draft) + 1)
