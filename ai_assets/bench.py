@@ -32,13 +32,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ai_assets.influence.masking import ATTN_NAME, enable_head_masking, heads_by_layer, normalize_heads
 from ai_assets.influence.models import LoadedModel
-from ai_assets.influence.scoring import auto_batch_tokens, score_texts
+from ai_assets.influence.scoring import Piece, auto_batch_tokens, length_buckets, score_texts
 
 DEFAULT_FIRST_LAYER = 10
 DEFAULT_N_HEADS = 14
@@ -141,14 +142,13 @@ def token_ids(lm: LoadedModel, texts: list[str], max_tokens: int) -> list[list[i
 @torch.inference_mode()
 def run_plain(lm: LoadedModel, texts: list[str], max_tokens: int, batch_tokens: int) -> float:
     """(a) the yardstick; returns the token-weighted mean loss (a sanity value, not timed separately)."""
-    ids = sorted((x for x in token_ids(lm, texts, max_tokens) if len(x) >= 2), key=len, reverse=True)
+    pieces = [Piece(i, x) for i, x in enumerate(token_ids(lm, texts, max_tokens)) if len(x) >= 2]
     pad = lm.tokenizer.pad_token_id or 0
-    total, count, i = 0.0, 0, 0
+    total, count = 0.0, 0
     with plain_attention(lm.model) as model:
-        while i < len(ids):
-            T = len(ids[i])
-            rows = ids[i:i + max(1, batch_tokens // T)]
-            i += len(rows)
+        for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):  # the same batches as (b)
+            rows = [p.ids for p in batch]
+            T = len(rows[0])
             x = torch.full((len(rows), T), pad, dtype=torch.long)
             labels = torch.full((len(rows), T), -100, dtype=torch.long)
             for r, seq in enumerate(rows):
@@ -256,7 +256,15 @@ def sig(x: float, digits: int = 4) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+    """This process's peak RSS. Linux's VmHWM belongs to the current address space; ru_maxrss would carry the
+    parent's peak over fork + exec, so a child started by a 5 GB parent would report 5 GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes, macOS: bytes
 
 
 # ---------------------------------------------------------------- the benchmark

@@ -15,6 +15,7 @@ import dagster as dg
 import polars as pl
 
 from ai_assets.corpus import CorpusError, Shard
+from ai_assets.k8s import score_op_tags
 from ai_assets.lineage import heads_text, markdown_table, read_head_set, version_hash
 from ai_assets.partitions import corpus_shard, shard_partitions
 from ai_assets.retrieval_heads import retrieval_heads
@@ -64,6 +65,7 @@ def _progress(context: dg.AssetExecutionContext, key: str):
     partitions_def=shard_partitions,
     deps=[retrieval_heads, selector_model, corpus_shard],
     pool="gpu",
+    op_tags=score_op_tags(),  # AI_K8S: the scoring pod's GPU and model cache (ai_assets/k8s.py); else none
     code_version=CODE_VERSION,
     group_name="selection",
     kinds={"parquet", "pytorch"},

@@ -6,6 +6,8 @@ can override it. Environment variables:
     AI_CORPUS            shard glob, folder, file, s3:// or hf:// URI   (unset: the demo corpus, built by `make demo`)
     AI_MODEL             selector model spec                            (smollm2-135m)
     AI_WORKDIR           Parquet outputs, DuckDB file, MLflow store     (<repo>/work, git-ignored)
+    AI_OUTPUT_URI        object-store prefix for the outputs (s3://, gs://, hf://); AI_WORKDIR is then its
+                         local cache (unset: local outputs only)
     MLFLOW_TRACKING_URI  MLflow store                                   (sqlite:///$AI_WORKDIR/mlflow.db)
     AI_PROFILE           demo | paper                                   (demo)
     AI_TEXT_COLUMN, AI_ID_COLUMN, AI_DOMAIN_COLUMN                      (text, id, domain; an empty domain
@@ -122,6 +124,7 @@ class Settings:
     domain_column: str = "domain"
     dtype: str = "auto"
     device: str = "auto"
+    output_uri: str = ""  # remote copy of the work dir (AI_OUTPUT_URI); empty: local only
 
     @property
     def demo_corpus_dir(self) -> Path:
@@ -155,4 +158,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         domain_column=env.get("AI_DOMAIN_COLUMN", "domain").strip(),
         dtype=env.get("AI_DTYPE", "").strip() or "auto",
         device=env.get("AI_DEVICE", "").strip() or "auto",
+        output_uri=env.get("AI_OUTPUT_URI", "").strip(),
     )

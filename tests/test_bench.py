@@ -263,3 +263,18 @@ def test_bench_random_model(tiny_model_dir, corpus, capsys):
     with pytest.raises(SystemExit, match="unknown random model"):
         cli.main(["bench", "--model", "random:huge", "--tokenizer", str(tiny_model_dir),
                   "--corpus", str(corpus / "*" / "*.parquet")])
+
+
+def test_length_buckets_bound_padding_and_keep_every_piece():
+    from ai_assets.influence.scoring import Piece, length_buckets
+
+    lengths = [512, 500, 480, 300, 290, 40, 35, 512, 2]
+    pieces = [Piece(i, [7] * n) for i, n in enumerate(lengths)]
+    batches = list(length_buckets(pieces, batch_tokens=1024, min_fill=0.85))
+    assert sorted(p.doc for b in batches for p in b) == list(range(len(lengths)))  # counts in = counts out
+    assert [[len(p.ids) for p in b] for b in batches] == [[512, 512], [500, 480], [300, 290], [40, 35], [2]]
+    for b in batches:
+        longest = len(b[0].ids)
+        assert len(b) * longest <= 1024 and all(len(p.ids) >= 0.85 * longest for p in b)
+    # min_fill=0: only the token budget splits (the old behaviour)
+    assert [len(b) for b in length_buckets(pieces, batch_tokens=4096, min_fill=0.0)] == [8, 1]

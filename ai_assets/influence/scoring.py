@@ -33,6 +33,8 @@ SCORE_COLUMNS = ["id", "domain", "n_tokens", "loss_base", "loss_ref", "score", "
 # from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
 LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
 AUTO_BATCH_TOKENS_CPU = 8192
+MIN_FILL = 0.85  # real tokens per padded row, at least (batches of one piece are cheap on a CPU, and a
+# GPU job scores hundreds of documents per call, so buckets still fill up)
 
 
 @dataclass
@@ -57,12 +59,15 @@ def split_pieces(token_lists: list[list[int]], max_tokens: int, windows: bool) -
     return pieces, n_tokens
 
 
-def length_buckets(pieces: list[Piece], batch_tokens: int) -> Iterator[list[Piece]]:
-    """Longest first, each batch's padded size (rows x longest) within batch_tokens."""
+def length_buckets(pieces: list[Piece], batch_tokens: int, min_fill: float = MIN_FILL) -> Iterator[list[Piece]]:
+    """Longest first; a batch's padded size (rows x longest) stays within batch_tokens, and a piece shorter than
+    min_fill x the batch's longest starts a new batch, so at least min_fill of every padded row is real tokens
+    (a few documents of mixed lengths would otherwise all be padded to the longest)."""
     order = sorted(pieces, key=lambda p: -len(p.ids))
     batch: list[Piece] = []
     for p in order:
-        if batch and (len(batch) + 1) * len(batch[0].ids) > batch_tokens:
+        longest = len(batch[0].ids) if batch else 0
+        if batch and ((len(batch) + 1) * longest > batch_tokens or len(p.ids) < min_fill * longest):
             yield batch
             batch = []
         batch.append(p)
