@@ -66,6 +66,14 @@ def make_tiny_model(arch: str = "llama", kv_heads: int = 2, seed: int = 0, dtype
     return model.eval(), tok
 
 
+def tiny_loaded_model(identity: str, kv_heads: int = 2, seed: int = 0):
+    """A tiny random Llama wrapped as the engine's LoadedModel."""
+    from ai_assets.influence.models import LoadedModel
+
+    model, tok = make_tiny_model("llama", kv_heads, seed)
+    return LoadedModel.from_pretrained_objects(model, tok, identity=identity)
+
+
 @pytest.fixture(autouse=True)
 def one_thread_for_tiny_models(request):
     """Tiny models run faster on one thread (no sync overhead), and the 2-core CI box is shared."""

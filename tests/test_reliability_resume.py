@@ -98,12 +98,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def lm():
-    from conftest import make_tiny_model
+    from conftest import tiny_loaded_model
 
-    from ai_assets.influence.models import LoadedModel
-
-    model, tok = make_tiny_model("llama", kv_heads=2)
-    return LoadedModel.from_pretrained_objects(model, tok, identity="tiny-resume")
+    return tiny_loaded_model("tiny-resume")
 
 
 class Crash(Exception):

@@ -42,13 +42,16 @@ def s3():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import fsspec
+    import s3fs
 
+    s3fs.S3FileSystem.clear_instance_cache()  # instances made by earlier tests hold no credentials or endpoint
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir(BUCKET)
     try:
         yield fs
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
