@@ -38,8 +38,15 @@ import numpy as np
 import torch
 
 from ai_assets.influence.masking import ATTN_NAME, enable_head_masking, heads_by_layer, normalize_heads
-from ai_assets.influence.models import LoadedModel
-from ai_assets.influence.scoring import Piece, auto_batch_tokens, length_buckets, score_texts
+from ai_assets.influence.models import DEFAULT_MODEL, LoadedModel
+from ai_assets.influence.scoring import (
+    auto_batch_tokens,
+    length_buckets,
+    pad_batch,
+    score_texts,
+    split_pieces,
+    tokenize,
+)
 
 DEFAULT_FIRST_LAYER = 10
 DEFAULT_N_HEADS = 14
@@ -142,20 +149,15 @@ def token_ids(lm: LoadedModel, texts: list[str], max_tokens: int) -> list[list[i
 @torch.inference_mode()
 def run_plain(lm: LoadedModel, texts: list[str], max_tokens: int, batch_tokens: int) -> float:
     """(a) the yardstick; returns the token-weighted mean loss (a sanity value, not timed separately)."""
-    pieces = [Piece(i, x) for i, x in enumerate(token_ids(lm, texts, max_tokens)) if len(x) >= 2]
+    pieces, _ = split_pieces(tokenize(lm, texts), max_tokens, windows=False)  # the pieces (b) scores
     pad = lm.tokenizer.pad_token_id or 0
     total, count = 0.0, 0
     with plain_attention(lm.model) as model:
         for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):  # the same batches as (b)
-            rows = [p.ids for p in batch]
-            T = len(rows[0])
-            x = torch.full((len(rows), T), pad, dtype=torch.long)
-            labels = torch.full((len(rows), T), -100, dtype=torch.long)
-            for r, seq in enumerate(rows):
-                x[r, :len(seq)] = torch.tensor(seq)
-                labels[r, :len(seq)] = x[r, :len(seq)]
-            loss = model(input_ids=x.to(lm.device), labels=labels.to(lm.device)).loss
-            n = sum(len(s) - 1 for s in rows)
+            ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T), (B,)
+            pads = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths[:, None]  # (B, T)
+            loss = model(input_ids=ids, labels=ids.masked_fill(pads, -100)).loss
+            n = int((lengths - 1).sum())
             total += float(loss) * n
             count += n
     return total / max(count, 1)
@@ -311,7 +313,7 @@ def random_model(name: str, tokenizer_spec: str, dtype: str, device: str) -> Loa
 
 
 def load(args) -> LoadedModel:
-    from ai_assets.influence.models import DEFAULT_MODEL, load_model
+    from ai_assets.influence.models import load_model
 
     if args.model.startswith("random:"):
         return random_model(args.model.removeprefix("random:"), getattr(args, "tokenizer", None) or DEFAULT_MODEL,
@@ -427,7 +429,7 @@ def rss_check(args) -> dict:
     n = getattr(args, "rss_docs", None) or args.docs
     for k in (1, 4):
         cmd = [sys.executable, "-m", "ai_assets.cli", "bench", "--stream-only", "--model", args.model,
-               "--tokenizer", getattr(args, "tokenizer", None) or "smollm2-135m",
+               "--tokenizer", getattr(args, "tokenizer", None) or DEFAULT_MODEL,
                "--dtype", args.dtype, "--device", args.device, "--corpus", args.corpus,
                "--docs", str(k * n), "--max-tokens", str(args.max_tokens),
                "--stream-chunk", str(args.stream_chunk)]

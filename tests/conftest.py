@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -66,17 +67,25 @@ def make_tiny_model(arch: str = "llama", kv_heads: int = 2, seed: int = 0, dtype
     return model.eval(), tok
 
 
-def tiny_loaded_model(identity: str, kv_heads: int = 2, seed: int = 0):
-    """A tiny random Llama wrapped as the engine's LoadedModel."""
+def tiny_loaded_model(identity: str, kv_heads: int = 2, seed: int = 0, arch: str = "llama"):
+    """A tiny random model wrapped as the engine's LoadedModel."""
     from ai_assets.influence.models import LoadedModel
 
-    model, tok = make_tiny_model("llama", kv_heads, seed)
+    model, tok = make_tiny_model(arch, kv_heads, seed)
     return LoadedModel.from_pretrained_objects(model, tok, identity=identity)
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
 def one_thread_for_tiny_models(request):
-    """Tiny models run faster on one thread (no sync overhead), and the 2-core CI box is shared."""
+    """Tiny models run ~100x faster on one thread when cores are shared (OpenMP threads spin against each
+    other); SmolLM2 tests keep torch's own count. The previous count is restored afterwards."""
     if "smollm2" in request.fixturenames:
         yield
         return

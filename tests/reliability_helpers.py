@@ -56,14 +56,3 @@ def summary_of(proc: subprocess.CompletedProcess) -> dict:
     """The JSON summary `attention-influence score` prints last."""
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def one_torch_thread():
-    """Generator for a module fixture: tiny models run ~100x faster on one thread when cores are shared
-    (OpenMP threads spin against each other); the previous count is restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

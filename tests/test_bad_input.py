@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from reliability_helpers import one_torch_thread, run_cli, score_cmd, text, write_docs, write_heads
+from reliability_helpers import run_cli, score_cmd, text, write_docs, write_heads
 
 from ai_assets.scoring_job import (
     InputError,
@@ -28,11 +28,6 @@ from ai_assets.scoring_job import (
 
 HEADS = [(1, 0), (2, 1), (3, 3)]
 EVIL = "x'); drop table t; --"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import TRAIN_TEXT, make_tiny_model, tiny_config
+from conftest import TRAIN_TEXT, tiny_config, tiny_loaded_model
 
 from ai_assets import cli
 from ai_assets.bench import KEYS, Shape, default_heads, ideal_over_plain
@@ -26,8 +26,7 @@ HEADS = [(0, 1), (1, 3), (2, 0), (3, 2)]
 
 
 def tiny_lm(seed: int = 0) -> LoadedModel:
-    model, tok = make_tiny_model("llama", 2, seed)
-    return LoadedModel.from_pretrained_objects(model, tok, identity=f"tiny-{seed}")
+    return tiny_loaded_model(f"tiny-{seed}", seed=seed)
 
 
 @pytest.fixture(scope="module")

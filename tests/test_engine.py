@@ -8,7 +8,7 @@ import string
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_CORPUS, make_tiny_model, require_shared
+from conftest import SAMPLE_CORPUS, require_shared, tiny_loaded_model
 from reference import reference_score
 
 from ai_assets.influence.heads import (
@@ -36,8 +36,7 @@ HEADS = [(0, 1), (1, 3), (2, 0), (3, 2)]
 
 
 def tiny_lm(arch="llama", kv_heads=2, seed=0) -> LoadedModel:
-    model, tok = make_tiny_model(arch, kv_heads, seed)
-    return LoadedModel.from_pretrained_objects(model, tok, identity=f"tiny-{arch}-{kv_heads}-{seed}")
+    return tiny_loaded_model(f"tiny-{arch}-{kv_heads}-{seed}", kv_heads, seed, arch)
 
 
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])

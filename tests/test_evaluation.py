@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import tiny_loaded_model
 
 from ai_assets.evaluation import analysis, mirror
 from ai_assets.evaluation.loglik import continuation_logprobs, continuation_scores
@@ -33,8 +33,7 @@ HEADS = [(0, 1), (2, 3), (3, 0)]
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> LoadedModel:
-    model, tok = make_tiny_model("llama", kv_heads=2)
-    return LoadedModel.from_pretrained_objects(model, tok, identity="tiny-llama")
+    return tiny_loaded_model("tiny-llama")
 
 
 def direct_logprob(lm: LoadedModel, prefix: list[int], ctx: list[int], cont: list[int], heads=()) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import EVAL_DIR, make_tiny_model, require_shared
+from conftest import EVAL_DIR, free_port, make_tiny_model, require_shared
 from test_evaluation import LABELS, banking_rows, hellaswag_text
 
 from ai_assets.evaluation import profile_config, run_selection_evaluation, sqlite_tracking_uri
@@ -170,12 +169,6 @@ def test_bad_cut_fails_before_creating_a_run(setup, tmp_path):
         run_selection_evaluation(lm, ranking, scores, pl.DataFrame({"id": ["nope"]}), corpus, heldout,
                                  profile_config("test"), tracking_uri=sqlite_tracking_uri(tmp_path))
     assert not (tmp_path / "mlflow.db").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -11,8 +11,7 @@ import time
 
 import dagster as dg
 import polars as pl
-import pytest
-from reliability_helpers import REPO, cli_env, one_torch_thread
+from reliability_helpers import REPO, cli_env
 
 WORKER = r"""
 import sys
@@ -28,11 +27,6 @@ with dg.DagsterInstance.get() as instance:
                             resources=resources, raise_on_error=False)
 sys.exit(0 if result.success else 1)
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 def read_everything_visible(scores_dir) -> int:

@@ -14,7 +14,6 @@ import pytest
 from reliability_helpers import (
     REPO,
     cli_env,
-    one_torch_thread,
     run_cli,
     score_cmd,
     summary_of,
@@ -89,11 +88,6 @@ def test_sigkill_mid_shard_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny
     assert not parts_path(out).exists()
     assert sorted(p.name for p in out.parent.iterdir()) == [".shard.parquet.lock", "shard.parquet",
                                                             "shard.quarantine.parquet"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")
