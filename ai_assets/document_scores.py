@@ -23,6 +23,8 @@ from ai_assets.selector_model import selector_model
 from resources import Corpus, SelectionProfile, SelectorModel, Workdir
 from resources.workdir import atomic_write_json
 
+GPU_POOL = "gpu"  # the concurrency pool scoring steps share: `dagster instance concurrency set gpu <N GPUs>`
+
 CODE_VERSION = "1"
 STAGED_DOMAIN = "__ai_domain__"
 
@@ -64,7 +66,7 @@ def _progress(context: dg.AssetExecutionContext, key: str):
 @dg.asset(
     partitions_def=shard_partitions,
     deps=[retrieval_heads, selector_model, corpus_shard],
-    pool="gpu",
+    pool=GPU_POOL,
     op_tags=score_op_tags(),  # AI_K8S: the scoring pod's GPU and model cache (ai_assets/k8s.py); else none
     code_version=CODE_VERSION,
     group_name="selection",

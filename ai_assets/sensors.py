@@ -13,9 +13,18 @@ import json
 import dagster as dg
 
 from ai_assets.corpus import CorpusError, Shard
-from ai_assets.document_scores import document_scores
+from ai_assets.document_scores import GPU_POOL, document_scores
 from ai_assets.partitions import SHARD_PARTITIONS, shard_observation, shard_partitions
 from resources import Corpus, Workdir
+
+
+def ensure_pool(instance: dg.DagsterInstance, pool: str = GPU_POOL) -> None:
+    """Create the pool's limit row (at the instance default) before the runs this sensor requests start: two run
+    workers that both find it missing race to insert it, and on PostgreSQL the loser's step fails (dagster 1.13,
+    `initialize_concurrency_limit_to_default`). The daemon's run queue does the same for queued runs."""
+    storage = instance.event_log_storage
+    if pool not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(pool)
 
 
 def shards_to_score(shards: list[Shard], workdir: Workdir) -> list[Shard]:
@@ -50,6 +59,7 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: Corpus, wor
     changed = [s for s in todo if s.key in registered]
     requests = []
     if workdir.heads_path.exists():
+        ensure_pool(context.instance)
         requests = [dg.RunRequest(partition_key=s.key, run_key=f"{s.key}:{s.fingerprint}") for s in todo]
     elif todo:
         context.log.info("retrieval_heads is not materialized yet: shards are registered, scoring waits")

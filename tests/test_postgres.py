@@ -149,6 +149,12 @@ def test_gpu_pool_limit_and_monitoring_settings(pg_home):
         storage.free_concurrency_slots_for_run(first)
         storage.free_concurrency_slots_for_run(second)
     assert sql(pg_home, 'SELECT concurrency_key, "limit" FROM concurrency_limits') == [("gpu", 1)]
+    from ai_assets.sensors import ensure_pool
+
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu", 3)  # what `concurrency set gpu 3` does
+        ensure_pool(instance)  # the sensor leaves an explicit limit alone
+        assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 3
 
 
 def read_steps(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float, list[str]]:
@@ -159,7 +165,16 @@ def read_steps(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float,
 
 
 def test_gpu_pool_serializes_two_runs(pg_home):
-    """Two runs started together: the second one's `gpu` step waits until the first one's has finished."""
+    """Two runs started together: the second one's `gpu` step waits until the first one's has finished. The pool
+    row is created first, as the shard sensor does: two first claims at once race to insert it on PostgreSQL."""
+    from ai_assets.sensors import ensure_pool
+
+    with dg.DagsterInstance.get() as instance:
+        assert "gpu" not in instance.event_log_storage.get_concurrency_keys()
+        ensure_pool(instance)
+        ensure_pool(instance)  # idempotent
+        info = instance.event_log_storage.get_concurrency_info("gpu")
+        assert info.slot_count == 1  # the documented dagster.yaml's default_pool_limit
     workers = [subprocess.Popen([sys.executable, "-c", POOL_WORKER, "3"], env=pg_home["env"], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]

@@ -118,9 +118,12 @@ def test_outputs_shared_through_the_object_store(s3, tmp_path):
                            "GROUP BY domain ORDER BY domain").fetchall()
     assert rows == [("code", 3, 1), ("web", 7, 3)]
 
-    time.sleep(1.1)  # a rewrite is newer by the object store's (1 s) clock
+    # publish() takes files from 1 s before `since` (clock slack), and the first publish stamped them with the
+    # store's whole-second clock: wait past both, so only the rewrite is newer and the store sees it as newer
+    time.sleep(2.6)
+    step_start = time.time()
     write_score(a, "web__1", "web", [0.4, 0.8, 0.1])
-    assert a.publish(since=time.time() - 0.5) == ["scores/web__1.parquet", "scores/web__1.quarantine.parquet",
+    assert a.publish(since=step_start) == ["scores/web__1.parquet", "scores/web__1.quarantine.parquet",
                                                     "scores/web__1.json"]
     c = Workdir(path=str(tmp_path / "b"), remote=remote)  # B's cache, a new step: the rewrite comes down
     assert pl.read_parquet(c.score_path("web__1")).height == 3
