@@ -7,7 +7,7 @@ On the same documents, in one process, it times
   (a') single: one pass of our own engine with no head masked (`score_texts(..., heads=[])`): the same
       forward as (a) with chunked cross-entropy on real tokens; b/a' isolates what the second pass costs from
       what the yardstick's full-vocabulary float32 loss costs;
-  (b) ours: `score_texts` (shared prefix, length buckets, chunked cross-entropy);
+  (b) ours: `score_texts` (shared prefix, length buckets, written-out Llama layers, chunked cross-entropy);
   (c) naive: a base model and a deep-copied masked model, batch size 1, two full forwards with labels per doc.
 Every method tokenizes inside its timed region. Documents are split into rounds and the methods alternate
 within each round (order rotated), so load from other processes on a shared machine hits all three alike.

@@ -40,7 +40,7 @@ def build_tiny_tokenizer():
 
 
 def tiny_config(arch: str = "llama", kv_heads: int = 2, vocab: int = 384, layers: int = 4):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
                   num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=512,
@@ -51,6 +51,8 @@ def tiny_config(arch: str = "llama", kv_heads: int = 2, vocab: int = 384, layers
         return Qwen2Config(**common, use_sliding_window=False)
     if arch == "mistral":
         return MistralConfig(**common, sliding_window=None)
+    if arch == "qwen3":  # q/k norms: not a plain Llama layer, runs through its own modules
+        return Qwen3Config(**common, head_dim=16, use_sliding_window=False)
     raise ValueError(arch)
 
 

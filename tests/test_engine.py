@@ -97,7 +97,7 @@ def test_one_token_document_has_no_loss():
     assert np.isnan(s.loss_base[0]) and np.isfinite(s.loss_base[1])
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["qwen2", "mistral", "qwen3"])
 def test_other_architectures_fast_path_equals_generic_path(arch, monkeypatch):
     import ai_assets.influence.scoring as scoring
 

@@ -165,8 +165,10 @@ def read_steps(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float,
 
 
 def test_gpu_pool_serializes_two_runs(pg_home):
-    """Two runs started together: the second one's `gpu` step waits until the first one's has finished. The pool
-    row is created first, as the shard sensor does: two first claims at once race to insert it on PostgreSQL."""
+    """A run started while another one's `gpu` step is running waits until that step has finished. The pool row
+    is created first, as the shard sensor does: two first claims at once race to insert it on PostgreSQL. (Two
+    claims in the same millisecond can both win with `granularity: op` on PostgreSQL, an upstream race; see
+    deploy/postgres/README.md. The second run starts once the first holds the slot.)"""
     from ai_assets.sensors import ensure_pool
 
     with dg.DagsterInstance.get() as instance:
@@ -175,9 +177,18 @@ def test_gpu_pool_serializes_two_runs(pg_home):
         ensure_pool(instance)  # idempotent
         info = instance.event_log_storage.get_concurrency_info("gpu")
         assert info.slot_count == 1  # the documented dagster.yaml's default_pool_limit
-    workers = [subprocess.Popen([sys.executable, "-c", POOL_WORKER, "3"], env=pg_home["env"], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    def start():
+        return subprocess.Popen([sys.executable, "-c", POOL_WORKER, "3"], env=pg_home["env"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = start()
+    seen = []
+    for line in first.stdout:
+        seen.append(line)
+        if "STEP RUNNING" in line:
+            break
+    second = start()
+    outputs = ["".join(seen) + first.communicate(timeout=300)[0], second.communicate(timeout=300)[0]]
     assert all("OK" in out.splitlines() for out in outputs), outputs
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()

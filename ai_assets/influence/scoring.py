@@ -2,9 +2,10 @@
 
 L is the mean next-token cross-entropy over the document's tokens (tokenizer(text), truncated to max_tokens, or
 split into consecutive windows whose losses are token-weighted). The base and the head-masked (reference) model
-share every layer below the first masked one, so those layers run once and only the rest runs twice. Batches
-are length-bucketed and right-padded: under a causal mask a real token never sees the padding after it, so no
-padding mask is needed and SDPA keeps its causal fast path. Cross-entropy is computed in row chunks over the
+share every layer below the first masked one, so those layers run once and only the rest runs twice; Llama-family
+layers run written out (`llama.block`: fused RMSNorm, in-place gate, chunked attention on a CPU). Batches are
+length-bucketed and right-padded: under a causal mask a real token never sees the padding after it, so no
+padding mask is needed and attention keeps its causal fast path. Cross-entropy is computed in row chunks over the
 real tokens only, so full-vocabulary float32 logits never exist for a whole batch: on a CPU a chunk is ~100
 rows, small enough to stay in cache while it is upcast and reduced (the cross-entropy costs a third of what
 one big chunk costs), on a GPU it is large enough to keep the device busy.
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ai_assets.influence.masking import enable_head_masking, heads_by_layer, normalize_heads
+from ai_assets.influence import llama
+from ai_assets.influence.masking import HeadControl, enable_head_masking, heads_by_layer, normalize_heads
 from ai_assets.influence.models import LoadedModel
 
 Progress = Callable[[int, int], None] | None
@@ -140,14 +142,24 @@ def decoder_parts(model: torch.nn.Module):
     return inner
 
 
-def layer_stack(inner: torch.nn.Module, start: int, stop: int, compile: bool = False) -> Callable:
-    """Run decoder layers start..stop-1 on (B, T, C); with `compile`, a torch.compile'd version cached per span.
+def layer_stack(inner: torch.nn.Module, control: HeadControl, start: int, stop: int,
+                compile: bool = False) -> Callable:
+    """Run decoder layers start..stop-1 on (B, T, C) with the given masked heads ({layer: head indices}).
 
-    The compiled function reads the head-masking control like the eager one, so a span run with and without
-    masked heads holds two graphs (dynamo guards on the control's contents); shapes are dynamic, so length
-    buckets of any size reuse them.
+    Llama-family layers run as `llama.block` (written out, masked heads as an argument); others through their
+    modules, with the masked heads set on the model's head control. With `compile`, a torch.compile'd version
+    is cached per span (dynamic shapes, so length buckets of any size reuse it; the masked and unmasked runs of
+    a span hold one graph each, as dynamo guards on the masked heads).
     """
-    def run(x, pos, cos, sin):
+    written_out = llama.supports(inner.layers[start:stop])
+
+    def run(x, pos, cos, sin, masked):  # (B, T, C), (1, T), (1, T, D) x2
+        if written_out:
+            cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (1, T, 1, D): broadcast over heads
+            for i in range(start, stop):
+                x = llama.block(inner.layers[i], x, cos, sin, masked.get(i))
+            return x
+        control.masked = masked
         for layer in inner.layers[start:stop]:
             x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
         return x
@@ -176,16 +188,14 @@ def pair_nll(lm: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, masked: 
     first = min(masked) if masked else n_layers
     pos = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
     x = inner.embed_tokens(ids)  # (B, T, C)
-    cos, sin = inner.rotary_emb(x, position_ids=pos)
+    cos, sin = inner.rotary_emb(x, position_ids=pos)  # (1, T, D) each
     previous = control.masked
     try:
-        control.masked = {}
         if first > 0:  # shared prefix: identical for base and reference
-            x = layer_stack(inner, 0, first, compile)(x, pos, cos, sin)
+            x = layer_stack(inner, control, 0, first, compile)(x, pos, cos, sin, {})
         out = []
         for heads in ({}, masked) if masked else ({},):
-            control.masked = heads
-            h = layer_stack(inner, first, n_layers, compile)(x, pos, cos, sin) if first < n_layers else x
+            h = layer_stack(inner, control, first, n_layers, compile)(x, pos, cos, sin, heads) if first < n_layers else x
             out.append(token_nll_sums(model.lm_head, inner.norm(h), ids, lengths))
             del h
     finally:
