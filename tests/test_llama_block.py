@@ -61,7 +61,7 @@ def test_block_equals_the_transformers_layer(arch, kv_heads, T):
     with torch.inference_mode():
         for layer in layers:
             want = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
-            got = llama.block(layer, x, cos[:, :, None], sin[:, :, None])
+            got = llama.block(layer, x, cos, sin)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             x = want
 
@@ -78,7 +78,7 @@ def test_block_masks_heads_like_the_attention_interface():
             want = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
             control.masked = {}
             plain = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
-            got = llama.block(layer, x, cos[:, :, None], sin[:, :, None], masked.get(i))
+            got = llama.block(layer, x, cos, sin, masked.get(i))
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             assert (i in masked) == (not torch.allclose(want, plain, atol=1e-3))  # the masking really acts
             x = want

@@ -16,8 +16,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ai_assets.influence.masking import uniform_head_output
+from ai_assets.influence.masking import masked_head_outputs
 
 LAYER_TYPES = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
 NORM_TYPES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}
@@ -41,12 +42,6 @@ def supports(layers) -> bool:
 def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """LlamaRMSNorm: normalised in float32, cast back, then scaled: (..., C) -> (..., C)."""
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding, rotate-half form: (B, T, H, D), (B|1, T, 1, D) x2 -> (B, T, H, D)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 @lru_cache(maxsize=64)
@@ -100,14 +95,14 @@ def attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: to
     """Self-attention with the heads in `masked` attending uniformly (appendix C): (B, T, C) -> (B, T, C)."""
     B, T, _ = x.shape
     D = attn.head_dim
-    q = rope(attn.q_proj(x).view(B, T, -1, D), cos, sin)  # (B, T, H, D)
-    k = rope(attn.k_proj(x).view(B, T, -1, D), cos, sin)  # (B, T, Hkv, D)
+    q = attn.q_proj(x).view(B, T, -1, D)  # (B, T, H, D)
+    k = attn.k_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
     v = attn.v_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)  # transformers' own rotary, heads on dim 2
     y = causal_attention(q, k, v, attn.scaling)  # (B, T, H, D), a fresh tensor
     if masked is not None and masked.numel():
-        group = q.shape[2] // k.shape[2]  # query head h reads KV head h // group
-        uniform = uniform_head_output(v.transpose(1, 2).index_select(1, masked // group), None, T)  # (B, Hm, T, D)
-        y[:, :, masked] = uniform.transpose(1, 2).to(y.dtype)
+        group = q.shape[2] // k.shape[2]
+        y[:, :, masked] = masked_head_outputs(v.transpose(1, 2), masked, group, None, T).to(y.dtype)
     return attn.o_proj(y.reshape(B, T, -1))
 
 
@@ -119,6 +114,6 @@ def mlp(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def block(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
           masked: torch.Tensor | None = None) -> torch.Tensor:
-    """One pre-norm decoder layer: (B, T, C) -> (B, T, C); cos, sin: (B|1, T, 1, D)."""
+    """One pre-norm decoder layer: (B, T, C) -> (B, T, C); cos, sin: (B|1, T, D) from the model's rotary_emb."""
     x = x + attention(layer.self_attn, rms_norm(layer.input_layernorm, x), cos, sin, masked)
     return x + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, x))

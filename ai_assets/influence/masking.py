@@ -61,6 +61,14 @@ def uniform_head_output(value: torch.Tensor, attention_mask: torch.Tensor | None
     return w @ value.to(torch.float32)  # broadcast over Hm
 
 
+def masked_head_outputs(value: torch.Tensor, heads: torch.Tensor, group: int, attention_mask: torch.Tensor | None,
+                        q_len: int) -> torch.Tensor:
+    """What the masked query heads output: (B, Hkv, Tk, D) values -> (B, Tq, Hm, D), float32. Query head h reads
+    KV head h // group (grouped-query attention)."""
+    v = value.index_select(1, heads // group)  # (B, Hm, Tk, D)
+    return uniform_head_output(v, attention_mask, q_len).transpose(1, 2)
+
+
 def head_argmax(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Top-attended key position of the last query, per head: (B, H, Tq, D), (B, Hkv, Tk, D) -> (B, H).
 
@@ -90,10 +98,8 @@ def masked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     heads = control.masked.get(layer)
     if heads is not None and heads.numel():
         group = query.shape[1] // key.shape[1]  # query heads per KV head (GQA)
-        v = value.index_select(1, heads // group)  # (B, Hm, Tk, D): query head h reads KV head h // group
-        uniform = uniform_head_output(v, attention_mask, query.shape[2])  # (B, Hm, Tq, D)
         out = out.clone()
-        out[:, :, heads, :] = uniform.transpose(1, 2).to(out.dtype)
+        out[:, :, heads, :] = masked_head_outputs(value, heads, group, attention_mask, query.shape[2]).to(out.dtype)
     return out, weights
 
 

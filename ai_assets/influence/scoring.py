@@ -155,7 +155,6 @@ def layer_stack(inner: torch.nn.Module, control: HeadControl, start: int, stop: 
 
     def run(x, pos, cos, sin, masked):  # (B, T, C), (1, T), (1, T, D) x2
         if written_out:
-            cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (1, T, 1, D): broadcast over heads
             for i in range(start, stop):
                 x = llama.block(inner.layers[i], x, cos, sin, masked.get(i))
             return x
