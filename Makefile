@@ -26,6 +26,7 @@ $(BIN)/attention-influence: pyproject.toml
 
 lint:
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint
 	$(BIN)/pytest -q

@@ -4,7 +4,7 @@
       -> retrieval_probe_set -> retrieval_heads -> document_scores[shard] -> domain_cut
       -> pretraining_manifest -> selection_evaluation
 
-See `ai_assets/settings.py` for the environment variables and the `demo` / `paper` profiles.
+See `attention_influence/settings.py` for the environment variables and the `demo` / `paper` profiles.
 """
 
 from __future__ import annotations
@@ -20,11 +20,19 @@ from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selection_evaluation import selection_evaluation
 from ai_assets.selector_model import selector_model
 from ai_assets.sensors import corpus_shard_sensor
-from ai_assets.settings import Settings, load_settings
+from attention_influence.settings import Settings, load_settings
 from resources import Corpus, DuckDB, MLflow, SelectionProfile, SelectorModel, Workdir
 
-ASSETS = [selector_model, corpus_shard, retrieval_probe_set, retrieval_heads, document_scores, domain_cut,
-          pretraining_manifest, selection_evaluation]
+ASSETS = [
+    selector_model,
+    corpus_shard,
+    retrieval_probe_set,
+    retrieval_heads,
+    document_scores,
+    domain_cut,
+    pretraining_manifest,
+    selection_evaluation,
+]
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "selection_automation",
@@ -37,13 +45,24 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 def build_resources(settings: Settings) -> dict:
     return {
-        "model": SelectorModel(spec=settings.model, dtype=settings.dtype, device=settings.device),
-        "corpus": Corpus(uri=settings.corpus, text_column=settings.text_column, id_column=settings.id_column,
-                         domain_column=settings.domain_column),
-        "profile": SelectionProfile.from_profile(settings.profile_name, settings.profile),
+        "model": SelectorModel(
+            spec=settings.model,
+            dtype=settings.dtype,
+            device=settings.device,
+            cache_dir=str(settings.model_cache),
+        ),
+        "corpus": Corpus(
+            uri=settings.corpus,
+            text_column=settings.text_column,
+            id_column=settings.id_column,
+            domain_column=settings.domain_column,
+        ),
+        "profile": SelectionProfile.from_profile(
+            settings.profile_name, settings.profile, eval_dir=str(settings.eval_dir)
+        ),
         "workdir": Workdir(path=str(settings.workdir)),
         "duckdb": DuckDB(database=str(settings.workdir / "selection.duckdb")),
-        "mlflow": MLflow(tracking_uri=settings.mlflow_tracking_uri),
+        "mlflow": MLflow(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url),
     }
 
 

@@ -7,8 +7,10 @@ same can be done step by step with the Dagster CLI:
     dagster asset materialize -m ai_assets.definitions --select selector_model
     python -m ai_assets.materialize --register-only        # or let the corpus_shard_sensor do it
     dagster asset materialize -m ai_assets.definitions --select retrieval_probe_set,retrieval_heads
-    dagster asset materialize -m ai_assets.definitions --select document_scores --partition <key>   # each shard
-    dagster asset materialize -m ai_assets.definitions --select domain_cut,pretraining_manifest,selection_evaluation
+    dagster asset materialize -m ai_assets.definitions --select document_scores \\
+        --partition <key>   # each shard
+    dagster asset materialize -m ai_assets.definitions \\
+        --select domain_cut,pretraining_manifest,selection_evaluation
 """
 
 import argparse
@@ -18,22 +20,32 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from ai_assets.corpus import CorpusError
 from ai_assets.partitions import register_shards
+from attention_influence.io.corpus import CorpusError
 
 UNPARTITIONED_HEAD = ["retrieval_probe_set", "retrieval_heads"]
 UNPARTITIONED_TAIL = ["domain_cut", "pretraining_manifest", "selection_evaluation"]
 
 
-def materialize_all(instance: dg.DagsterInstance, resources: dict, log: Callable[[str], None] = print,
-                    tail: list[str] | None = None) -> list[str]:
+def materialize_all(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    log: Callable[[str], None] = print,
+    tail: list[str] | None = None,
+) -> list[str]:
     """Observe the sources, register every shard, materialize all assets; returns the shard keys."""
     from ai_assets.definitions import ASSETS
 
     def step(selection, partition_key=None):
         t0 = time.perf_counter()
-        dg.materialize(ASSETS, selection=selection, partition_key=partition_key, instance=instance,
-                       resources=resources, tags={"dagster/from": "ai_assets.materialize"})
+        dg.materialize(
+            ASSETS,
+            selection=selection,
+            partition_key=partition_key,
+            instance=instance,
+            resources=resources,
+            tags={"dagster/from": "ai_assets.materialize"},
+        )
         what = ",".join(selection) + (f"[{partition_key}]" if partition_key else "")
         log(f"materialized {what} in {time.perf_counter() - t0:.1f}s")
 
@@ -55,9 +67,11 @@ def materialize_all(instance: dg.DagsterInstance, resources: dict, log: Callable
 
 def main(argv: list[str] | None = None) -> int:
     from ai_assets.definitions import build_resources
-    from ai_assets.settings import load_settings
+    from attention_influence.settings import load_settings
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--register-only", action="store_true", help="only register the corpus shards")
     args = parser.parse_args(argv)
     settings = load_settings()
@@ -67,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             new = register_shards(instance, resources["corpus"].shards())
             print("\n".join(new))
             return 0
-        print(f"corpus {settings.corpus} | model {settings.model} | profile {settings.profile_name} | "
-              f"work dir {settings.workdir}", flush=True)
+        print(
+            f"corpus {settings.corpus} | model {settings.model} | profile {settings.profile_name} | "
+            f"work dir {settings.workdir}",
+            flush=True,
+        )
         materialize_all(instance, resources, log=lambda m: print(m, flush=True))
     return 0
 

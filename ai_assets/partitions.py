@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ai_assets.corpus import Shard
+from attention_influence.io.corpus import Shard
 
 SHARD_PARTITIONS = "corpus_shards"
 shard_partitions = dg.DynamicPartitionsDefinition(name=SHARD_PARTITIONS)
@@ -17,8 +17,8 @@ corpus_shard = dg.AssetSpec(
     "corpus_shard",
     partitions_def=shard_partitions,
     group_name="corpus",
-    description="A Parquet shard of the corpus (AI_CORPUS), observed by the shard sensor; its data version is "
-    "the file's fingerprint (size and modification time, or the object store's ETag).",
+    description="A Parquet shard of the corpus (AI_CORPUS), observed by the shard sensor; its data version "
+    "is the file's fingerprint (size and modification time, or the object store's ETag).",
 )
 
 

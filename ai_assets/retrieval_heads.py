@@ -1,43 +1,18 @@
 """`retrieval_heads`: every head's retrieval score on the probes, and the top fraction masked when scoring."""
 
-
-import io
-import json
-
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from ai_assets.audit import write_parquet_with_provenance
-from ai_assets.lineage import heads_text, markdown_table, png_markdown
+from ai_assets.metadata import heads_text, markdown_table, png_markdown
 from ai_assets.retrieval_probe_set import CODE_VERSION as PROBE_CODE_VERSION
 from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selector_model import selector_model
+from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.io.atomic import atomic_write_json
 from resources import SelectionProfile, SelectorModel, Workdir
-from resources.workdir import atomic_write_json
 
 CODE_VERSION = "1"
-
-
-def heatmap_png(scores: np.ndarray, heads: list[tuple[int, int]], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, scores.shape[1] * 0.45), max(3, scores.shape[0] * 0.3)), dpi=100)
-    im = ax.imshow(scores, aspect="auto", cmap="viridis")
-    for layer, head in heads:
-        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="retrieval score")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _log_progress(context: dg.AssetExecutionContext, what: str):
@@ -57,52 +32,81 @@ def _log_progress(context: dg.AssetExecutionContext, what: str):
     code_version=CODE_VERSION,
     group_name="selection",
     kinds={"json", "parquet"},
-    description="Retrieval score of every (layer, head) on the probe set (eq. 1-4) and the chosen head set: the "
-    "top fraction of heads. Data version: head_set_id (a hash of the model identity and the heads).",
+    description="Retrieval score of every (layer, head) on the probe set (eq. 1-4) and the chosen head set: "
+    "the top fraction of heads. Data version: head_set_id (a hash of the model identity and the heads).",
 )
-def retrieval_heads(context: dg.AssetExecutionContext, model: SelectorModel, profile: SelectionProfile,
-                    workdir: Workdir) -> dg.MaterializeResult:
-    from ai_assets.influence.heads import HeadRanking, head_set_id, load_head_set, rank_heads
-    from ai_assets.influence.probes import probes_from_frame
+def retrieval_heads(
+    context: dg.AssetExecutionContext, model: SelectorModel, profile: SelectionProfile, workdir: Workdir
+) -> dg.MaterializeResult:
+    from attention_influence.influence.heads import HeadRanking, head_set_id, load_head_set, rank_heads
+    from attention_influence.influence.probes import probes_from_frame
 
     lm = model.lm
-    if not workdir.probes_path.exists():
+    if not workdir.pull(workdir.probes_path).exists():
         raise dg.Failure(f"{workdir.probes_path} does not exist: materialize retrieval_probe_set first")
     probes = probes_from_frame(pl.read_parquet(workdir.probes_path))
     if profile.heads_file:  # a fixed head set: no ranking, the given heads are masked
         heads, meta = load_head_set(profile.heads_file)
-        ranking = HeadRanking(scores=np.full((lm.num_layers, lm.num_heads), np.nan), heads=sorted(heads),
-                              top_frac=float("nan"), model_identity=lm.identity,
-                              head_set_id=head_set_id(lm.identity, heads), n_probes=len(probes),
-                              model_spec=lm.spec, extra={"heads_file": profile.heads_file})
+        ranking = HeadRanking(
+            scores=np.full((lm.num_layers, lm.num_heads), np.nan),
+            heads=sorted(heads),
+            top_frac=float("nan"),
+            model_identity=lm.identity,
+            head_set_id=head_set_id(lm.identity, heads),
+            n_probes=len(probes),
+            model_spec=lm.spec,
+            extra={"heads_file": profile.heads_file},
+        )
     else:
-        context.log.info(f"ranking {lm.num_layers}x{lm.num_heads} heads of {lm.identity} on {len(probes)} probes")
-        ranking = rank_heads(lm, probes, top_frac=profile.head_top_frac,
-                             progress=_log_progress(context, "probes decoded"))
+        context.log.info(
+            f"ranking {lm.num_layers}x{lm.num_heads} heads of {lm.identity} on {len(probes)} probes"
+        )
+        ranking = rank_heads(
+            lm, probes, top_frac=profile.head_top_frac, progress=_log_progress(context, "probes decoded")
+        )
         ranking.model_spec = lm.spec
     for layer, head in ranking.heads:
         if not (0 <= layer < lm.num_layers and 0 <= head < lm.num_heads):
-            raise dg.Failure(f"head ({layer}, {head}) does not exist in {lm.identity} "
-                             f"({lm.num_layers} layers x {lm.num_heads} heads)")
+            raise dg.Failure(
+                f"head ({layer}, {head}) does not exist in {lm.identity} "
+                f"({lm.num_layers} layers x {lm.num_heads} heads)"
+            )
     doc = ranking.to_json()
-    doc.update({"asset": "retrieval_heads", "profile": profile.name,
-                "code_versions": {"retrieval_probe_set": PROBE_CODE_VERSION, "retrieval_heads": CODE_VERSION}})
+    doc.update(
+        {
+            "asset": "retrieval_heads",
+            "profile": profile.name,
+            "code_versions": {"retrieval_probe_set": PROBE_CODE_VERSION, "retrieval_heads": CODE_VERSION},
+        }
+    )
     atomic_write_json(workdir.heads_path, doc)
 
     L, H = ranking.scores.shape
     chosen = set(ranking.heads)
-    table = pl.DataFrame({
-        "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
-        "retrieval_score": ranking.scores.reshape(-1),
-    }).with_columns(
-        pl.struct("layer", "head").map_elements(lambda r: (r["layer"], r["head"]) in chosen,
-                                                return_dtype=pl.Boolean).alias("selected"),
+    table = pl.DataFrame(
+        {
+            "layer": np.repeat(np.arange(L), H),
+            "head": np.tile(np.arange(H), L),
+            "retrieval_score": ranking.scores.reshape(-1),
+        }
+    ).with_columns(
+        pl.struct("layer", "head")
+        .map_elements(lambda r: (r["layer"], r["head"]) in chosen, return_dtype=pl.Boolean)
+        .alias("selected"),
         pl.lit(ranking.head_set_id).alias("head_set_id"),
     )
-    write_parquet_with_provenance(table, workdir.head_scores_path, {k: v for k, v in doc.items() if k != "scores"})
-    png = heatmap_png(np.nan_to_num(ranking.scores), ranking.heads,
-                      f"{lm.identity}: retrieval score, chosen heads boxed")
-    workdir.heads_figure_path.write_bytes(png)
+    write_parquet_with_provenance(
+        table, workdir.head_scores_path, {k: v for k, v in doc.items() if k != "scores"}
+    )
+    from attention_influence.evaluation.figures import head_heatmap  # matplotlib: only when materializing
+
+    figure = head_heatmap(
+        np.nan_to_num(ranking.scores),
+        ranking.heads,
+        workdir.heads_figure_path,
+        f"{lm.identity}: retrieval score",
+    )
+    png = figure.read_bytes()
     top = table.sort(["retrieval_score", "layer", "head"], descending=[True, False, False], nulls_last=True)
     return dg.MaterializeResult(
         metadata={
@@ -119,15 +123,10 @@ def retrieval_heads(context: dg.AssetExecutionContext, model: SelectorModel, pro
             "n_probes": ranking.n_probes,
             "exact_match_base": ranking.exact_match,
             "path": dg.MetadataValue.path(str(workdir.heads_path)),
-            "top_heads": dg.MetadataValue.md(markdown_table(top.head(max(10, len(chosen))).drop("head_set_id")
-                                                            .to_dicts())),
+            "top_heads": dg.MetadataValue.md(
+                markdown_table(top.head(max(10, len(chosen))).drop("head_set_id").to_dicts())
+            ),
             "heatmap": png_markdown(png, "retrieval scores"),
         },
         data_version=dg.DataVersion(ranking.head_set_id),
     )
-
-
-def heads_summary(path) -> dict:
-    """What the audit needs from heads.json (no scores matrix)."""
-    doc = json.loads(path.read_text())
-    return {k: v for k, v in doc.items() if k != "scores"}

@@ -1,8 +1,10 @@
-"""`selection_evaluation`: one MLflow run about the head set and the selection (mirror effect, analysis, figures).
+"""`selection_evaluation`: one MLflow run about the head set and the selection
+(mirror effect, analysis, figures).
 
-The evaluation itself is `ai_assets.evaluation.run_selection_evaluation`; this asset gathers its inputs from the
-graph's outputs (heads.json, cut.parquet, the corpus text of the scored documents, held-out probes that never
-overlap the ranking probes) and opens the MLflow run, into which it also logs the cut's provenance and tables.
+The evaluation itself is `attention_influence.evaluation.run_selection_evaluation`; this asset gathers its
+inputs from the graph's outputs (heads.json, cut.parquet, the corpus text of the scored documents, held-out
+probes that never overlap the ranking probes) and opens the MLflow run, into which it also logs the cut's
+provenance and tables.
 """
 
 import json
@@ -11,10 +13,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ai_assets.audit import read_provenance
-from ai_assets.corpus import resolve_shard
-from ai_assets.lineage import heads_text, markdown_table, png_markdown
+from ai_assets.metadata import heads_text, markdown_table, png_markdown
 from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
+from attention_influence.audit import read_provenance
+from attention_influence.io.corpus import resolve_shard
 from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
 
 CODE_VERSION = "1"
@@ -28,7 +30,10 @@ def corpus_frame(corpus: Corpus, shard_keys: list[str], limit: int) -> pl.DataFr
             break
         uri = resolve_shard(corpus.uri, key).uri
         names = pl.scan_parquet(uri).collect_schema().names()
-        cols = [pl.col(corpus.id_column).cast(pl.String).alias("id"), pl.col(corpus.text_column).alias("text")]
+        cols = [
+            pl.col(corpus.id_column).cast(pl.String).alias("id"),
+            pl.col(corpus.text_column).alias("text"),
+        ]
         if "edu_score" in names:
             cols.append(pl.col("edu_score").cast(pl.Float64))
         frame = pl.scan_parquet(uri).select(cols).head(limit - rows).collect()
@@ -39,11 +44,17 @@ def corpus_frame(corpus: Corpus, shard_keys: list[str], limit: int) -> pl.DataFr
 
 def heldout_probes(model: SelectorModel, corpus: Corpus, profile: SelectionProfile, n: int) -> list:
     """Probes built like the ranking probes but with indices after them: never the same probe twice."""
-    from ai_assets.influence.probes import build_probes, extract_sentences
+    from attention_influence.influence.probes import build_probes, extract_sentences
 
     sentences = extract_sentences(corpus.texts(profile.probe_source_docs), model.lm.tokenizer)
-    return build_probes(sentences, model.lm.tokenizer, n=n, max_tokens=profile.probe_max_tokens,
-                        seed=profile.probe_seed, start=profile.n_probes)
+    return build_probes(
+        sentences,
+        model.lm.tokenizer,
+        n=n,
+        max_tokens=profile.probe_max_tokens,
+        seed=profile.probe_seed,
+        start=profile.n_probes,
+    )
 
 
 @dg.asset(
@@ -52,17 +63,26 @@ def heldout_probes(model: SelectorModel, corpus: Corpus, profile: SelectionProfi
     code_version=CODE_VERSION,
     group_name="selection",
     kinds={"mlflow"},
-    description="An MLflow run evaluating the head set and the selection: the mirror effect (appendix D), the "
-    "selection analysis (section 6), figures, and the cut's provenance.",
+    description="An MLflow run evaluating the head set and the selection: the mirror effect (appendix D), "
+    "the selection analysis (section 6), figures, and the cut's provenance.",
 )
-def selection_evaluation(context: dg.AssetExecutionContext, model: SelectorModel, corpus: Corpus,
-                         profile: SelectionProfile, workdir: Workdir, mlflow: MLflow) -> dg.MaterializeResult:
+def selection_evaluation(
+    context: dg.AssetExecutionContext,
+    model: SelectorModel,
+    corpus: Corpus,
+    profile: SelectionProfile,
+    workdir: Workdir,
+    mlflow: MLflow,
+) -> dg.MaterializeResult:
     import mlflow as mlflow_lib
 
-    from ai_assets.evaluation import profile_config, run_selection_evaluation
-    from ai_assets.evaluation.config import PROFILES
-    from ai_assets.influence.heads import HeadRanking
+    from attention_influence.evaluation.config import PROFILES, profile_config
+    from attention_influence.evaluation.run import run_selection_evaluation
+    from attention_influence.influence.heads import HeadRanking
 
+    for path in (workdir.heads_path, workdir.cut_path, workdir.cut_summary_path):
+        workdir.pull(path)
+    workdir.pull_folder(workdir.manifest_dir)
     if not workdir.heads_path.exists() or not workdir.cut_path.exists():
         raise dg.Failure("materialize retrieval_heads and domain_cut first")
     ranking = HeadRanking.from_json(json.loads(workdir.heads_path.read_text()))
@@ -71,20 +91,42 @@ def selection_evaluation(context: dg.AssetExecutionContext, model: SelectorModel
     cut = pl.read_parquet(workdir.cut_path)
     scores = cut.filter(pl.col("excluded_reason").is_null())
     selected = scores.filter(pl.col("selected")).select("id")
-    config = profile_config(profile.name if profile.name in PROFILES else "demo", top_frac=profile.domain_top_frac)
+    config = profile_config(
+        profile.name if profile.name in PROFILES else "demo",
+        top_frac=profile.domain_top_frac,
+        eval_dir=Path(profile.eval_dir),
+    )
     shard_keys = [s["key"] for s in prov.get("shards", [])]
     texts = corpus_frame(corpus, shard_keys, limit=max(config.max_word_docs, 1))
     probes = heldout_probes(model, corpus, profile, config.n_probes)
-    params = {"selection.domain_top_frac": prov.get("domain_top_frac"), "selection.rounding": prov.get("rounding"),
-              "selection.shards": len(shard_keys), "selection.corpus": corpus.uri,
-              "selection.profile": profile.name, "selection.manifest": str(manifest)}
-    with mlflow.start_run(run_name=f"selection {ranking.head_set_id[:8]} {profile.name}",
-                          tags={"dagster_run_id": context.run_id, "head_set_id": ranking.head_set_id}) as run:
+    params = {
+        "selection.domain_top_frac": prov.get("domain_top_frac"),
+        "selection.rounding": prov.get("rounding"),
+        "selection.shards": len(shard_keys),
+        "selection.corpus": corpus.uri,
+        "selection.profile": profile.name,
+        "selection.manifest": str(manifest),
+    }
+    with mlflow.start_run(
+        run_name=f"selection {ranking.head_set_id[:8]} {profile.name}",
+        tags={"dagster_run_id": context.run_id, "head_set_id": ranking.head_set_id},
+    ) as run:
         for path in (workdir.heads_path, workdir.cut_summary_path):
             mlflow_lib.log_artifact(str(path), artifact_path="selection")
         result = run_selection_evaluation(
-            model.lm, ranking, scores, selected, texts, probes, config, mlflow.tracking_uri,
-            experiment=mlflow.experiment, params=params, log=context.log.info, run_id=run.info.run_id,
+            model.lm,
+            ranking,
+            scores,
+            selected,
+            texts,
+            probes,
+            config,
+            mlflow.tracking_uri,
+            experiment=mlflow.experiment,
+            params=params,
+            log=context.log.info,
+            run_id=run.info.run_id,
+            ui_base_url=mlflow.ui_url,
         )
     headline = result.headline()
     metadata = {
@@ -94,8 +136,9 @@ def selection_evaluation(context: dg.AssetExecutionContext, model: SelectorModel
         "head_set_id": ranking.head_set_id,
         "heads": heads_text(ranking.heads),
         "model": prov["model"],
-        "headline": dg.MetadataValue.md(markdown_table([{"metric": k, "value": v}
-                                                        for k, v in sorted(headline.items())])),
+        "headline": dg.MetadataValue.md(
+            markdown_table([{"metric": k, "value": v} for k, v in sorted(headline.items())])
+        ),
         "skipped": dg.MetadataValue.json(result.skipped),
         "eval_seconds": round(result.seconds, 1),
     }

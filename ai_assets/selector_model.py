@@ -1,6 +1,5 @@
 """`selector_model`: the model behind every score, observed so that swapping it marks everything stale."""
 
-
 import dagster as dg
 
 from resources import SelectorModel

@@ -1,27 +1,26 @@
 """The shard sensor: new corpus shards become partitions and are scored, and only they are.
 
 Each tick lists the corpus, registers unknown shards as partitions, records an observation of each new or
-rewritten shard (its fingerprint is the data version of `corpus_shard`), and requests one `document_scores` run
-per shard whose current file has not been scored yet. The run key is `<shard>:<fingerprint>`, so a shard is
-requested once per version of its file, however many ticks see it. Head-set changes are not this sensor's
+rewritten shard (its fingerprint is the data version of `corpus_shard`), and requests one `document_scores`
+run per shard whose current file has not been scored yet. The run key is `<shard>:<fingerprint>`, so a shard
+is requested once per version of its file, however many ticks see it. Head-set changes are not this sensor's
 business: stale partitions are re-run from the UI ("Materialize stale") or by a backfill.
 """
-
 
 import json
 
 import dagster as dg
 
-from ai_assets.corpus import CorpusError, Shard
 from ai_assets.document_scores import GPU_POOL, document_scores
 from ai_assets.partitions import SHARD_PARTITIONS, shard_observation, shard_partitions
+from attention_influence.io.corpus import CorpusError, Shard
 from resources import Corpus, Workdir
 
 
 def ensure_pool(instance: dg.DagsterInstance, pool: str = GPU_POOL) -> None:
-    """Create the pool's limit row (at the instance default) before the runs this sensor requests start: two run
-    workers that both find it missing race to insert it, and on PostgreSQL the loser's step fails (dagster 1.13,
-    `initialize_concurrency_limit_to_default`). The daemon's run queue does the same for queued runs."""
+    """Create the pool's limit row (at the instance default) before the runs this sensor requests start: two
+    run workers that both find it missing race to insert it, and on PostgreSQL the loser's step fails (dagster
+    1.13, `initialize_concurrency_limit_to_default`). The daemon's run queue does the same for queued runs."""
     storage = instance.event_log_storage
     if pool not in storage.get_concurrency_keys():
         storage.initialize_concurrency_limit_to_default(pool)
@@ -31,8 +30,8 @@ def shards_to_score(shards: list[Shard], workdir: Workdir) -> list[Shard]:
     """Shards never scored, or scored from a file that has changed since."""
     todo = []
     for shard in shards:
-        prov = workdir.score_provenance_path(shard.key)
-        if not prov.exists() or json.loads(prov.read_text()).get("shard_fingerprint") != shard.fingerprint:
+        record = workdir.score_record(shard.key)
+        if record is None or record.get("shard_fingerprint") != shard.fingerprint:
             todo.append(shard)
     return todo
 
@@ -58,7 +57,7 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: Corpus, wor
     todo = shards_to_score(shards, workdir)
     changed = [s for s in todo if s.key in registered]
     requests = []
-    if workdir.heads_path.exists():
+    if workdir.pull(workdir.heads_path).exists():
         ensure_pool(context.instance)
         requests = [dg.RunRequest(partition_key=s.key, run_key=f"{s.key}:{s.fingerprint}") for s in todo]
     elif todo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from ai_assets.corpus import Shard, list_shards, read_texts, resolve_shard
+from attention_influence.io.corpus import Shard, list_shards, read_texts, resolve_shard
 
 
 class Corpus(dg.ConfigurableResource):
@@ -15,7 +15,8 @@ class Corpus(dg.ConfigurableResource):
     text_column: str = Field(default="text", description="Column holding the document text.")
     id_column: str = Field(default="id", description="Column holding the document id.")
     domain_column: str = Field(
-        default="domain", description="Column holding the domain; empty or absent: the shard's folder name.")
+        default="domain", description="Column holding the domain; empty or absent: the shard's folder name."
+    )
 
     def shards(self) -> list[Shard]:
         return list_shards(self.uri)

@@ -8,14 +8,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-
-
-def load_sql(name: str) -> str:
-    path = SQL_DIR / f"{name}.sql"
-    if not path.is_file():
-        raise FileNotFoundError(f"no SQL statement {name!r} in {SQL_DIR}")
-    return path.read_text()
+from attention_influence.io.sql import load_sql
 
 
 class DuckDB(dg.ConfigurableResource):
@@ -44,5 +37,6 @@ class DuckDB(dg.ConfigurableResource):
 
     @staticmethod
     def query(con, name: str, params: dict | list | None = None):
-        """`sql/<name>.sql` (a SELECT) as a relation with bound parameters: stream it with to_arrow_reader()."""
+        """`sql/<name>.sql` (a SELECT) as a relation with bound parameters:
+        stream it with to_arrow_reader()."""
         return con.sql(load_sql(name), params=params or None)

@@ -3,41 +3,42 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from attention_influence.evaluation import tracking
+from attention_influence.settings import DEFAULT_MLFLOW_UI_URL
+
 
 class MLflow(dg.ConfigurableResource):
-    """Where `selection_evaluation` logs its run (MLFLOW_TRACKING_URI)."""
+    """Where `selection_evaluation` logs its run (MLFLOW_TRACKING_URI); store set-up lives in the library."""
 
-    tracking_uri: str = Field(description="MLflow tracking URI, e.g. sqlite:///work/mlflow.db or http://host:5000.")
+    tracking_uri: str = Field(
+        description="MLflow tracking URI, e.g. sqlite:///work/mlflow.db or http://host:5000."
+    )
     experiment: str = Field(default="attention-influence", description="MLflow experiment name.")
     artifact_root: str = Field(
-        default="", description="Artifact location for a new experiment; default next to a SQLite store.")
+        default="", description="Artifact location for a new experiment; default next to a SQLite store."
+    )
+    ui_url: str = Field(
+        default=DEFAULT_MLFLOW_UI_URL, description="The MLflow UI that run links point at (AI_MLFLOW_UI_URL)."
+    )
 
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return tracking.ui_command(self.tracking_uri)
 
-    def _artifact_location(self) -> str | None:
-        if self.artifact_root:
-            return self.artifact_root
-        if self.tracking_uri.startswith("sqlite:///"):
-            return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-        return None
-
-    def setup(self):
+    def setup(self) -> str:
         """Point the mlflow client at the store and make sure the experiment exists; returns its id."""
         import mlflow
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        tracking.prepare_store(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
-        exp = mlflow.get_experiment_by_name(self.experiment)
-        if exp is None:
-            return mlflow.create_experiment(self.experiment, artifact_location=self._artifact_location())
-        return exp.experiment_id
+        return tracking.ensure_experiment(
+            mlflow.MlflowClient(self.tracking_uri),
+            self.experiment,
+            self.artifact_root or tracking.default_artifact_location(self.tracking_uri),
+        )
 
     @contextmanager
     def start_run(self, run_name: str, tags: dict[str, str] | None = None):

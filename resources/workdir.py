@@ -1,34 +1,21 @@
 """The work directory: every file the graph writes, at fixed places below one root.
 
 With `remote` set (AI_OUTPUT_URI: s3://, gs://, hf:// or any fsspec URI) the local root is a cache of that
-prefix, so steps in different pods or machines share outputs: a path handed out for reading is first fetched
-from the remote copy when that is newer, and files a step wrote are uploaded when the step ends (see
-`resources/remote_store.py`). Without it nothing changes: plain local files.
+prefix, so steps in different pods or machines share outputs: a step pulls what it reads (`pull`, explicit,
+newer remote copies only) and what it wrote is uploaded when the step ends (`publish`; see
+`attention_influence/io/remote_store.py`). Paths themselves are pure. Without `remote`: plain local files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ai_assets.corpus import validate_key
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+from attention_influence.io.corpus import validate_key
 
 
 class Workdir(dg.ConfigurableResource):
@@ -36,8 +23,10 @@ class Workdir(dg.ConfigurableResource):
 
     path: str = Field(description="Work directory; every output of the graph is written below it.")
     remote: str = Field(
-        default="", description="Object-store prefix holding the outputs (s3://bucket/prefix, gs://..., hf://...; "
-        "AI_OUTPUT_URI); the work directory is then a local cache of it. Empty: local files only.")
+        default="",
+        description="Object-store prefix holding the outputs (s3://bucket/prefix, gs://..., hf://...; "
+        "AI_OUTPUT_URI); the work directory is then a local cache of it. Empty: local files only.",
+    )
 
     _store: object = PrivateAttr(default=None)
 
@@ -49,7 +38,7 @@ class Workdir(dg.ConfigurableResource):
     def store(self):
         """The `RemoteStore` behind `remote` (None without one); one per resource instance."""
         if self.remote and self._store is None:
-            from resources.remote_store import RemoteStore
+            from attention_influence.io.remote_store import RemoteStore
 
             self._store = RemoteStore(self.remote, self.root)
         return self._store
@@ -58,10 +47,21 @@ class Workdir(dg.ConfigurableResource):
         """Upload files written since `since` (epoch seconds) to `remote`; returns their relative paths."""
         return self.store.publish(since=since) if self.store is not None else []
 
-    def _fetched(self, path: Path, kind: str | None = None, key: str | None = None) -> Path:
+    def pull(self, path: Path, kind: str | None = None, key: str | None = None) -> Path:
+        """Make the local `path` current with its remote copy (nothing without `remote`); returns `path`.
+
+        `kind`/`key` name a file of scores/ (kind scores, quarantine or provenance): a reader that pulls the
+        files of several shards gets one listing and concurrent downloads instead of one request per file.
+        """
         if self.store is not None:
             self.store.fetch(path, kind=kind, key=key)
         return path
+
+    def pull_folder(self, folder: Path) -> Path:
+        """Every file of one output folder (the manifest) made current; returns `folder`."""
+        if self.store is not None:
+            self.store.fetch_folder(folder)
+        return folder
 
     def inside(self, *parts: str) -> Path:
         """A path below the root; anything that would resolve outside it is refused."""
@@ -70,31 +70,45 @@ class Workdir(dg.ConfigurableResource):
             raise ValueError(f"path {'/'.join(parts)!r} escapes the work dir {self.root}")
         return target
 
-    # one place per asset
+    # one place per asset; pure paths: reading one from an object store is an explicit `pull`
     @property
     def probes_path(self) -> Path:
-        return self._fetched(self.inside("probes", "probes.parquet"))
+        return self.inside("probes", "probes.parquet")
 
     @property
     def heads_path(self) -> Path:
-        return self._fetched(self.inside("heads", "heads.json"))
+        return self.inside("heads", "heads.json")
 
     @property
     def head_scores_path(self) -> Path:
-        return self._fetched(self.inside("heads", "head_scores.parquet"))
+        return self.inside("heads", "head_scores.parquet")
 
     @property
     def heads_figure_path(self) -> Path:
-        return self._fetched(self.inside("heads", "head_scores.png"))
+        return self.inside("heads", "head_scores.png")
 
     def score_path(self, key: str) -> Path:
-        return self._fetched(self.inside("scores", f"{validate_key(key)}.parquet"), "scores", key)
+        return self.inside("scores", f"{validate_key(key)}.parquet")
 
     def score_quarantine_path(self, key: str) -> Path:
-        return self._fetched(self.inside("scores", f"{validate_key(key)}.quarantine.parquet"), "quarantine", key)
+        return self.inside("scores", f"{validate_key(key)}.quarantine.parquet")
 
     def score_provenance_path(self, key: str) -> Path:
-        return self._fetched(self.inside("scores", f"{validate_key(key)}.json"), "provenance", key)
+        return self.inside("scores", f"{validate_key(key)}.json")
+
+    def score_record(self, key: str) -> dict | None:
+        """The provenance of a shard's complete score output (table, quarantine table and provenance all
+        present, pulled when remote), or None: the one answer to "is this shard scored?"."""
+        files = {
+            "provenance": self.score_provenance_path(key),
+            "scores": self.score_path(key),
+            "quarantine": self.score_quarantine_path(key),
+        }
+        for kind, path in files.items():
+            self.pull(path, kind, key)
+        if not all(path.exists() for path in files.values()):
+            return None
+        return json.loads(files["provenance"].read_text())
 
     def staging_path(self, key: str) -> Path:
         """Local copy of the scored part of a shard (remote shards, or the first N rows)."""
@@ -102,11 +116,11 @@ class Workdir(dg.ConfigurableResource):
 
     @property
     def cut_path(self) -> Path:
-        return self._fetched(self.inside("cut", "cut.parquet"))
+        return self.inside("cut", "cut.parquet")
 
     @property
     def cut_summary_path(self) -> Path:
-        return self._fetched(self.inside("cut", "cut_by_domain.parquet"))
+        return self.inside("cut", "cut_by_domain.parquet")
 
     @property
     def duckdb_path(self) -> Path:
@@ -114,10 +128,7 @@ class Workdir(dg.ConfigurableResource):
 
     @property
     def manifest_dir(self) -> Path:
-        folder = self.inside("manifest")
-        if self.store is not None:
-            self.store.fetch_folder(folder)
-        return folder
+        return self.inside("manifest")
 
 
 class RemoteWorkdir(Workdir):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: build the embedded demo corpus (when AI_CORPUS is unset) and materialize the whole selection graph,
 # every shard partition, into a persistent Dagster instance. Honours AI_CORPUS, AI_MODEL, AI_WORKDIR, AI_PROFILE,
-# MLFLOW_TRACKING_URI and DAGSTER_HOME (see ai_assets/settings.py); AI_DEMO_CLI=1 runs each step through
+# MLFLOW_TRACKING_URI and DAGSTER_HOME (see attention_influence/settings.py); AI_DEMO_CLI=1 runs each step through
 # `dagster asset materialize` instead of one Python process.
 set -euo pipefail
 
@@ -22,7 +22,7 @@ export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$AI_WORKDIR/mlflow.
 t0=$(date +%s)
 if [ -z "${AI_CORPUS:-}" ]; then
   echo "== AI_CORPUS unset: building the demo corpus in $AI_WORKDIR/demo_corpus"
-  "$PY" -m ai_assets.demo_corpus --out "$AI_WORKDIR/demo_corpus"
+  "$PY" -m attention_influence.demo_corpus --out "$AI_WORKDIR/demo_corpus"
 fi
 
 echo "== materializing the selection graph (profile $AI_PROFILE, DAGSTER_HOME=$DAGSTER_HOME)"
@@ -44,7 +44,7 @@ fi
 echo
 echo "== done in $(( $(date +%s) - t0 ))s. Where to look:"
 echo "  manifest:   $AI_WORKDIR/manifest/manifest.parquet"
-echo "              $PY -m ai_assets.cli audit $AI_WORKDIR/manifest/manifest.parquet"
+echo "              $PY -m attention_influence.cli audit $AI_WORKDIR/manifest/manifest.parquet"
 echo "  cut:        $AI_WORKDIR/cut/cut.parquet  (DuckDB: $AI_WORKDIR/selection.duckdb, table domain_cut)"
 echo "  Dagster UI: make ui   (DAGSTER_HOME=$DAGSTER_HOME; lineage, metadata, partitions)"
 echo "  MLflow UI:  $(dirname "$PY")/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"

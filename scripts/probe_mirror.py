@@ -1,7 +1,8 @@
 """Probe exact match: base model, retrieval heads masked, and as many random other heads masked (N draws).
 
 usage: python scripts/probe_mirror.py HEADS.json CORPUS_GLOB [--probes 64] [--max-tokens 1024] [--draws 5]
-Uses held-out probes (indices after the ranking probes), so the heads are not judged on the probes that chose them.
+Uses held-out probes (indices after the ranking probes), so the heads are not judged on the probes that chose
+them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import time
 
 import numpy as np
 
-from ai_assets.cli import expand_corpus, read_texts
-from ai_assets.influence.heads import load_head_set, probe_exact_match
-from ai_assets.influence.models import load_model
-from ai_assets.influence.probes import build_probes, extract_sentences
+from attention_influence.cli import expand_corpus, read_texts
+from attention_influence.influence.heads import load_head_set, probe_exact_match
+from attention_influence.influence.models import load_model
+from attention_influence.influence.probes import build_probes, extract_sentences
 
 
 def main() -> None:
@@ -32,19 +33,35 @@ def main() -> None:
     heads, meta = load_head_set(args.heads)
     lm = load_model(args.model)
     sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
-    probes = build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed,
-                          start=100_000)
+    probes = build_probes(
+        sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed, start=100_000
+    )
     t0 = time.perf_counter()
     base = probe_exact_match(lm, probes)
     masked = probe_exact_match(lm, probes, heads)
-    others = [(layer, h) for layer in range(lm.num_layers) for h in range(lm.num_heads) if (layer, h) not in heads]
+    others = [
+        (layer, h) for layer in range(lm.num_layers) for h in range(lm.num_heads) if (layer, h) not in heads
+    ]
     rng = random.Random(args.seed)
     rand = [probe_exact_match(lm, probes, rng.sample(others, len(heads))) for _ in range(args.draws)]
-    print(json.dumps({"model": lm.identity, "dtype": str(lm.dtype), "n_probes": len(probes),
-                      "max_tokens": args.max_tokens, "n_heads": len(heads), "head_set_id": meta.get("head_set_id"),
-                      "base": base, "retrieval_masked": masked, "random_masked_mean": float(np.mean(rand)),
-                      "random_masked_sd": float(np.std(rand, ddof=1)) if len(rand) > 1 else 0.0,
-                      "random_masked": rand, "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "model": lm.identity,
+                "dtype": str(lm.dtype),
+                "n_probes": len(probes),
+                "max_tokens": args.max_tokens,
+                "n_heads": len(heads),
+                "head_set_id": meta.get("head_set_id"),
+                "base": base,
+                "retrieval_masked": masked,
+                "random_masked_mean": float(np.mean(rand)),
+                "random_masked_sd": float(np.std(rand, ddof=1)) if len(rand) > 1 else 0.0,
+                "random_masked": rand,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny byte-level tokenizer and tiny random decoder models (Llama GQA/MHA, Qwen2, Mistral)."""
+"""Shared fixtures: a tiny byte-level tokenizer and tiny random decoder models
+(Llama GQA/MHA, Qwen2, Mistral)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def build_tiny_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TRAIN_TEXT, vocab_size=384, min_frequency=1, special_tokens=["<eos>"], show_progress=False)
+    bpe.train_from_iterator(
+        TRAIN_TEXT, vocab_size=384, min_frequency=1, special_tokens=["<eos>"], show_progress=False
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<eos>", pad_token="<eos>")
     return tok
 
@@ -42,9 +45,16 @@ def build_tiny_tokenizer():
 def tiny_config(arch: str = "llama", kv_heads: int = 2, vocab: int = 384, layers: int = 4):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                  num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=512,
-                  tie_word_embeddings=False)
+    common = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":
@@ -71,7 +81,7 @@ def make_tiny_model(arch: str = "llama", kv_heads: int = 2, seed: int = 0, dtype
 
 def tiny_loaded_model(identity: str, kv_heads: int = 2, seed: int = 0, arch: str = "llama"):
     """A tiny random model wrapped as the engine's LoadedModel."""
-    from ai_assets.influence.models import LoadedModel
+    from attention_influence.influence.models import LoadedModel
 
     model, tok = make_tiny_model(arch, kv_heads, seed)
     return LoadedModel.from_pretrained_objects(model, tok, identity=identity)
@@ -121,6 +131,6 @@ def require_shared(path: Path = SAMPLE_CORPUS) -> Path:
 @pytest.fixture(scope="session")
 def smollm2():
     """The real default model (converted once into the model cache), float32 for exact comparisons."""
-    from ai_assets.influence.models import load_model
+    from attention_influence.influence.models import load_model
 
     return load_model("smollm2-135m", dtype="float32", device="cpu")

@@ -1,4 +1,5 @@
-"""A tiny corpus and a complete run of the selection graph on a temporary Dagster instance (used by graph tests)."""
+"""A tiny corpus and a complete run of the selection graph on a temporary Dagster instance
+(used by graph tests)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def sentence(rng: random.Random) -> str:
 def write_shard(path: Path, domain: str | None, n_docs: int, seed: int, prefix: str) -> Path:
     """n_docs documents of 2-8 generated sentences; without `domain` the shard has no domain column."""
     rng = random.Random(seed)
-    rows = {"id": [f"{prefix}-{i:03d}" for i in range(n_docs)],
-            "text": [" ".join(sentence(rng) for _ in range(rng.randint(2, 8))) for _ in range(n_docs)]}
+    rows = {
+        "id": [f"{prefix}-{i:03d}" for i in range(n_docs)],
+        "text": [" ".join(sentence(rng) for _ in range(rng.randint(2, 8))) for _ in range(n_docs)],
+    }
     if domain is not None:
         rows["domain"] = [domain] * n_docs
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,24 +35,46 @@ def build_corpus(root: Path) -> Path:
     """3 domains x 2 shards x 10-12 documents; `gamma` takes its domain from the folder name."""
     for d, domain in enumerate(["alpha", "beta", "gamma"]):
         for s in range(2):
-            write_shard(root / domain / f"{domain}-{s}.parquet", None if domain == "gamma" else domain,
-                        n_docs=10 + 2 * s, seed=100 * d + s, prefix=f"{domain}{s}")
+            write_shard(
+                root / domain / f"{domain}-{s}.parquet",
+                None if domain == "gamma" else domain,
+                n_docs=10 + 2 * s,
+                seed=100 * d + s,
+                prefix=f"{domain}{s}",
+            )
     return root
 
 
 def graph_resources(model_dir: Path, corpus_root: Path, workdir: Path, **profile) -> dict:
     from ai_assets.definitions import build_resources
-    from ai_assets.settings import load_settings
+    from attention_influence.settings import load_settings
     from resources import SelectionProfile, SelectorModel
 
-    settings = load_settings({"AI_CORPUS": str(corpus_root / "*" / "*.parquet"), "AI_WORKDIR": str(workdir),
-                              "AI_MODEL": str(model_dir)})
+    settings = load_settings(
+        {
+            "AI_CORPUS": str(corpus_root / "*" / "*.parquet"),
+            "AI_WORKDIR": str(workdir),
+            "AI_MODEL": str(model_dir),
+        }
+    )
     res = build_resources(settings)
     res["model"] = SelectorModel(spec=str(model_dir), dtype="float32", device="cpu")
-    res["profile"] = SelectionProfile(**{
-        "name": "test", "n_probes": 3, "probe_max_tokens": 510, "probe_source_docs": 200, "head_top_frac": 0.25,
-        "doc_max_tokens": 64, "windows": False, "max_docs_per_shard": 0, "batch_tokens": 1024,
-        "checkpoint_every": 4, "domain_top_frac": 0.2, **profile})
+    res["profile"] = SelectionProfile(
+        **{
+            "name": "test",
+            "n_probes": 3,
+            "probe_max_tokens": 510,
+            "probe_source_docs": 200,
+            "head_top_frac": 0.25,
+            "doc_max_tokens": 64,
+            "windows": False,
+            "max_docs_per_shard": 0,
+            "batch_tokens": 1024,
+            "checkpoint_every": 4,
+            "domain_top_frac": 0.2,
+            **profile,
+        }
+    )
     return res
 
 
@@ -57,7 +82,9 @@ def definitions(resources: dict) -> dg.Definitions:
     from ai_assets.definitions import ASSETS, automation_sensor
     from ai_assets.sensors import corpus_shard_sensor
 
-    return dg.Definitions(assets=ASSETS, sensors=[corpus_shard_sensor, automation_sensor], resources=resources)
+    return dg.Definitions(
+        assets=ASSETS, sensors=[corpus_shard_sensor, automation_sensor], resources=resources
+    )
 
 
 def run_whole_graph(instance: dg.DagsterInstance, resources: dict) -> list[str]:
@@ -70,24 +97,35 @@ def run_whole_graph(instance: dg.DagsterInstance, resources: dict) -> list[str]:
     dg.materialize(ASSETS, selection=[selector_model], instance=instance, resources=resources)
     register_shards(instance, resources["corpus"].shards())
     keys = instance.get_dynamic_partitions("corpus_shards")
-    dg.materialize(ASSETS, selection=["retrieval_probe_set", "retrieval_heads"], instance=instance,
-                   resources=resources)
+    dg.materialize(
+        ASSETS, selection=["retrieval_probe_set", "retrieval_heads"], instance=instance, resources=resources
+    )
     for key in keys:
-        dg.materialize(ASSETS, selection=[document_scores], partition_key=key, instance=instance,
-                       resources=resources)
-    dg.materialize(ASSETS, selection=["domain_cut", "pretraining_manifest", "selection_evaluation"],
-                   instance=instance, resources=resources)
+        dg.materialize(
+            ASSETS, selection=[document_scores], partition_key=key, instance=instance, resources=resources
+        )
+    dg.materialize(
+        ASSETS,
+        selection=["domain_cut", "pretraining_manifest", "selection_evaluation"],
+        instance=instance,
+        resources=resources,
+    )
     return keys
 
 
-def stale_status(instance: dg.DagsterInstance, resources: dict, asset: str, partition: str | None = None) -> str:
+def stale_status(
+    instance: dg.DagsterInstance, resources: dict, asset: str, partition: str | None = None
+) -> str:
     """FRESH / STALE / MISSING as the Dagster UI computes it (a new resolver each call: it caches)."""
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._time import get_current_datetime
 
     graph = definitions(resources).resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=instance, asset_graph=graph)
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
     return resolver.get_status(dg.AssetKey(asset), partition).value

@@ -47,7 +47,10 @@ def reference_losses(model, ids: list[int], heads=()) -> float:
     x = sd["model.embed_tokens.weight"][torch.tensor(ids)]  # (T, C)
     cos, sin = rope_tables(T, D, rope_theta(cfg))
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
-    uniform = torch.tril(torch.ones(T, T, dtype=torch.float64)) / torch.arange(1, T + 1, dtype=torch.float64)[:, None]
+    uniform = (
+        torch.tril(torch.ones(T, T, dtype=torch.float64))
+        / torch.arange(1, T + 1, dtype=torch.float64)[:, None]
+    )
     masked = set(map(tuple, heads))
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."

@@ -1,5 +1,6 @@
-"""`attention-influence bench` on a tiny random Llama, and the speed paths of the engine against slow references:
-chunked cross-entropy, streamed scoring, memory-sized batches, torch.compile, speculative probe decoding."""
+"""`attention-influence bench` on a tiny random Llama, and the speed paths of the engine against slow
+references: chunked cross-entropy, streamed scoring, memory-sized batches, torch.compile, speculative probe
+decoding."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import pytest
 import torch
 from conftest import TRAIN_TEXT, tiny_config, tiny_loaded_model
 
-from ai_assets import cli
-from ai_assets.bench import KEYS, Shape, default_heads, ideal_over_plain
-from ai_assets.influence import scoring
-from ai_assets.influence.heads import decode_probe, lookup_draft, rank_heads
-from ai_assets.influence.masking import recording_argmax
-from ai_assets.influence.models import LoadedModel
-from ai_assets.influence.probes import build_probes
+from attention_influence import cli
+from attention_influence.bench import KEYS, Shape, default_heads, ideal_over_plain
+from attention_influence.influence import scoring
+from attention_influence.influence.heads import decode_probe, lookup_draft, rank_heads
+from attention_influence.influence.masking import recording_argmax
+from attention_influence.influence.models import LoadedModel
+from attention_influence.influence.probes import build_probes
 
 DOCS = [t * k for k, t in enumerate(TRAIN_TEXT[:6], start=1)]  # 6 documents of different lengths
 HEADS = [(0, 1), (1, 3), (2, 0), (3, 2)]
@@ -34,7 +35,9 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench-corpus")
     for name, texts in (("a", DOCS[:3]), ("b", DOCS[3:])):
         (root / name).mkdir()
-        pl.DataFrame({"id": [f"{name}{i}" for i in range(3)], "text": texts}).write_parquet(root / name / "x.parquet")
+        pl.DataFrame({"id": [f"{name}{i}" for i in range(3)], "text": texts}).write_parquet(
+            root / name / "x.parquet"
+        )
     return root
 
 
@@ -45,9 +48,25 @@ def run_bench(capsys, *argv) -> dict:
 
 
 def test_bench_reports_consistent_numbers(tiny_model_dir, corpus, capsys, tmp_path):
-    res = run_bench(capsys, "--model", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu",
-                    "--corpus", str(corpus / "*" / "*.parquet"), "--docs", "4", "--max-tokens", "64",
-                    "--rounds", "2", "--out", str(tmp_path / "bench.json"))
+    res = run_bench(
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--corpus",
+        str(corpus / "*" / "*.parquet"),
+        "--docs",
+        "4",
+        "--max-tokens",
+        "64",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path / "bench.json"),
+    )
     assert set(KEYS) <= set(res)
     assert json.loads((tmp_path / "bench.json").read_text()) == res
     # the documents: 2 from each file, truncated at 64 tokens
@@ -80,9 +99,30 @@ def test_bench_reports_consistent_numbers(tiny_model_dir, corpus, capsys, tmp_pa
 
 
 def test_bench_rss_check_runs_1x_and_4x(tiny_model_dir, corpus, capsys):
-    res = run_bench(capsys, "--model", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu",
-                    "--corpus", str(corpus / "*" / "*.parquet"), "--docs", "2", "--rss-docs", "1",
-                    "--max-tokens", "32", "--rounds", "1", "--methods", "ai", "--rss-check", "--stream-chunk", "1")
+    res = run_bench(
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--corpus",
+        str(corpus / "*" / "*.parquet"),
+        "--docs",
+        "2",
+        "--rss-docs",
+        "1",
+        "--max-tokens",
+        "32",
+        "--rounds",
+        "1",
+        "--methods",
+        "ai",
+        "--rss-check",
+        "--stream-chunk",
+        "1",
+    )
     assert res["rss_1x_docs"] == 1 and res["rss_4x_docs"] == 4
     assert res["rss_ratio"] == pytest.approx(res["rss_4x_mb"] / res["rss_1x_mb"], abs=1e-4)
     assert res["rss_ratio"] <= 1.15
@@ -91,8 +131,17 @@ def test_bench_rss_check_runs_1x_and_4x(tiny_model_dir, corpus, capsys):
 
 def test_bench_rejects_unknown_method(tiny_model_dir, corpus):
     with pytest.raises(SystemExit, match="unknown method"):
-        cli.main(["bench", "--model", str(tiny_model_dir), "--corpus", str(corpus / "*" / "*.parquet"),
-                  "--methods", "ai,fast"])
+        cli.main(
+            [
+                "bench",
+                "--model",
+                str(tiny_model_dir),
+                "--corpus",
+                str(corpus / "*" / "*.parquet"),
+                "--methods",
+                "ai,fast",
+            ]
+        )
 
 
 def test_default_heads_and_ideal():
@@ -123,10 +172,12 @@ def test_chunked_cross_entropy_equals_one_chunk(monkeypatch):
     lengths = torch.tensor([40, 17, 2])
     monkeypatch.setitem(scoring.LOGIT_CHUNK_ELEMENTS, "cpu", 16 * 50)
     chunked = scoring.token_nll_sums(head, hidden, ids, lengths)
-    expected = torch.stack([
-        torch.nn.functional.cross_entropy(head(hidden[b, : n - 1]), ids[b, 1:n], reduction="sum")
-        for b, n in enumerate(lengths.tolist())
-    ])
+    expected = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(head(hidden[b, : n - 1]), ids[b, 1:n], reduction="sum")
+            for b, n in enumerate(lengths.tolist())
+        ]
+    )
     torch.testing.assert_close(chunked, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -164,9 +215,14 @@ def test_compiled_layer_stacks_match_eager():
     compiled = scoring.score_texts(lm, DOCS, HEADS, max_tokens=48, batch_tokens=96, compile=True)
     np.testing.assert_allclose(compiled.loss_base, eager.loss_base, rtol=1e-5)
     np.testing.assert_allclose(compiled.loss_ref, eager.loss_ref, rtol=1e-5)
-    again = scoring.score_texts(lm, DOCS[::-1], HEADS, max_tokens=40, batch_tokens=64, compile=True)  # new shapes
-    np.testing.assert_allclose(again.loss_ref[::-1], scoring.score_texts(lm, DOCS, HEADS, max_tokens=40,
-                                                                         batch_tokens=64).loss_ref, rtol=1e-5)
+    again = scoring.score_texts(
+        lm, DOCS[::-1], HEADS, max_tokens=40, batch_tokens=64, compile=True
+    )  # new shapes
+    np.testing.assert_allclose(
+        again.loss_ref[::-1],
+        scoring.score_texts(lm, DOCS, HEADS, max_tokens=40, batch_tokens=64).loss_ref,
+        rtol=1e-5,
+    )
 
 
 # ---------------------------------------------------------------- speculative probe decoding
@@ -184,7 +240,9 @@ def stepwise_decode(lm: LoadedModel, probe, record: bool):
     with recording_argmax(lm.model) as control:
         control.record_argmax = record
         for _ in range(len(needle)):
-            o = lm.model(input_ids=torch.tensor([step]), past_key_values=past, use_cache=True, logits_to_keep=1)
+            o = lm.model(
+                input_ids=torch.tensor([step]), past_key_values=past, use_cache=True, logits_to_keep=1
+            )
             past = o.past_key_values
             w = int(o.logits[0, -1].argmax())
             if record and w in uniq:
@@ -200,15 +258,20 @@ def stepwise_decode(lm: LoadedModel, probe, record: bool):
 
 
 def probe_variants(lm):
-    probe = build_probes([f"Value {c} is the letter {c} of the list." for c in string.ascii_uppercase],
-                         lm.tokenizer, n=1, max_tokens=600, seed=0)[0]
+    probe = build_probes(
+        [f"Value {c} is the letter {c} of the list." for c in string.ascii_uppercase],
+        lm.tokenizer,
+        n=1,
+        max_tokens=600,
+        seed=0,
+    )[0]
     greedy, _ = stepwise_decode(lm, probe, record=False)
     k = len(greedy)
     yield "model strays at once", probe
     yield "draft fully accepted", dataclasses.replace(probe, answer_ids=greedy)
     wrong = (greedy[3] + 1) % len(lm.tokenizer)
     yield "mismatch mid-way", dataclasses.replace(probe, answer_ids=greedy[:3] + [wrong] + greedy[4:k])
-    yield "skipped token", dataclasses.replace(probe, answer_ids=greedy[:2] + [wrong] + greedy[2:k - 1])
+    yield "skipped token", dataclasses.replace(probe, answer_ids=greedy[:2] + [wrong] + greedy[2 : k - 1])
     yield "one-token needle", dataclasses.replace(probe, answer_ids=greedy[:1])
 
 
@@ -237,11 +300,13 @@ def test_smollm2_speculative_decoding_and_ranking(smollm2):
     exactly the stepwise tokens and copy scores."""
     from conftest import SAMPLE_CORPUS, require_shared
 
-    from ai_assets.influence.probes import extract_sentences
+    from attention_influence.influence.probes import extract_sentences
 
     require_shared()
     texts = pl.read_parquet(sorted(SAMPLE_CORPUS.glob("textbook/*.parquet"))[0])["text"].head(200).to_list()
-    probes = build_probes(extract_sentences(texts, smollm2.tokenizer), smollm2.tokenizer, n=2, max_tokens=1024)
+    probes = build_probes(
+        extract_sentences(texts, smollm2.tokenizer), smollm2.tokenizer, n=2, max_tokens=1024
+    )
     total = np.zeros((smollm2.num_layers, smollm2.num_heads))
     for probe in probes:
         tokens, copies = stepwise_decode(smollm2, probe, record=True)
@@ -254,18 +319,45 @@ def test_smollm2_speculative_decoding_and_ranking(smollm2):
 
 def test_bench_random_model(tiny_model_dir, corpus, capsys):
     """`random:<config>` builds a randomly initialised Llama (the paper's 1.3B config on a GPU); tiny here."""
-    res = run_bench(capsys, "--model", "random:tiny", "--tokenizer", str(tiny_model_dir), "--dtype", "float32",
-                    "--device", "cpu", "--corpus", str(corpus / "*" / "*.parquet"), "--docs", "2",
-                    "--max-tokens", "32", "--rounds", "1", "--methods", "plain,ai")
+    res = run_bench(
+        capsys,
+        "--model",
+        "random:tiny",
+        "--tokenizer",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--corpus",
+        str(corpus / "*" / "*.parquet"),
+        "--docs",
+        "2",
+        "--max-tokens",
+        "32",
+        "--rounds",
+        "1",
+        "--methods",
+        "plain,ai",
+    )
     assert res["identity"] == "random:tiny" and res["layers"] == 4
     assert res["ai_over_plain"] == pytest.approx(res["ai_tok_s"] / res["plain_tok_s"], abs=1e-4)
     with pytest.raises(SystemExit, match="unknown random model"):
-        cli.main(["bench", "--model", "random:huge", "--tokenizer", str(tiny_model_dir),
-                  "--corpus", str(corpus / "*" / "*.parquet")])
+        cli.main(
+            [
+                "bench",
+                "--model",
+                "random:huge",
+                "--tokenizer",
+                str(tiny_model_dir),
+                "--corpus",
+                str(corpus / "*" / "*.parquet"),
+            ]
+        )
 
 
 def test_length_buckets_bound_padding_and_keep_every_piece():
-    from ai_assets.influence.scoring import Piece, length_buckets
+    from attention_influence.influence.scoring import Piece, length_buckets
 
     lengths = [512, 500, 480, 300, 290, 40, 35, 512, 2]
     pieces = [Piece(i, [7] * n) for i, n in enumerate(lengths)]

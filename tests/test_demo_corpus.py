@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ai_assets.corpus import list_shards
-from ai_assets.demo_corpus import MATH_MARKERS, build, main
+from attention_influence.demo_corpus import MATH_MARKERS, build, main
+from attention_influence.io.corpus import list_shards
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def demo(tmp_path_factory):
 
 def test_layout_domains_and_columns(demo):
     shards = list_shards(str(demo / "*" / "*.parquet"))
-    assert [s.key for s in shards] == [f"{d}__{d}-0000{k}-of-00002" for d in ("code", "docs", "math", "prose")
-                                       for k in range(2)]
+    assert [s.key for s in shards] == [
+        f"{d}__{d}-0000{k}-of-00002" for d in ("code", "docs", "math", "prose") for k in range(2)
+    ]
     frame = pl.read_parquet([s.uri for s in shards])
     assert frame.columns == ["id", "text", "domain", "source"]
     assert frame.height == 4 * 2 * 6
@@ -56,7 +57,9 @@ def test_rebuild_is_deterministic_and_leaves_files_alone(demo, tmp_path):
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in demo.rglob("*.parquet")}
     assert before == after  # unchanged shards keep their fingerprints, so their scores stay valid
     other = tmp_path / "again"
-    assert main(["--out", str(other), "--docs-per-shard", "6", "--shards", "2", "--domains", "docs,prose"]) == 0
+    assert (
+        main(["--out", str(other), "--docs-per-shard", "6", "--shards", "2", "--domains", "docs,prose"]) == 0
+    )
     for p in list(demo.glob("docs/*.parquet")) + list(demo.glob("prose/*.parquet")):
         assert pl.read_parquet(p).equals(pl.read_parquet(other / p.relative_to(demo)))
 

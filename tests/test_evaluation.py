@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import tiny_loaded_model
 
-from ai_assets.evaluation import analysis, mirror
-from ai_assets.evaluation.loglik import continuation_logprobs, continuation_scores
-from ai_assets.evaluation.tasks import (
+from attention_influence.evaluation import analysis, mirror
+from attention_influence.evaluation.loglik import continuation_logprobs, continuation_scores
+from attention_influence.evaluation.tasks import (
     Banking77ICL,
     EvalDataError,
     GSM8KLogLik,
@@ -25,8 +25,8 @@ from ai_assets.evaluation.tasks import (
     read_gsm8k,
     read_hellaswag,
 )
-from ai_assets.influence.masking import masked_heads
-from ai_assets.influence.models import LoadedModel
+from attention_influence.influence.masking import masked_heads
+from attention_influence.influence.models import LoadedModel
 
 HEADS = [(0, 1), (2, 3), (3, 0)]
 
@@ -49,8 +49,13 @@ def random_requests(vocab: int, n: int, seed: int) -> list[tuple[list[int], list
     """n requests of 1-23 token contexts and continuations; every third one reuses an earlier context."""
     g = torch.Generator().manual_seed(seed)
     lens = torch.randint(1, 24, (n, 2), generator=g)
-    reqs = [(torch.randint(0, vocab, (int(a),), generator=g).tolist(),
-             torch.randint(0, vocab, (int(b),), generator=g).tolist()) for a, b in lens]
+    reqs = [
+        (
+            torch.randint(0, vocab, (int(a),), generator=g).tolist(),
+            torch.randint(0, vocab, (int(b),), generator=g).tolist(),
+        )
+        for a, b in lens
+    ]
     reqs = [(reqs[i // 2][0] if i % 3 == 2 else c, t) for i, (c, t) in enumerate(reqs)]
     return reqs + [(reqs[0][0], [7])]  # a one-token continuation on a shared context
 
@@ -63,7 +68,11 @@ def random_requests(vocab: int, n: int, seed: int) -> list[tuple[list[int], list
 def test_continuation_logprobs_match_direct_forward(tiny_lm, with_prefix, heads):
     vocab = len(tiny_lm.tokenizer)
     reqs = random_requests(vocab, 11, seed=1)
-    prefix = torch.randint(0, vocab, (37,), generator=torch.Generator().manual_seed(2)).tolist() if with_prefix else []
+    prefix = (
+        torch.randint(0, vocab, (37,), generator=torch.Generator().manual_seed(2)).tolist()
+        if with_prefix
+        else []
+    )
     got = continuation_logprobs(tiny_lm, reqs, prefix=prefix, heads=heads, batch_tokens=150)
     want = np.array([direct_logprob(tiny_lm, prefix, c, t, heads) for c, t in reqs])
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
@@ -81,11 +90,13 @@ def test_greedy_flag_is_exact_match_of_greedy_decoding(tiny_lm):
         with torch.no_grad(), masked_heads(tiny_lm.model, HEADS):
             for _ in range(5):
                 seq.append(int(tiny_lm.model(torch.tensor([seq])).logits[0, -1].argmax()))
-        greedy = seq[len(ctx):]
+        greedy = seq[len(ctx) :]
         reqs += [(ctx, greedy), (ctx, greedy[:2] + [(greedy[2] + 1) % vocab] + greedy[3:])]
     s = continuation_scores(tiny_lm, reqs, heads=HEADS, batch_tokens=64)
     assert s.greedy.tolist() == [True, False] * 6
-    assert s.n_argmax[::2].tolist() == [5] * 6 and (s.n_argmax[1::2] <= 4).all()  # token 2 is never the argmax
+    assert (
+        s.n_argmax[::2].tolist() == [5] * 6 and (s.n_argmax[1::2] <= 4).all()
+    )  # token 2 is never the argmax
     assert s.n_tokens.tolist() == [5] * 12
 
 
@@ -115,7 +126,10 @@ def test_read_banking77(tmp_path):
     p = tmp_path / "train.csv"
     p.write_text('text,category\n"Hello, where is my card?",card_arrival\nRate today?,exchange_rate\n')
     rows = read_banking77(p)
-    assert rows == [LabeledText("Hello, where is my card?", "card_arrival"), LabeledText("Rate today?", "exchange_rate")]
+    assert rows == [
+        LabeledText("Hello, where is my card?", "card_arrival"),
+        LabeledText("Rate today?", "exchange_rate"),
+    ]
     p.write_text("text,category\nok,a\n,b\n")
     with pytest.raises(EvalDataError, match=r"train.csv: row at line 3"):
         read_banking77(p)
@@ -130,12 +144,19 @@ def hellaswag_text(items) -> str:
 
 def test_read_hellaswag(tmp_path):
     p = tmp_path / "hs.txt"
-    p.write_text(hellaswag_text([("Roof: A man is on a roof. he", 3, ["a", "b", "c", "d"]),
-                                 ("Canoe: Two women [title] paddle.", 1, ["e", "f", "g", "h"])]))
+    p.write_text(
+        hellaswag_text(
+            [
+                ("Roof: A man is on a roof. he", 3, ["a", "b", "c", "d"]),
+                ("Canoe: Two women [title] paddle.", 1, ["e", "f", "g", "h"]),
+            ]
+        )
+    )
     items = read_hellaswag(p)
     assert [(i.context, i.gold, i.endings) for i in items] == [
         ("Roof: A man is on a roof. he", 3, ("a", "b", "c", "d")),
-        ("Canoe: Two women [title] paddle.", 1, ("e", "f", "g", "h"))]
+        ("Canoe: Two women [title] paddle.", 1, ("e", "f", "g", "h")),
+    ]
     assert hellaswag_preprocess(items[1].context) == "Canoe: Two women. paddle."
     p.write_text(hellaswag_text([("ctx", 1, list("abcd")), ("ctx", 7, list("abcd"))]))
     with pytest.raises(EvalDataError, match=r"hs.txt: line 8: gold index"):
@@ -147,8 +168,12 @@ def test_read_hellaswag(tmp_path):
 
 def test_read_gsm8k(tmp_path):
     p = tmp_path / "g.jsonl"
-    p.write_text(json.dumps({"question": "2 + 3?", "answer": "It is 2+3=<<2+3=5>>5.\n#### 5"}) + "\n\n"
-                 + json.dumps({"question": "Q2", "answer": "#### 1"}) + "\n")
+    p.write_text(
+        json.dumps({"question": "2 + 3?", "answer": "It is 2+3=<<2+3=5>>5.\n#### 5"})
+        + "\n\n"
+        + json.dumps({"question": "Q2", "answer": "#### 1"})
+        + "\n"
+    )
     items = read_gsm8k(p)
     assert [(i.question, i.answer) for i in items] == [("2 + 3?", "It is 2+3=5.\n#### 5"), ("Q2", "#### 1")]
     p.write_text('{"question": "ok", "answer": "#### 1"}\n{not json}\n')
@@ -163,8 +188,11 @@ def test_read_gsm8k(tmp_path):
 
 
 def banking_rows(labels: list[str], per_label: int, tag: str) -> list[LabeledText]:
-    return [LabeledText(f"{tag} question {i} about {lab.replace('_', ' ')}", lab) for lab in labels
-            for i in range(per_label)]
+    return [
+        LabeledText(f"{tag} question {i} about {lab.replace('_', ' ')}", lab)
+        for lab in labels
+        for i in range(per_label)
+    ]
 
 
 LABELS = ["card_arrival", "exchange_rate", "lost_card", "top_up", "pin_blocked"]
@@ -192,20 +220,33 @@ def test_banking77_accuracy_matches_direct_scoring(tiny_lm):
         hits = 0
         for q in task.queries:
             ctx = tok(f"Query: {q.text}\nIntent:", add_special_tokens=False).input_ids
-            lp = [direct_logprob(tiny_lm, prefix, ctx, tok(f" {lab.replace('_', ' ')}\n").input_ids, heads)
-                  for lab in task.labels]
+            lp = [
+                direct_logprob(tiny_lm, prefix, ctx, tok(f" {lab.replace('_', ' ')}\n").input_ids, heads)
+                for lab in task.labels
+            ]
             hits += task.labels[int(np.argmax(lp))] == q.label
         assert got == pytest.approx(hits / len(task.queries))
 
 
 def test_hellaswag_and_gsm8k_match_direct_scoring(tiny_lm, tmp_path):
     p = tmp_path / "hs.txt"
-    p.write_text(hellaswag_text([("Cooking: A man cuts an onion. he", 2, ["sings loudly.", "runs.", "puts it in a pan.",
-                                                                            "flies away over the sea."]),
-                                 ("Sports: A girl holds a ball. she", 0, ["throws it.", "eats the ball slowly.",
-                                                                          "sleeps.", "reads a book about dogs."]),
-                                 ("Music: A band plays. the singer", 1, ["jumps.", "sings a song.", "is a cat.",
-                                                                         "drives."])]))
+    p.write_text(
+        hellaswag_text(
+            [
+                (
+                    "Cooking: A man cuts an onion. he",
+                    2,
+                    ["sings loudly.", "runs.", "puts it in a pan.", "flies away over the sea."],
+                ),
+                (
+                    "Sports: A girl holds a ball. she",
+                    0,
+                    ["throws it.", "eats the ball slowly.", "sleeps.", "reads a book about dogs."],
+                ),
+                ("Music: A band plays. the singer", 1, ["jumps.", "sings a song.", "is a cat.", "drives."]),
+            ]
+        )
+    )
     task = HellaSwag(read_hellaswag(p), n_items=10, seed=0)
     tok = tiny_lm.tokenizer
     got = task.evaluate(tiny_lm, heads=HEADS, batch_tokens=128)
@@ -219,8 +260,18 @@ def test_hellaswag_and_gsm8k_match_direct_scoring(tiny_lm, tmp_path):
     assert got == pytest.approx({"hellaswag_acc_norm": norm_hits / 3, "hellaswag_acc": raw_hits / 3})
 
     g = tmp_path / "g.jsonl"
-    g.write_text("".join(json.dumps({"question": f"What is {a} + {a}?", "answer": f"{a}+{a}=<<{a}+{a}={2 * a}>>{2 * a}"
-                                     f"\n#### {2 * a}"}) + "\n" for a in range(1, 6)))
+    g.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"What is {a} + {a}?",
+                    "answer": f"{a}+{a}=<<{a}+{a}={2 * a}>>{2 * a}\n#### {2 * a}",
+                }
+            )
+            + "\n"
+            for a in range(1, 6)
+        )
+    )
     gsm = GSM8KLogLik(read_gsm8k(g), read_gsm8k(g), n_shots=2, n_items=3, seed=1)
     got = gsm.evaluate(tiny_lm)["gsm8k_gold_nll"]
     prefix = tok("".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in gsm.shots)).input_ids
@@ -233,7 +284,7 @@ def test_hellaswag_and_gsm8k_match_direct_scoring(tiny_lm, tmp_path):
 
 
 def test_load_tasks_skips_what_is_missing(tmp_path):
-    from ai_assets.evaluation.config import profile_config
+    from attention_influence.evaluation.config import profile_config
 
     cfg = profile_config("test", eval_dir=tmp_path / "nowhere")
     tasks, skipped = load_tasks(cfg.eval_dir, cfg)
@@ -250,24 +301,27 @@ def test_probe_exact_match_agrees_with_engine_greedy_decoding(tiny_lm):
     """Teacher-forced exact match == the engine's greedy decode reproducing the answer tokens, per probe."""
     from dataclasses import replace
 
-    from ai_assets.evaluation.tasks import ProbeExactMatch
-    from ai_assets.influence.heads import decode_probe
-    from ai_assets.influence.probes import build_probes
+    from attention_influence.evaluation.tasks import ProbeExactMatch
+    from attention_influence.influence.heads import decode_probe
+    from attention_influence.influence.probes import build_probes
 
     sentences = [f"This is sentence {i} about water and fire." for i in range(40)]
     probes = build_probes(sentences, tiny_lm.tokenizer, n=3, max_tokens=900, seed=3)
     # a probe whose answer is what the model decodes greedily (with the heads masked) must count as a match
     with masked_heads(tiny_lm.model, HEADS):
         decoded = [decode_probe(tiny_lm, p).tokens for p in probes]
-    made = [replace(p, answer_ids=d) for p, d in zip(probes, decoded, strict=True) if tiny_lm.tokenizer.eos_token_id
-            not in d]
+    made = [
+        replace(p, answer_ids=d)
+        for p, d in zip(probes, decoded, strict=True)
+        if tiny_lm.tokenizer.eos_token_id not in d
+    ]
     assert made
     task = ProbeExactMatch(probes + made)
     got = task.evaluate(tiny_lm, heads=HEADS, batch_tokens=1500)
     want = []
     with masked_heads(tiny_lm.model, HEADS):
         for p in task.probes:
-            want.append(decode_probe(tiny_lm, p).tokens[:len(p.answer_ids)] == list(p.answer_ids))
+            want.append(decode_probe(tiny_lm, p).tokens[: len(p.answer_ids)] == list(p.answer_ids))
     assert sum(want) >= len(made)
     assert got["probe_em"] == pytest.approx(np.mean(want))
 
@@ -286,17 +340,35 @@ def test_random_head_sets_avoid_retrieval_heads():
 
 
 def test_summarize_mean_and_sample_sd():
-    rows = [("base", 0, 0.5), ("retrieval_masked", 0, 0.1), ("random_masked", 0, 0.4), ("random_masked", 1, 0.45),
-            ("random_masked", 2, 0.6)]
-    raw = pl.DataFrame([{"condition": c, "draw": d, "task": "t", "metric": "probe_em", "value": v, "seconds": 0.0,
-                         "heads": "[]"} for c, d, v in rows])
+    rows = [
+        ("base", 0, 0.5),
+        ("retrieval_masked", 0, 0.1),
+        ("random_masked", 0, 0.4),
+        ("random_masked", 1, 0.45),
+        ("random_masked", 2, 0.6),
+    ]
+    raw = pl.DataFrame(
+        [
+            {
+                "condition": c,
+                "draw": d,
+                "task": "t",
+                "metric": "probe_em",
+                "value": v,
+                "seconds": 0.0,
+                "heads": "[]",
+            }
+            for c, d, v in rows
+        ]
+    )
     s = mirror.summarize(raw).row(0, named=True)
     assert s["base"] == 0.5 and s["retrieval_masked"] == 0.1 and s["random_draws"] == 3
     assert s["random_mean"] == pytest.approx(np.mean([0.4, 0.45, 0.6]))
     assert s["random_sd"] == pytest.approx(np.std([0.4, 0.45, 0.6], ddof=1))
     m = mirror.mirror_metrics(mirror.summarize(raw))
     assert m["mirror/probe_em/retrieval_masked"] == 0.1 and set(m) == {
-        f"mirror/probe_em/{k}" for k in ("base", "retrieval_masked", "random_mean", "random_sd")}
+        f"mirror/probe_em/{k}" for k in ("base", "retrieval_masked", "random_mean", "random_sd")
+    }
 
 
 # ------------------------------------------------------------------------------------- selection analysis
@@ -314,15 +386,18 @@ def test_spearman_matches_scipy_with_ties():
 
 def hand_frame() -> tuple[pl.DataFrame, pl.DataFrame]:
     """Two domains of 5 and 10 docs; the cut keeps the top 20% by score (1 and 2 docs)."""
-    scores = pl.DataFrame({
-        "id": [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(10)],
-        "domain": ["A"] * 5 + ["B"] * 10,
-        "n_tokens": [10, 20, 30, 40, 50] + [5, 15, 25, 35, 45, 55, 65, 75, 85, 95],
-        "loss_base": [1.0, 2.0, 3.0, 4.0, 5.0] + [0.5, 0.1, 0.9, 0.2, 0.3, 0.8, 0.7, 0.6, 0.4, float("nan")],
-        "loss_ref": [0.0] * 15,
-        "score": [0.1, 0.5, 0.2, 0.3, 0.4] + [0.9, 0.8, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.05],
-        "head_set_id": ["h"] * 15,
-    })
+    scores = pl.DataFrame(
+        {
+            "id": [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(10)],
+            "domain": ["A"] * 5 + ["B"] * 10,
+            "n_tokens": [10, 20, 30, 40, 50] + [5, 15, 25, 35, 45, 55, 65, 75, 85, 95],
+            "loss_base": [1.0, 2.0, 3.0, 4.0, 5.0]
+            + [0.5, 0.1, 0.9, 0.2, 0.3, 0.8, 0.7, 0.6, 0.4, float("nan")],
+            "loss_ref": [0.0] * 15,
+            "score": [0.1, 0.5, 0.2, 0.3, 0.4] + [0.9, 0.8, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.05],
+            "head_set_id": ["h"] * 15,
+        }
+    )
     cut = pl.DataFrame({"id": ["a1", "b0", "b1"]})
     return scores, cut
 
@@ -345,9 +420,14 @@ def test_perplexity_baseline_overlap_numbers():
     # A: lowest loss a0 vs selected a1 -> no overlap; B: lowest b1 (0.1), b3 (0.2) vs selected b0, b1 -> 1
     assert (rows["A"]["intersection"], rows["A"]["frac_of_a"], rows["A"]["jaccard"]) == (0, 0.0, 0.0)
     assert (rows["B"]["intersection"], rows["B"]["frac_of_a"], rows["B"]["jaccard"]) == (1, 0.5, 1 / 3)
-    assert (rows["all"]["intersection"], rows["all"]["frac_of_a"], rows["all"]["jaccard"]) == (1, 1 / 3, 1 / 5)
+    assert (rows["all"]["intersection"], rows["all"]["frac_of_a"], rows["all"]["jaccard"]) == (
+        1,
+        1 / 3,
+        1 / 5,
+    )
     assert rows["B"]["random_frac_of_a"] == pytest.approx(2 / 10)
-    # explicit fraction: round-half-up(0.3 * 5) = 2 in A (a0, a1), round-half-up(0.3 * 10) = 3 in B (b1, b3, b4)
+    # explicit fraction: round-half-up(0.3 * 5) = 2 in A (a0, a1),
+    # round-half-up(0.3 * 10) = 3 in B (b1, b3, b4)
     rows = {r["domain"]: r for r in analysis.perplexity_table(marked, frac=0.3).iter_rows(named=True)}
     assert (rows["A"]["n_b"], rows["A"]["intersection"]) == (2, 1)
     assert (rows["B"]["n_b"], rows["B"]["intersection"]) == (3, 1)
@@ -359,12 +439,16 @@ def test_length_and_edu_tables():
     lengths = {r["domain"]: r for r in analysis.length_table(marked).iter_rows(named=True)}
     assert lengths["A"]["mean_all"] == 30 and lengths["A"]["mean_selected"] == 20
     assert lengths["B"]["median_all"] == 50 and lengths["B"]["mean_selected"] == 10
-    assert lengths["all"]["n_all"] == 15 and lengths["all"]["mean_selected"] == pytest.approx((20 + 5 + 15) / 3)
+    assert lengths["all"]["n_all"] == 15 and lengths["all"]["mean_selected"] == pytest.approx(
+        (20 + 5 + 15) / 3
+    )
     edu = marked.with_columns(pl.Series("edu_score", [1.0, 2, 3, 4, 5] + [3.0, 2, 2, 1, None, 4, 5, 1, 2, 3]))
     table = {r["domain"]: r for r in analysis.edu_table(edu, frac=None).iter_rows(named=True)}
     from scipy.stats import spearmanr
 
-    b = edu.filter((pl.col("domain") == "B") & pl.col("edu_score").is_not_null() & pl.col("score").is_not_nan())
+    b = edu.filter(
+        (pl.col("domain") == "B") & pl.col("edu_score").is_not_null() & pl.col("score").is_not_nan()
+    )
     assert table["B"]["n_docs"] == 9
     assert table["B"]["spearman"] == pytest.approx(spearmanr(b["edu_score"], b["score"]).statistic)
     assert table["A"]["spearman"] == pytest.approx(0.4)  # ranks 1 5 2 3 4 vs 1 2 3 4 5: 1 - 6*12/(5*24)
@@ -379,17 +463,28 @@ def test_doc_words_drop_stopwords_and_latex_underscores():
 
 
 def test_word_log_odds_against_hand_computation():
-    texts = pl.DataFrame({
-        "id": list("pqrstu"), "domain": ["d"] * 6,
-        "text": ["Sklearn pipeline for the model", "sklearn model and the Pipeline", "sklearn fit",
-                 "The garden flowers", "garden model", "flowers and the garden"],
-        "selected": [True, True, True, False, False, False],
-    })
+    texts = pl.DataFrame(
+        {
+            "id": list("pqrstu"),
+            "domain": ["d"] * 6,
+            "text": [
+                "Sklearn pipeline for the model",
+                "sklearn model and the Pipeline",
+                "sklearn fit",
+                "The garden flowers",
+                "garden model",
+                "flowers and the garden",
+            ],
+            "selected": [True, True, True, False, False, False],
+        }
+    )
     got = {r["word"]: r for r in analysis.word_log_odds(texts, min_docs=2, n_top=10).iter_rows(named=True)}
     assert set(got) == {"sklearn", "pipeline", "model"}  # 'the', 'and', 'for' are stopwords; 'fit' in 1 doc
     a, b, c, d = 3 + 0.5, 0 + 0.5, 0 + 0.5, 3 + 0.5  # sklearn: in 3/3 selected docs, 0/3 of the rest
     assert got["sklearn"]["log_odds"] == pytest.approx(math.log(a / c) - math.log(b / d))
-    assert got["sklearn"]["z"] == pytest.approx((math.log(a / c) - math.log(b / d)) / math.sqrt(1 / a + 1 / b + 1 / c + 1 / d))
+    assert got["sklearn"]["z"] == pytest.approx(
+        (math.log(a / c) - math.log(b / d)) / math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
+    )
     assert got["pipeline"]["docs_selected"] == 2 and got["pipeline"]["docs_rest"] == 0
     assert got["model"]["rate_all"] == pytest.approx(3 / 6)
     ranked = analysis.word_log_odds(texts, min_docs=2, n_top=10).get_column("word").to_list()

@@ -15,14 +15,20 @@ import pytest
 from conftest import EVAL_DIR, free_port, make_tiny_model, require_shared
 from test_evaluation import LABELS, banking_rows, hellaswag_text
 
-from ai_assets.evaluation import profile_config, run_selection_evaluation, sqlite_tracking_uri
-from ai_assets.influence.heads import rank_heads
-from ai_assets.influence.models import LoadedModel
-from ai_assets.influence.probes import build_probes
-from ai_assets.influence.scoring import score_frame
+from attention_influence.evaluation.config import profile_config
+from attention_influence.evaluation.run import run_selection_evaluation
+from attention_influence.evaluation.tracking import sqlite_tracking_uri
+from attention_influence.influence.heads import rank_heads
+from attention_influence.influence.models import LoadedModel
+from attention_influence.influence.probes import build_probes
+from attention_influence.influence.scoring import score_frame
 
-SENTENCES = [f"The {a} {v} the {b} near the river." for a in ("fox", "dog", "cat", "owl")
-             for v in ("finds", "follows", "copies") for b in ("key", "value", "circle")]  # 36 short sentences
+SENTENCES = [
+    f"The {a} {v} the {b} near the river."
+    for a in ("fox", "dog", "cat", "owl")
+    for v in ("finds", "follows", "copies")
+    for b in ("key", "value", "circle")
+]  # 36 short sentences
 
 
 def write_eval_dir(root: Path) -> Path:
@@ -30,16 +36,35 @@ def write_eval_dir(root: Path) -> Path:
     for name, tag in (("train", "train"), ("test", "test")):
         rows = banking_rows(LABELS, 4, tag)
         pl.DataFrame({"text": [r.text for r in rows], "category": [r.label for r in rows]}).write_csv(
-            root / "banking77" / f"{name}.csv")
+            root / "banking77" / f"{name}.csv"
+        )
     (root / "hellaswag").mkdir()
-    (root / "hellaswag" / "hellaswag_val.txt").write_text(hellaswag_text(
-        [(f"Topic {i}: A person starts a task. they", i % 4, ["stop.", "keep going slowly.", "sing a song.",
-                                                             "walk away from it."]) for i in range(5)]))
+    (root / "hellaswag" / "hellaswag_val.txt").write_text(
+        hellaswag_text(
+            [
+                (
+                    f"Topic {i}: A person starts a task. they",
+                    i % 4,
+                    ["stop.", "keep going slowly.", "sing a song.", "walk away from it."],
+                )
+                for i in range(5)
+            ]
+        )
+    )
     (root / "gsm8k").mkdir()
     for name in ("train", "test"):
-        (root / "gsm8k" / f"{name}.jsonl").write_text("".join(
-            json.dumps({"question": f"What is {a} + 1?", "answer": f"{a}+1=<<{a}+1={a + 1}>>{a + 1}\n#### {a + 1}"})
-            + "\n" for a in range(6)))
+        (root / "gsm8k" / f"{name}.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "question": f"What is {a} + 1?",
+                        "answer": f"{a}+1=<<{a}+1={a + 1}>>{a + 1}\n#### {a + 1}",
+                    }
+                )
+                + "\n"
+                for a in range(6)
+            )
+        )
     return root
 
 
@@ -50,16 +75,23 @@ def setup(tmp_path_factory):
     probes = build_probes(SENTENCES, tok, n=4, max_tokens=700, seed=0)
     ranking = rank_heads(lm, probes[:2], top_frac=0.25)
     rng = random.Random(0)
-    corpus = pl.DataFrame({
-        "id": [f"{d}-{i}" for d in ("code", "math", "web") for i in range(10)],
-        "domain": [d for d in ("code", "math", "web") for _ in range(10)],
-        "text": [" ".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 6))) + (" sklearn" if i < 4 else "")
-                 for _ in range(3) for i in range(10)],
-        "edu_score": [None] * 20 + [float(i % 4) for i in range(10)],
-    })
+    corpus = pl.DataFrame(
+        {
+            "id": [f"{d}-{i}" for d in ("code", "math", "web") for i in range(10)],
+            "domain": [d for d in ("code", "math", "web") for _ in range(10)],
+            "text": [
+                " ".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 6)))
+                + (" sklearn" if i < 4 else "")
+                for _ in range(3)
+                for i in range(10)
+            ],
+            "edu_score": [None] * 20 + [float(i % 4) for i in range(10)],
+        }
+    )
     scores = score_frame(lm, corpus, ranking.heads, ranking.head_set_id, max_tokens=64)
-    cut = (scores.sort(["score", "id"], descending=[True, False])
-           .filter(pl.int_range(pl.len()).over("domain") < 3))
+    cut = scores.sort(["score", "id"], descending=[True, False]).filter(
+        pl.int_range(pl.len()).over("domain") < 3
+    )
     return lm, ranking, probes[2:], corpus, scores, cut
 
 
@@ -78,8 +110,18 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
     (tmp_path / "mlflow").mkdir()
     cfg = profile_config("test", eval_dir=write_eval_dir(tmp_path / "eval"))
     messages: list[str] = []
-    res = run_selection_evaluation(lm, ranking, scores, cut, corpus, heldout, cfg, tracking_uri=uri,
-                                   params={"cut_fraction": 0.3}, log=messages.append)
+    res = run_selection_evaluation(
+        lm,
+        ranking,
+        scores,
+        cut,
+        corpus,
+        heldout,
+        cfg,
+        tracking_uri=uri,
+        params={"cut_fraction": 0.3},
+        log=messages.append,
+    )
 
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(res.run_id)
@@ -102,10 +144,20 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
     assert "analysis/edu_spearman/web" in m and "analysis/edu_spearman/code" not in m
     assert 0.0 <= m["analysis/ppl_overlap/all"] <= 1.0
     files = set(artifacts(client, res.run_id))
-    assert {"figures/head_heatmap.png", "figures/score_histograms.png", "figures/token_length.png",
-            "figures/mirror_effect.png", "tables/mirror_effect.csv", "tables/perplexity_overlap.csv",
-            "tables/edu_agreement.csv", "tables/overrepresented_words.csv", "tables/token_length.csv",
-            "tables/head_ranking.json", "tables/masked_heads.json", "result.json"} <= files
+    assert {
+        "figures/head_heatmap.png",
+        "figures/score_histograms.png",
+        "figures/token_length.png",
+        "figures/mirror_effect.png",
+        "tables/mirror_effect.csv",
+        "tables/perplexity_overlap.csv",
+        "tables/edu_agreement.csv",
+        "tables/overrepresented_words.csv",
+        "tables/token_length.csv",
+        "tables/head_ranking.json",
+        "tables/masked_heads.json",
+        "result.json",
+    } <= files
     # the paths handed to the asset are the artifact-store copies, and they are real PNGs
     for path in res.figures.values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -126,19 +178,24 @@ def test_missing_eval_dir_and_corpus_are_reported_as_skipped(setup, tmp_path):
     cfg = profile_config("test", eval_dir=tmp_path / "no-eval-here", n_random_draws=1)
     res = run_selection_evaluation(lm, ranking, scores, cut, None, heldout, cfg, tracking_uri=uri)
     assert set(res.skipped) == {"banking77", "hellaswag", "gsm8k", "words", "edu"}
-    assert "no-eval-here" in res.skipped["banking77"] and "evaluation directory missing" in res.skipped["gsm8k"]
+    assert (
+        "no-eval-here" in res.skipped["banking77"] and "evaluation directory missing" in res.skipped["gsm8k"]
+    )
     run = MlflowClient(tracking_uri=uri).get_run(res.run_id)
     assert run.data.tags["skipped.hellaswag"] == res.skipped["hellaswag"]
     assert run.data.params["skipped_parts"] == "banking77,edu,gsm8k,hellaswag,words"
     # the probe part still ran: three conditions, one random draw
     assert set(k for k in run.data.metrics if k.startswith("mirror/")) == {
-        f"mirror/{m}/{c}" for m in ("probe_em", "probe_token_acc")
-        for c in ("base", "retrieval_masked", "random_mean", "random_sd", "random_masked")}
+        f"mirror/{m}/{c}"
+        for m in ("probe_em", "probe_token_acc")
+        for c in ("base", "retrieval_masked", "random_mean", "random_sd", "random_masked")
+    }
     assert run.data.metrics["mirror/probe_em/random_sd"] == 0.0
 
 
 def test_logs_into_a_run_the_caller_opened(setup, tmp_path):
-    """The Dagster asset opens the run (fluent API); the evaluation fills it and leaves ending it to the caller."""
+    """The Dagster asset opens the run (fluent API); the evaluation fills it and leaves ending it to the
+    caller."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -150,8 +207,17 @@ def test_logs_into_a_run_the_caller_opened(setup, tmp_path):
     try:
         with mlflow.start_run(experiment_id=exp, run_name="from-asset") as run:
             mlflow.log_param("selection.shards", "2")
-            res = run_selection_evaluation(None, ranking, scores, cut, corpus, heldout, profile_config("test"),
-                                           tracking_uri=uri, run_id=run.info.run_id)
+            res = run_selection_evaluation(
+                None,
+                ranking,
+                scores,
+                cut,
+                corpus,
+                heldout,
+                profile_config("test"),
+                tracking_uri=uri,
+                run_id=run.info.run_id,
+            )
             assert client.get_run(run.info.run_id).info.status == "RUNNING"
     finally:
         mlflow.set_tracking_uri(None)
@@ -166,22 +232,47 @@ def test_logs_into_a_run_the_caller_opened(setup, tmp_path):
 def test_bad_cut_fails_before_creating_a_run(setup, tmp_path):
     lm, ranking, heldout, corpus, scores, _ = setup
     with pytest.raises(ValueError, match="not in the score table"):
-        run_selection_evaluation(lm, ranking, scores, pl.DataFrame({"id": ["nope"]}), corpus, heldout,
-                                 profile_config("test"), tracking_uri=sqlite_tracking_uri(tmp_path))
+        run_selection_evaluation(
+            lm,
+            ranking,
+            scores,
+            pl.DataFrame({"id": ["nope"]}),
+            corpus,
+            heldout,
+            profile_config("test"),
+            tracking_uri=sqlite_tracking_uri(tmp_path),
+        )
     assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.slow
 def test_mlflow_ui_serves_the_run_and_its_figures(setup, tmp_path):
-    """`mlflow ui --backend-store-uri sqlite:////...` opens the store: the run and a PNG come back over HTTP."""
+    """`mlflow ui --backend-store-uri sqlite:////...` opens the store:
+    the run and a PNG come back over HTTP."""
     lm, ranking, heldout, corpus, scores, cut = setup
     uri = sqlite_tracking_uri(tmp_path)
-    res = run_selection_evaluation(None, ranking, scores, cut, corpus, heldout, profile_config("test"),
-                                   tracking_uri=uri)
+    res = run_selection_evaluation(
+        None, ranking, scores, cut, corpus, heldout, profile_config("test"), tracking_uri=uri
+    )
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host",
-                             "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -190,10 +281,13 @@ def test_mlflow_ui_serves_the_run_and_its_figures(setup, tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        body = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={res.run_id}", timeout=10))
+        body = json.load(
+            urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={res.run_id}", timeout=10)
+        )
         assert body["run"]["info"]["status"] == "FINISHED"
-        png = urllib.request.urlopen(f"{base}/get-artifact?path=figures/head_heatmap.png&run_uuid={res.run_id}",
-                                     timeout=10).read()
+        png = urllib.request.urlopen(
+            f"{base}/get-artifact?path=figures/head_heatmap.png&run_uuid={res.run_id}", timeout=10
+        ).read()
         assert png[:4] == b"\x89PNG"
     finally:
         proc.terminate()
@@ -204,7 +298,7 @@ def test_mlflow_ui_serves_the_run_and_its_figures(setup, tmp_path):
 @pytest.mark.shared
 def test_shared_eval_sets_parse():
     """The real files: 10,042 HellaSwag items, 77 Banking77 intents, GSM8K with solutions ending in ####."""
-    from ai_assets.evaluation.tasks import read_banking77, read_gsm8k, read_hellaswag
+    from attention_influence.evaluation.tasks import read_banking77, read_gsm8k, read_hellaswag
 
     require_shared(EVAL_DIR)
     assert len(read_hellaswag(EVAL_DIR / "hellaswag" / "hellaswag_val.txt")) == 10042

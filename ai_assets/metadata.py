@@ -1,0 +1,51 @@
+"""Shared by the asset modules: content hashes used as data versions, and the head set as written to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from attention_influence.io.hashing import digest
+
+
+def version_hash(**parts) -> str:
+    """A short stable hash of JSON-able parts: equal inputs give an equal data version."""
+    return digest(parts)
+
+
+def read_head_set(path: Path) -> dict:
+    """heads.json as written by `retrieval_heads`, or a Failure saying what to materialize."""
+    if not path.exists():
+        raise dg.Failure(f"{path} does not exist: materialize retrieval_heads first")
+    doc = json.loads(path.read_text())
+    doc["heads"] = [(int(layer), int(head)) for layer, head in doc["heads"]]
+    return doc
+
+
+def heads_text(heads) -> str:
+    return ", ".join(f"({layer}, {head})" for layer, head in heads)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG shown inline in the Dagster UI."""
+    import base64
+
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")

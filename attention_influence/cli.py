@@ -1,0 +1,290 @@
+"""`attention-influence`: the engine from the command line (heads, score, audit, bench, prepare-model)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from attention_influence.settings import DEFAULT_MODEL, model_cache_from_env
+
+
+def _progress(desc: str, unit: str):
+    bar = tqdm(desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def expand_corpus(pattern: str) -> list[str]:
+    if "://" in pattern:
+        return [pattern]
+    files = sorted(glob.glob(pattern, recursive=True))
+    if not files:
+        raise SystemExit(f"error: no corpus files match {pattern!r}")
+    return files
+
+
+def read_texts(files: list[str], text_column: str = "text", limit_rows: int = 200_000) -> list[str]:
+    import polars as pl
+
+    texts: list[str] = []
+    for f in files:
+        try:
+            col = pl.read_parquet(f, columns=[text_column]).get_column(text_column)
+        except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
+            raise SystemExit(f"error: {f}: cannot read column {text_column!r}: {exc}") from exc
+        texts.extend(t for t in col.to_list() if isinstance(t, str))
+        if len(texts) >= limit_rows:
+            break
+    return texts
+
+
+def cmd_prepare_model(args) -> int:
+    from attention_influence.influence.models import load_model
+
+    t0 = time.perf_counter()
+    lm = load_model(args.model, dtype="float32", device="cpu", cache_dir=model_cache_from_env())
+    print(json.dumps({**lm.describe(), "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
+def cmd_heads(args) -> int:
+    from attention_influence.influence.heads import rank_heads
+    from attention_influence.influence.models import load_model
+    from attention_influence.influence.probes import build_probes, extract_sentences
+
+    lm = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        cache_dir=model_cache_from_env(),
+    )
+    sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
+    probes = build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed)
+    t0 = time.perf_counter()
+    ranking = rank_heads(lm, probes, top_frac=args.top_frac, progress=_progress("ranking heads", "probe"))
+    ranking.extra.update(
+        {"seed": args.seed, "corpus": args.corpus, "seconds": round(time.perf_counter() - t0, 1)}
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    ranking.save(args.out)
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "head_set_id": ranking.head_set_id,
+                "heads": ranking.heads,
+                "n_heads": len(ranking.heads),
+                "exact_match": ranking.exact_match,
+                "seconds": ranking.extra["seconds"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_score(args) -> int:
+    from attention_influence.shards import ShardJob, run_score_job
+
+    job = ShardJob(
+        input_path=args.input,
+        output_path=args.output,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        domain_column=args.domain_column,
+        max_tokens=args.max_tokens,
+        batch_tokens=args.batch_tokens,
+        windows=args.windows,
+        checkpoint_every=args.checkpoint_every,
+    )
+    summary = run_score_job(
+        model=args.model,
+        heads_path=args.heads,
+        job=job,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        progress=_progress("scoring", "chunk"),
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_cut(args) -> int:
+    import duckdb
+
+    from attention_influence.cut import cut_score_files, expand_score_files, summary_text
+
+    files = expand_score_files(args.scores)
+    try:
+        result = cut_score_files(files, args.out, frac=args.frac, database=args.db)
+    except duckdb.Error as exc:
+        print(f"error: cannot cut {len(files)} score table(s): {exc}", file=sys.stderr)
+        return 2
+    print(summary_text(result.summary))
+    totals = result.totals
+    print(
+        json.dumps(
+            {
+                "cut": str(result.cut_path),
+                "cut_by_domain": str(result.summary_path),
+                "score_files": len(files),
+                "head_set_id": result.provenance.get("head_set_id"),
+                "domain_top_frac": args.frac,
+                "documents": int(totals["documents"] or 0),
+                "selected": int(totals["selected"] or 0),
+                "tokens": int(totals["tokens"] or 0),
+                "selected_tokens": int(totals["selected_tokens"] or 0),
+                "excluded": dict(result.excluded),
+                "by_domain": result.summary.to_dicts(),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from attention_influence import audit
+
+    return audit.main(args) or 0
+
+
+def cmd_bench(args) -> int:
+    from attention_influence import bench
+
+    return bench.main(args) or 0
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="hub id, local folder, .gguf file, hf:// or s3:// path"
+    )
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attention-influence", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("heads", help="rank attention heads by retrieval score and pick the top fraction")
+    add_model_args(p)
+    p.add_argument("--corpus", required=True, help="Parquet glob whose text column supplies probe sentences")
+    p.add_argument("--out", required=True, help="where to write heads.json")
+    p.add_argument("--probes", type=int, default=800, help="number of probes (paper: 800)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="token budget per probe (paper: 4096)")
+    p.add_argument("--top-frac", type=float, default=0.05, help="fraction of heads kept (paper: 0.05)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_heads)
+
+    p = sub.add_parser("score", help="AttentionInfluence score of every document of one Parquet shard")
+    add_model_args(p)
+    p.add_argument("--heads", required=True, help="heads.json from `heads`, or a JSON list of [layer, head]")
+    p.add_argument("--input", required=True, help="input shard (Parquet)")
+    p.add_argument("--output", required=True, help="output score table (Parquet)")
+    p.add_argument("--max-tokens", type=int, default=None, help="truncate (or window) at this many tokens")
+    p.add_argument("--windows", action="store_true", help="score long documents as consecutive windows")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--id-column", default="id")
+    p.add_argument(
+        "--domain-column", default="domain", help="falls back to the input's folder name if absent"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=256, help="documents between resume checkpoints")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "cut", help="per-domain top fraction of score tables: cut.parquet + cut_by_domain.parquet"
+    )
+    p.add_argument(
+        "--scores",
+        required=True,
+        nargs="+",
+        help="score tables from `score`: files, folders or globs (*.quarantine.parquet left out)",
+    )
+    p.add_argument("--out", required=True, help="folder for cut.parquet and cut_by_domain.parquet")
+    p.add_argument("--frac", type=float, default=0.2, help="fraction kept per domain, in (0, 1] (paper: 0.2)")
+    p.add_argument(
+        "--db", default=None, help="DuckDB file that keeps the `domain_cut` table (default: in memory)"
+    )
+    p.set_defaults(func=cmd_cut)
+
+    p = sub.add_parser("audit", help="what produced a manifest or cut file: model, heads, probes, shards")
+    p.add_argument("path", help="a manifest or cut Parquet file (or folder)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("bench", help="scoring throughput: plain forward vs ours vs naive two-model scoring")
+    add_model_args(p)
+    p.add_argument("--corpus", default="../shared/corpus/sample/*/*.parquet")
+    p.add_argument("--docs", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument(
+        "--heads", default=None, help="heads.json; default: 14 heads from layer 10 on, one per layer"
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch for (a) and (b); default: 8192 on CPU, from free memory on GPU",
+    )
+    p.add_argument("--out", default=None, help="also write the JSON result here")
+    p.add_argument("--rounds", type=int, default=4, help="document groups; the methods alternate within each")
+    p.add_argument(
+        "--methods", default="plain,single,ai,naive", help="subset of plain,single,ai,naive to time"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the scorer's layer stacks (GPU)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--rss-check",
+        action="store_true",
+        help="also score 1x and 4x --docs streamed, each in a fresh process, and report peak RSS",
+    )
+    p.add_argument("--rss-docs", type=int, default=None, help="documents of the 1x RSS run (default: --docs)")
+    p.add_argument(
+        "--stream-only", action="store_true", help="only (b) over a streamed read (used by --rss-check)"
+    )
+    p.add_argument("--stream-chunk", type=int, default=64, help="documents per streamed batch")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer for --model random:paper-1.3b / random:tiny (default: smollm2-135m)",
+    )
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("prepare-model", help="convert/cache a model once (the default GGUF -> safetensors)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.set_defaults(func=cmd_prepare_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors exit here, before torch is imported
+    from attention_influence.influence.models import ModelLoadError
+    from attention_influence.shards.job import InputError, OutputBusyError
+
+    try:
+        return args.func(args)
+    except (InputError, OutputBusyError, ModelLoadError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The domain cut: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
+
+Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (nearest integer, halves up; 100
+documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
+several shards is ranked once (in the first shard by the score table's `shard` column) and its other copies
+are excluded with a reason. The cut reads only score Parquet files (`sql/domain_cut*.sql`, bound parameters).
+
+    from attention_influence.cut import cut_score_files
+    result = cut_score_files(["scores/a.parquet", "scores/b.parquet"], "cut/", frac=0.2)
+    result.summary  # one row per domain
+
+The Dagster asset `domain_cut` calls `run_cut` on the selection database with the provenance of its shards;
+the `attention-influence cut` command calls `cut_score_files`.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.io.sql import load_sql
+
+CODE_VERSION = "1"
+ROUNDING = "k = floor(n * frac + 0.5) per domain (nearest integer, halves up); ties broken by id"
+CUT_FILE = "cut.parquet"
+CUT_SUMMARY_FILE = "cut_by_domain.parquet"
+QUARANTINE_SUFFIX = ".quarantine.parquet"  # written next to every score table; never a score table itself
+SHARD_PROVENANCE_KEYS = (
+    "key",
+    "uri",
+    "shard_fingerprint",
+    "data_version",
+    "documents_in_shard",
+    "documents_considered",
+    "scored",
+    "quarantined",
+)
+
+
+@dataclass
+class CutResult:
+    """What one cut wrote: the two files, the per-domain summary and the excluded rows by reason."""
+
+    cut_path: Path
+    summary_path: Path
+    summary: object  # polars DataFrame, one row per domain (the rows of cut_by_domain.parquet)
+    excluded: list[tuple[str, int]]
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def totals(self) -> dict:
+        """Sums over the domains: documents, selected, tokens, selected_tokens."""
+        return self.summary.select("documents", "selected", "tokens", "selected_tokens").sum().to_dicts()[0]
+
+
+def check_frac(frac: float) -> float:
+    frac = float(frac)
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"domain_top_frac must be in (0, 1], got {frac}")
+    return frac
+
+
+def run_statement(con, name: str, params: dict | list | None = None):
+    """Execute `sql/<name>.sql` on a DuckDB connection with bound parameters (never string-formatted)."""
+    return con.execute(load_sql(name), params or [])
+
+
+def query_statement(con, name: str, params: dict | list | None = None):
+    """`sql/<name>.sql` (a SELECT) as a DuckDB relation with bound parameters."""
+    return con.sql(load_sql(name), params=params or None)
+
+
+def run_cut(
+    con, files: Sequence[str], frac: float, cut_path: Path, summary_path: Path, provenance: dict
+) -> CutResult:
+    """Rank the score files on `con` (table `domain_cut`), write `cut_path` (every row, its domain rank and
+    `selected`, streamed) and `summary_path` (one row per domain), both with `provenance` in the footer."""
+    import polars as pl
+
+    frac = check_frac(frac)
+    run_statement(con, "domain_cut", {"files": [str(f) for f in files], "frac": frac})
+    summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
+    rows = query_statement(con, "domain_cut_rows").to_arrow_reader()
+    write_parquet_with_provenance(rows, Path(cut_path), provenance)
+    write_parquet_with_provenance(summary, Path(summary_path), provenance)
+    excluded = [(r, int(n)) for r, n in run_statement(con, "domain_cut_excluded").fetchall()]
+    return CutResult(Path(cut_path), Path(summary_path), summary, excluded, provenance)
+
+
+def cut_provenance(heads_doc: dict, shards: list[dict], frac: float, profile: str) -> dict:
+    """The cut's provenance from heads.json and the shards' score provenance: what `attention-influence audit`
+    prints (model, heads, probe set, shards and code versions)."""
+    code_versions = dict(heads_doc.get("code_versions", {}))
+    for s in shards:
+        code_versions.update(s.get("code_versions", {}))
+    return {
+        "model": heads_doc["model"],
+        "model_spec": heads_doc.get("model_spec"),
+        "head_set_id": heads_doc["head_set_id"],
+        "heads": [list(h) for h in heads_doc["heads"]],
+        "head_top_frac": heads_doc.get("top_frac"),
+        "probe_set_version": heads_doc.get("probe_set_version"),
+        "probe_digest": heads_doc.get("probe_digest"),
+        "n_probes": heads_doc.get("n_probes"),
+        "probe_max_tokens": heads_doc.get("probe_max_tokens"),
+        "domain_top_frac": frac,
+        "rounding": ROUNDING,
+        "profile": profile,
+        "code_versions": code_versions,
+        "shards": [{k: s.get(k) for k in SHARD_PROVENANCE_KEYS} for s in shards],
+    }
+
+
+def expand_score_files(patterns: Iterable[str]) -> list[str]:
+    """Score tables named by files, folders (their *.parquet) or globs, in order, each once; the quarantine
+    tables written next to them (`*.quarantine.parquet`) are left out of folders and globs."""
+    files: list[str] = []
+    for pattern in patterns:
+        if "://" in pattern:
+            matches = [pattern]
+        elif Path(pattern).is_dir():
+            matches = [str(p) for p in sorted(Path(pattern).glob("*.parquet"))]
+            matches = [m for m in matches if not m.endswith(QUARANTINE_SUFFIX)]
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            matches = [m for m in matches if not m.endswith(QUARANTINE_SUFFIX) and Path(m).is_file()]
+        elif Path(pattern).is_file():
+            matches = [pattern]
+        else:
+            raise FileNotFoundError(f"no score table {pattern!r}")
+        if not matches:
+            raise FileNotFoundError(f"no score tables match {pattern!r}")
+        files.extend(m for m in matches if m not in files)
+    return files
+
+
+def score_files_provenance(files: Sequence[str], frac: float) -> dict:
+    """Provenance of a cut over plain score tables (no Dagster, no heads.json): the head set and model found
+    in their `head_set_id` and `model` columns, one entry per file, the fraction and the rounding rule. The
+    keys are those the `domain_cut` asset writes, where they apply. Score tables of different head sets are
+    refused."""
+    import polars as pl
+
+    shards, head_sets, models = [], set(), set()
+    for f in files:
+        try:
+            df = (
+                pl.scan_parquet(f)
+                .select("head_set_id", "model", "shard")
+                .group_by("head_set_id", "model", "shard")
+                .len()
+                .collect()
+            )
+        except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
+            raise ValueError(
+                f"{f}: not a score table (needs head_set_id, model, shard columns): {exc}"
+            ) from exc
+        head_sets.update(h for h in df["head_set_id"].to_list() if h is not None)
+        models.update(m for m in df["model"].to_list() if m is not None)
+        keys = sorted({s for s in df["shard"].to_list() if s is not None})
+        shards.append(
+            {
+                "key": keys[0] if len(keys) == 1 else (keys or None),
+                "uri": str(f),
+                "scored": int(df["len"].sum()),
+            }
+        )
+    if len(head_sets) > 1:
+        raise ValueError(
+            f"the score tables were scored with {len(head_sets)} head sets ({', '.join(sorted(head_sets))}); "
+            "cut tables of one head set only"
+        )
+    return {
+        "asset": "domain_cut",
+        "command": "attention-influence cut",
+        "model": models.pop() if len(models) == 1 else (sorted(models) or None),
+        "head_set_id": head_sets.pop() if head_sets else None,
+        "domain_top_frac": frac,
+        "rounding": ROUNDING,
+        "code_versions": {"domain_cut": CODE_VERSION},
+        "shards": shards,
+    }
+
+
+@contextmanager
+def connect(database: str | Path | None = None, threads: int = 0):
+    """A DuckDB connection: to the file `database` (its folder created), or in memory without one."""
+    import duckdb
+
+    if database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(database) if database else ":memory:")
+    try:
+        if threads:
+            con.execute("SET threads = ?", [threads])
+        yield con
+    finally:
+        con.close()
+
+
+def cut_score_files(
+    files: Sequence[str],
+    out_dir: str | Path,
+    frac: float = 0.2,
+    database: str | Path | None = None,
+    provenance: dict | None = None,
+) -> CutResult:
+    """The cut over score tables into `out_dir/cut.parquet` and `out_dir/cut_by_domain.parquet`; the DuckDB
+    table `domain_cut` is kept in `database` when given. Provenance: `score_files_provenance` unless given."""
+    files = [str(f) for f in files]
+    if not files:
+        raise ValueError("no score tables to cut")
+    frac = check_frac(frac)
+    if provenance is None:
+        provenance = score_files_provenance(files, frac)
+    out_dir = Path(out_dir)
+    with connect(database) as con:
+        return run_cut(con, files, frac, out_dir / CUT_FILE, out_dir / CUT_SUMMARY_FILE, provenance)
+
+
+def summary_text(summary) -> str:
+    """The per-domain summary as an aligned text table (what `attention-influence cut` prints)."""
+    rows = [[str(c) for c in summary.columns]]
+    for r in summary.iter_rows():
+        rows.append(["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    )

@@ -1,0 +1,119 @@
+"""PNG figures for the MLflow run (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, title: str = "") -> Path:
+    """Layers x heads retrieval scores (cf. Figure 2), the chosen heads outlined."""
+    L, H = scores.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * H + 2.5), max(3.5, 0.22 * L + 1.5)))
+    im = ax.imshow(scores, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
+    for layer, head in heads:
+        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(0, H, max(1, H // 16)))
+    ax.set_yticks(range(0, L, max(1, L // 16)))
+    ax.set_title(title or f"retrieval score; {len(heads)} chosen heads outlined")
+    fig.colorbar(im, ax=ax, label="mean retrieval score")
+    return _save(fig, path)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def score_histograms(df: pl.DataFrame, path: Path, bins: int = 40) -> Path:
+    """Per-domain AttentionInfluence score histograms, all documents vs the selected ones."""
+    doms = sorted(df.get_column("domain").unique().to_list())
+    rows, cols = _grid(len(doms))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, dom in zip(axes.flat, doms, strict=False):
+        d = df.filter(
+            (pl.col("domain") == dom) & pl.col("score").is_not_nan() & pl.col("score").is_not_null()
+        )
+        allv = d.get_column("score").to_numpy()
+        sel = d.filter(pl.col("selected")).get_column("score").to_numpy()
+        edges = np.histogram_bin_edges(allv, bins=bins) if len(allv) else bins
+        ax.hist(allv, bins=edges, color="0.7", label=f"all ({len(allv)})")
+        ax.hist(sel, bins=edges, color="tab:orange", label=f"selected ({len(sel)})")
+        if len(sel):
+            ax.axvline(sel.min(), color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(dom)
+        ax.set_xlabel("score = (L_ref - L_base) / L_base")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(doms) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def length_plot(lengths: pl.DataFrame, path: Path, what: str = "tokens") -> Path:
+    """Mean length of all vs selected (and the perplexity baseline, where given) per domain;
+    medians as dots."""
+    d = lengths.filter(pl.col("domain") != "all")
+    doms = d.get_column("domain").to_list()
+    x = np.arange(len(doms))
+    series = [
+        ("all", "mean_all", "median_all", "0.6"),
+        ("selected", "mean_selected", "median_selected", "tab:orange"),
+    ]
+    if "mean_ppl" in d.columns:
+        series.append(("perplexity top-k", "mean_ppl", "median_ppl", "tab:blue"))
+    w = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(doms) + 2), 3.6))
+    for i, (label, mean_col, med_col, color) in enumerate(series):
+        pos = x - 0.4 + w * (i + 0.5)
+        ax.bar(
+            pos, d.get_column(mean_col).fill_null(0).to_numpy(), width=w, color=color, label=f"{label} (mean)"
+        )
+        ax.plot(pos, d.get_column(med_col).fill_null(np.nan).to_numpy(), "k.", markersize=6)
+    ax.plot([], [], "k.", label="median")
+    ax.set_xticks(x, doms, rotation=20)
+    ax.set_ylabel(f"document length ({what})")
+    ax.set_title("Token length of selected vs all documents")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def mirror_chart(summary: pl.DataFrame, path: Path) -> Path:
+    """One panel per metric: base, retrieval heads masked, random heads masked (mean, sd error bar)."""
+    metrics = summary.get_column("metric").to_list()
+    rows, cols = _grid(len(metrics))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    for ax, row in zip(axes.flat, summary.iter_rows(named=True), strict=False):
+        vals = [row["base"], row["retrieval_masked"], row["random_mean"]]
+        vals = [np.nan if v is None else v for v in vals]
+        labels = ["base", "retrieval\nmasked", f"random\nmasked (n={row['random_draws']})"]
+        ax.bar(labels, vals, color=["0.6", "tab:red", "tab:blue"])
+        if row["random_sd"]:  # spread over the random draws only: the other two are single models
+            ax.errorbar([2], [vals[2]], yerr=[row["random_sd"]], color="k", capsize=4)
+        arrow = "higher is better" if row["higher_is_better"] else "lower is better"
+        ax.set_title(f"{row['metric']}\n({arrow})", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.suptitle("Mirror effect: masking retrieval heads vs random non-retrieval heads", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

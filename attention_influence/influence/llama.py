@@ -1,0 +1,135 @@
+"""A Llama-family decoder layer written out: what transformers' LlamaDecoderLayer computes, in the form the
+scoring engine wants.
+
+Why not call the modules: a scoring pass is matmuls and attention, and around them transformers' layer adds
+elementwise work that can be done in fewer passes over memory (RMSNorm as one fused reduction instead of five
+ops, the SiLU gate in place), runs attention in a layout that is slow on a CPU, and takes masked heads through
+the attention interface, where here they are an argument. Same weights, same operations in the same order,
+except attention on a CPU (`chunked_causal_attention`: the same softmax, to rounding);
+tests/test_influence_llama.py holds the block to the module. Layers that are not plain Llama, Mistral or Qwen2
+layers (`supports`) run through their own modules.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from attention_influence.influence.masking import masked_head_outputs
+
+LAYER_TYPES = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
+NORM_TYPES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}
+CHUNK = 128  # query positions per block of chunked_causal_attention
+CHUNKED_MAX_LEN = 1024  # longer sequences: the fused causal kernel is faster (benchmarks/README.md)
+
+
+def supports(layers) -> bool:
+    """Pre-norm layers with RMSNorm, rotary attention without q/k norms, and a SiLU-gated MLP."""
+    for layer in layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if (
+            type(layer).__name__ not in LAYER_TYPES
+            or attn is None
+            or mlp is None
+            or type(layer.input_layernorm).__name__ not in NORM_TYPES
+            or type(layer.post_attention_layernorm).__name__ not in NORM_TYPES
+            or any(hasattr(attn, n) for n in ("q_norm", "k_norm"))
+            or getattr(attn.config, "hidden_act", None) != "silu"
+        ):
+            return False
+    return True
+
+
+def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm: normalised in float32, cast back, then scaled: (..., C) -> (..., C)."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+@lru_cache(maxsize=64)
+def chunk_masks(
+    T: int, group: int, chunk: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Additive causal masks, one per block of `chunk` positions: (chunk * group, end) each, query rows
+    position-major (position i's `group` heads are rows i*group..i*group+group-1)."""
+    masks = []
+    for start in range(0, T, chunk):
+        end = min(T, start + chunk)
+        q_pos = torch.arange(start, end, device=device).repeat_interleave(group)[:, None]  # (n * group, 1)
+        hidden = torch.arange(end, device=device)[None, :] > q_pos  # (n * group, end)
+        masks.append(torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(hidden, float("-inf")))
+    return tuple(masks)
+
+
+def chunked_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, chunk: int = CHUNK
+) -> torch.Tensor:
+    """Causal GQA attention of whole sequences: (B, T, H, D), (B, T, Hkv, D) x2 -> (B, T, H, D).
+
+    The G query heads that read one KV head become one block of T*G query rows (position-major), so each SDPA
+    call is a few large matmuls per KV head instead of many small per-head ones; a block of `chunk` positions
+    sees only the keys up to its end, so of the hidden triangle only the diagonal blocks are computed. The
+    same softmax(QK^T * scale)V as the causal kernel, to rounding.
+    """
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
+    G = H // Hkv
+    q = q.reshape(B, T, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, T * G, D)  # position-major groups
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, T, D)
+    out = torch.empty(B, T, Hkv, G, D, dtype=q.dtype, device=q.device)
+    for i, mask in enumerate(chunk_masks(T, G, chunk, q.dtype, q.device)):
+        start, end = i * chunk, min(T, (i + 1) * chunk)
+        y = F.scaled_dot_product_attention(
+            q[:, :, start * G : end * G], k[:, :, :end], v[:, :, :end], attn_mask=mask, scale=scale
+        )  # (B, Hkv, n * G, D)
+        out[:, start:end] = y.view(B, Hkv, end - start, G, D).transpose(1, 2)
+    return out.view(B, T, H, D)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, T, H, D), (B, T, Hkv, D) x2 -> (B, T, H, D). On a CPU the chunked layout up to CHUNKED_MAX_LEN
+    (1.2-1.6x faster than the fused causal kernel there, slower beyond; benchmarks/README.md)."""
+    if q.device.type == "cpu" and CHUNK <= q.shape[1] <= CHUNKED_MAX_LEN:
+        return chunked_causal_attention(q, k, v, scale)
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True, scale=scale
+    )  # (B, H, T, D)
+    return y.transpose(1, 2)
+
+
+def attention(
+    attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, masked: torch.Tensor | None
+) -> torch.Tensor:
+    """Self-attention with the heads in `masked` attending uniformly (appendix C): (B, T, C) -> (B, T, C)."""
+    B, T, _ = x.shape
+    D = attn.head_dim
+    q = attn.q_proj(x).view(B, T, -1, D)  # (B, T, H, D)
+    k = attn.k_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
+    v = attn.v_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)  # transformers' own rotary, heads on dim 2
+    y = causal_attention(q, k, v, attn.scaling)  # (B, T, H, D), a fresh tensor
+    if masked is not None and masked.numel():
+        group = q.shape[2] // k.shape[2]
+        y[:, :, masked] = masked_head_outputs(v.transpose(1, 2), masked, group, None, T).to(y.dtype)
+    return attn.o_proj(y.reshape(B, T, -1))
+
+
+def mlp(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)), the gate done in place: (B, T, C) -> (B, T, C)."""
+    g = F.silu(m.gate_proj(x), inplace=True)  # (B, T, F)
+    return m.down_proj(g.mul_(m.up_proj(x)))
+
+
+def block(
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    masked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One pre-norm decoder layer: (B, T, C) -> (B, T, C);
+    cos, sin: (B|1, T, D) from the model's rotary_emb."""
+    x = x + attention(layer.self_attn, rms_norm(layer.input_layernorm, x), cos, sin, masked)
+    return x + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, x))

@@ -1,0 +1,357 @@
+"""AttentionInfluence scores (eq. 5): score = (L_ref - L_base) / L_base per document.
+
+L is the mean next-token cross-entropy over the document's tokens (tokenizer(text), truncated to max_tokens,
+or split into consecutive windows whose losses are token-weighted). The base and the head-masked (reference)
+model share every layer below the first masked one, so those layers run once and only the rest runs twice;
+Llama-family layers run written out (`llama.block`: fused RMSNorm, in-place gate, chunked attention on a CPU).
+Batches are length-bucketed and right-padded: under a causal mask a real token never sees the padding after
+it, so no padding mask is needed and attention keeps its causal fast path. Cross-entropy is computed in row
+chunks over the real tokens only, so full-vocabulary float32 logits never exist for a whole batch: on a CPU a
+chunk is ~100 rows, small enough to stay in cache while it is upcast and reduced (the cross-entropy costs a
+third of what one big chunk costs), on a GPU it is large enough to keep the device busy.
+
+Everything runs under `torch.inference_mode`. On a GPU, batches can be sized from free memory
+(`batch_tokens=None`), per-batch results stay on the device until the end (no sync per batch), and the
+layer stacks can be compiled (`compile=True`). `score_batches` streams text batches with memory bounded by one
+batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attention_influence.influence import llama
+from attention_influence.influence.masking import (
+    HeadControl,
+    enable_head_masking,
+    heads_by_layer,
+    normalize_heads,
+)
+from attention_influence.influence.models import LoadedModel
+
+Progress = Callable[[int, int], None] | None
+# float32 logits per chunk. CPU: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunk is reused
+# from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
+LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
+AUTO_BATCH_TOKENS_CPU = 8192
+MIN_FILL = 0.85  # real tokens per padded row, at least (batches of one piece are cheap on a CPU, and a
+# GPU job scores hundreds of documents per call, so buckets still fill up)
+
+
+@dataclass
+class Piece:
+    doc: int  # index of the document in the input list
+    ids: list[int]  # one window of token ids (>= 2 tokens)
+
+
+def tokenize(lm: LoadedModel, texts: list[str]) -> list[list[int]]:
+    return lm.tokenizer(texts, add_special_tokens=True).input_ids
+
+
+def split_pieces(
+    token_lists: list[list[int]], max_tokens: int, windows: bool
+) -> tuple[list[Piece], np.ndarray]:
+    """Truncate (or window) each document; returns the pieces and each document's scored token count."""
+    pieces, n_tokens = [], np.zeros(len(token_lists), dtype=np.int64)
+    for doc, ids in enumerate(token_lists):
+        spans = (
+            [ids[i : i + max_tokens] for i in range(0, len(ids), max_tokens)]
+            if windows
+            else [ids[:max_tokens]]
+        )
+        for span in spans:
+            if len(span) >= 2:  # a window of one token predicts nothing
+                pieces.append(Piece(doc, span))
+        n_tokens[doc] = sum(len(s) for s in spans) if windows else min(len(ids), max_tokens)
+    return pieces, n_tokens
+
+
+def length_buckets(
+    pieces: list[Piece], batch_tokens: int, min_fill: float = MIN_FILL
+) -> Iterator[list[Piece]]:
+    """Longest first; a batch's padded size (rows x longest) stays within batch_tokens, and a piece shorter
+    than min_fill x the batch's longest starts a new batch, so at least min_fill of every padded row is real
+    tokens (a few documents of mixed lengths would otherwise all be padded to the longest)."""
+    order = sorted(pieces, key=lambda p: -len(p.ids))
+    batch: list[Piece] = []
+    for p in order:
+        longest = len(batch[0].ids) if batch else 0
+        if batch and ((len(batch) + 1) * longest > batch_tokens or len(p.ids) < min_fill * longest):
+            yield batch
+            batch = []
+        batch.append(p)
+    if batch:
+        yield batch
+
+
+def pad_batch(batch: list[Piece], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(p.ids) for p in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    for i, p in enumerate(batch):
+        ids[i, : len(p.ids)] = torch.tensor(p.ids)
+    lengths = torch.tensor([len(p.ids) for p in batch])
+    if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's kernels
+        return ids.pin_memory().to(device, non_blocking=True), lengths.pin_memory().to(
+            device, non_blocking=True
+        )
+    return ids.to(device), lengths.to(device)
+
+
+def batch_tokens_for_memory(
+    free_bytes: int, config, dtype: torch.dtype, max_tokens: int, fraction: float = 0.5, cap: int = 2**20
+) -> int:
+    """Padded tokens per batch that fit `fraction` of free accelerator memory.
+
+    Live per token during the suffix passes: the shared prefix output, the running hidden state and the
+    residual (3 x C), q/k/v/attention output (~4 x C), the MLP's gate, up and product (3 x I) and the float32
+    upcast inside the norms (2 x C x 4 bytes); the logit chunk is bounded separately.
+    """
+    C = config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * C)
+    width = torch.finfo(dtype).bits // 8
+    per_token = width * (7 * C + 3 * inter) + 8 * C
+    tokens = int(free_bytes * fraction) // per_token
+    return int(min(max(tokens, max_tokens), cap))
+
+
+def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
+    if lm.device.type != "cuda":
+        return max(AUTO_BATCH_TOKENS_CPU, max_tokens)  # CPU matmuls saturate well below this
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    return batch_tokens_for_memory(free, lm.config, lm.dtype, max_tokens)
+
+
+def token_nll_sums(
+    lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Sum of next-token NLL per row, in float32, over real tokens only: (B, T, C) -> (B,)."""
+    B, T, _ = hidden.shape
+    valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+    h = hidden[:, :-1][valid]  # (N, C) real predicting positions
+    targets = ids[:, 1:][valid]  # (N,)
+    rows = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid]  # (N,)
+    vocab = lm_head.weight.shape[0]
+    step = max(16, LOGIT_CHUNK_ELEMENTS.get(ids.device.type, 2**26) // vocab)
+    nll = torch.empty(h.shape[0], dtype=torch.float32, device=ids.device)
+    for i in range(0, h.shape[0], step):
+        logits = lm_head(h[i : i + step]).float()  # (n, V)
+        nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
+    return torch.zeros(B, dtype=torch.float32, device=ids.device).index_add_(0, rows, nll)
+
+
+def decoder_parts(model: torch.nn.Module):
+    """The pieces of a Llama-style decoder, or None where the layer loop cannot be driven directly."""
+    inner = getattr(model, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or not all(hasattr(inner, n) for n in needed) or not hasattr(model, "lm_head"):
+        return None
+    cfg = model.config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return None  # per-layer window masks: take the generic path
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return None
+    return inner
+
+
+def layer_stack(
+    inner: torch.nn.Module, control: HeadControl, start: int, stop: int, compile: bool = False
+) -> Callable:
+    """Run decoder layers start..stop-1 on (B, T, C) with the given masked heads ({layer: head indices}).
+
+    Llama-family layers run as `llama.block` (written out, masked heads as an argument); others through their
+    modules, with the masked heads set on the model's head control. With `compile`, a torch.compile'd version
+    is cached per span (dynamic shapes, so length buckets of any size reuse it; the masked and unmasked runs
+    of a span hold one graph each, as dynamo guards on the masked heads).
+    """
+    written_out = llama.supports(inner.layers[start:stop])
+
+    def run(x, pos, cos, sin, masked):  # (B, T, C), (1, T), (1, T, D) x2
+        if written_out:
+            for i in range(start, stop):
+                x = llama.block(inner.layers[i], x, cos, sin, masked.get(i))
+            return x
+        control.masked = masked
+        for layer in inner.layers[start:stop]:
+            x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+        return x
+
+    if not compile:
+        return run
+    cache = inner.__dict__.setdefault("_ai_compiled_stacks", {})
+    if (start, stop) not in cache:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        cache[(start, stop)] = torch.compile(run, dynamic=True)
+    return cache[(start, stop)]
+
+
+@torch.inference_mode()
+def pair_nll(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    masked: dict[int, torch.Tensor],
+    compile: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL sums per row for the base and the masked model: (B, T) -> (B,), (B,)."""
+    model = lm.model
+    control = enable_head_masking(model)
+    inner = decoder_parts(model)
+    if inner is None:  # generic path: two full forwards through the attention interface
+        return generic_pair_nll(model, control, ids, lengths, masked)
+    n_layers = len(inner.layers)
+    first = min(masked) if masked else n_layers
+    pos = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
+    x = inner.embed_tokens(ids)  # (B, T, C)
+    cos, sin = inner.rotary_emb(x, position_ids=pos)  # (1, T, D) each
+    previous = control.masked
+    try:
+        if first > 0:  # shared prefix: identical for base and reference
+            x = layer_stack(inner, control, 0, first, compile)(x, pos, cos, sin, {})
+        out = []
+        for heads in ({}, masked) if masked else ({},):
+            h = (
+                layer_stack(inner, control, first, n_layers, compile)(x, pos, cos, sin, heads)
+                if first < n_layers
+                else x
+            )
+            out.append(token_nll_sums(model.lm_head, inner.norm(h), ids, lengths))
+            del h
+    finally:
+        control.masked = previous
+    return out[0], out[-1]
+
+
+@torch.inference_mode()
+def generic_pair_nll(model, control, ids, lengths, masked):
+    attn = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()
+    head = model.get_output_embeddings()
+    previous, out = control.masked, []
+    try:
+        for heads in ({}, masked):
+            control.masked = heads
+            hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+            out.append(token_nll_sums(head, hidden, ids, lengths))
+    finally:
+        control.masked = previous
+    return out[0], out[1]
+
+
+@dataclass
+class Scores:
+    n_tokens: np.ndarray  # (N,) tokens scored per document
+    loss_base: np.ndarray  # (N,) mean NLL, base model
+    loss_ref: np.ndarray  # (N,) mean NLL, heads masked
+
+    @property
+    def score(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.loss_ref - self.loss_base) / self.loss_base
+
+
+def score_texts(
+    lm: LoadedModel,
+    texts: list[str],
+    heads: Iterable,
+    max_tokens: int | None = None,
+    batch_tokens: int | None = 8192,
+    windows: bool = False,
+    progress: Progress = None,
+    compile: bool = False,
+) -> Scores:
+    """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
+
+    batch_tokens=None sizes batches from free accelerator memory (8192 on a CPU); compile=True runs the
+    layer stacks through torch.compile (worth it on a GPU for long jobs; the first batches pay the compile).
+    """
+    max_tokens = max_tokens or lm.max_context
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+    pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
+    masked = heads_by_layer(pairs, lm.device)
+    pieces, n_tokens = split_pieces(tokenize(lm, texts), max_tokens, windows)
+    if batch_tokens is None or batch_tokens <= 0:
+        batch_tokens = auto_batch_tokens(lm, max_tokens)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    done, total = 0, sum(len(p.ids) for p in pieces)
+    order, sums_base, sums_ref = [], [], []  # per-piece results stay on the device until the end
+    for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):
+        ids, lengths = pad_batch(batch, pad, lm.device)
+        nll_base, nll_ref = pair_nll(lm, ids, lengths, masked, compile=compile)
+        order.extend(batch)
+        sums_base.append(nll_base)
+        sums_ref.append(nll_ref)
+        done += sum(len(p.ids) for p in batch)
+        if progress:
+            progress(done, total)
+    base = np.zeros(len(texts))
+    ref = np.zeros(len(texts))
+    predicted = np.zeros(len(texts))
+    if order:
+        docs = np.array([p.doc for p in order])
+        np.add.at(base, docs, torch.cat(sums_base).double().cpu().numpy())
+        np.add.at(ref, docs, torch.cat(sums_ref).double().cpu().numpy())
+        np.add.at(predicted, docs, np.array([len(p.ids) - 1 for p in order]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss_base = np.where(predicted > 0, base / predicted, np.nan)
+        loss_ref = np.where(predicted > 0, ref / predicted, np.nan)
+    if not pairs:  # no head masked: the reference *is* the base model, exactly
+        loss_ref = loss_base.copy()
+    return Scores(n_tokens=n_tokens, loss_base=loss_base, loss_ref=loss_ref)
+
+
+def score_batches(
+    lm: LoadedModel,
+    batches: Iterable[list[str]],
+    heads: Iterable,
+    max_tokens: int | None = None,
+    batch_tokens: int | None = 8192,
+    windows: bool = False,
+    compile: bool = False,
+) -> Iterator[Scores]:
+    """One Scores per incoming list of texts, in order: a shard read in record batches streams through with
+    memory bounded by one batch (length bucketing happens within each batch, so batches of a few hundred
+    documents keep padding low)."""
+    pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)  # fail before the first batch is read
+    for texts in batches:
+        yield score_texts(lm, list(texts), pairs, max_tokens, batch_tokens, windows, compile=compile)
+
+
+def score_frame(
+    lm: LoadedModel,
+    df,
+    heads: Iterable,
+    head_set_id: str,
+    max_tokens: int | None = None,
+    batch_tokens: int | None = 8192,
+    windows: bool = False,
+    progress: Progress = None,
+    text_column: str = "text",
+    compile: bool = False,
+):
+    """Score a polars frame with id, domain and text columns into the score-table contract."""
+    import polars as pl
+
+    s = score_texts(
+        lm,
+        df.get_column(text_column).to_list(),
+        heads,
+        max_tokens,
+        batch_tokens,
+        windows,
+        progress,
+        compile=compile,
+    )
+    return df.select("id", "domain").with_columns(
+        pl.Series("n_tokens", s.n_tokens, dtype=pl.Int64),
+        pl.Series("loss_base", s.loss_base, dtype=pl.Float64),
+        pl.Series("loss_ref", s.loss_ref, dtype=pl.Float64),
+        pl.Series("score", s.score, dtype=pl.Float64),
+        pl.lit(head_set_id).alias("head_set_id"),
+    )

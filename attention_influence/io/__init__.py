@@ -1,0 +1,1 @@
+"""Storage: corpus shards, the work-dir layout, atomic writes, provenance footers, object stores, SQL."""

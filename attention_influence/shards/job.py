@@ -1,0 +1,362 @@
+"""Scoring one shard end to end: validate rows, score in resumable chunks, write the table atomically.
+
+Shared by `attention-influence score` and the `document_scores` asset. Every input row ends up either in the
+score table or in the quarantine table with a reason, so documents in = scored + quarantined. Chunks of
+`checkpoint_every` documents are written as part files in a hidden folder next to the output; a killed run
+that is started again skips the finished parts and produces the same table as an uninterrupted run. Parts of a
+different job (other model, heads, knobs or shard content) are never reused. One process at a time may write a
+given output (a lock file next to it); a second one fails at once with a clear error.
+
+Without `windows`, a document is scored on its first `max_tokens` tokens, so a very long text is cut to a
+character bound before tokenising (tokenising a 10 MB document whole takes ~25 s and ~1.5 GB for nothing); the
+bound grows until the cut text still has more than `max_tokens` tokens, so `n_tokens` and the scored tokens
+are those of the whole text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from attention_influence.influence.models import LoadedModel
+from attention_influence.io.atomic import atomic_write_parquet, atomic_write_text
+from attention_influence.io.hashing import digest, sha256_hex
+from attention_influence.shards.lock import OutputBusyError, output_lock, remove_stale_tmp
+from attention_influence.shards.quarantine import (
+    quarantine_path,
+    quarantine_table,
+    set_aside_unscorable,
+    split_valid,
+)
+from attention_influence.shards.reader import InputError, check_shard, read_shard, shard_row_count
+
+__all__ = [  # InputError and OutputBusyError too: what the CLI catches from a job
+    "HeadSet",
+    "InputError",
+    "OutputBusyError",
+    "ShardJob",
+    "clip_long_texts",
+    "job_fingerprint",
+    "parts_path",
+    "run_score_job",
+    "score_shard",
+]
+
+JOB_VERSION = 2  # bump when a change here alters the scores of a chunk: old part files are then discarded
+CHARS_PER_TOKEN = 64  # first character bound per kept token before tokenising a long text (grown as needed)
+CLIP_MARGIN_TOKENS = 16  # the cut text must have this many tokens beyond max_tokens: the cut is far from them
+SCORE_SCHEMA = {
+    "id": pl.String,
+    "domain": pl.String,
+    "n_tokens": pl.Int64,
+    "loss_base": pl.Float64,
+    "loss_ref": pl.Float64,
+    "score": pl.Float64,
+    "head_set_id": pl.String,
+}
+
+Progress = Callable[[int, int], None] | None
+Log = Callable[[str], None] | None
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """The heads masked for the reference loss, and the id that names them in the score table."""
+
+    heads: Sequence[Sequence[int]]  # (layer, head) pairs
+    head_set_id: str
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to score: where it is read and written, how its rows are read and kept, the scoring knobs.
+
+    Everything but the model and the heads. The knobs and the shard name are part of the resume fingerprint,
+    so parts written under other values are never reused.
+    """
+
+    input_path: str  # local path or fsspec URI of the Parquet shard
+    output_path: Path  # the score table; its quarantine and checkpoints live next to it
+    shard: str | None = None  # the shard's name in both tables (default: the input's file stem)
+    # reading and validating
+    text_column: str = "text"
+    id_column: str = "id"
+    domain_column: str = "domain"
+    domain_fallback: str | None = None  # without a domain column (default: the shard's folder name)
+    max_docs: int | None = None  # only the first rows; the rest count as not considered, not quarantined
+    allowed_domains: tuple[str, ...] | None = None  # rows of other domains: quarantined "unknown domain"
+    # scoring
+    max_tokens: int | None = None  # None: the model's context
+    batch_tokens: int = 8192
+    windows: bool = False  # score every token in windows rather than the first max_tokens
+    checkpoint_every: int = 256  # documents per part file
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_path", str(self.input_path))
+        object.__setattr__(self, "output_path", Path(self.output_path))
+        if self.allowed_domains is not None:
+            object.__setattr__(self, "allowed_domains", tuple(self.allowed_domains))
+
+    @property
+    def name(self) -> str:
+        return self.shard or Path(self.input_path.split("://", 1)[-1]).stem
+
+
+def parts_path(output_path: str | Path) -> Path:
+    """The hidden folder of checkpoint parts of `output_path`."""
+    out = Path(output_path)
+    return out.with_name(f".{out.name}.parts")
+
+
+def _part(parts_dir: Path, k: int) -> Path:
+    return parts_dir / f"part-{k:06d}.parquet"
+
+
+def clip_long_texts(
+    texts: list[str], tokenizer, max_tokens: int, chars_per_token: int = CHARS_PER_TOKEN
+) -> list[str]:
+    """Each text cut to a prefix that still has more than `max_tokens` (+ margin) tokens, so truncated scoring
+    sees the same first `max_tokens` tokens without tokenising megabytes it will not score."""
+    out = []
+    for text in texts:
+        bound = max_tokens * chars_per_token
+        while len(text) > bound:
+            n = len(tokenizer(text[:bound], add_special_tokens=True).input_ids)
+            if n > max_tokens + CLIP_MARGIN_TOKENS:
+                text = text[:bound]
+                break
+            bound *= 4
+        out.append(text)
+    return out
+
+
+def content_digest(valid: pl.DataFrame) -> str:
+    """What the scores depend on in the input: ids, domains and texts, in order (each length-prefixed)."""
+
+    def chunks():
+        for row in valid.select("id", "domain", "text").iter_rows():
+            for value in row:
+                data = value.encode("utf-8", errors="surrogatepass")
+                yield len(data).to_bytes(8, "little")
+                yield data
+
+    return sha256_hex(chunks())
+
+
+def job_fingerprint(lm: LoadedModel, heads: HeadSet, job: ShardJob, valid: pl.DataFrame) -> str:
+    """Everything a chunk's scores depend on: parts written under another fingerprint are discarded."""
+    return digest(
+        {
+            "version": JOB_VERSION,
+            "model": lm.identity,
+            "dtype": str(lm.dtype),
+            "device": lm.device.type,
+            "heads": sorted(map(list, heads.heads)),
+            "head_set_id": heads.head_set_id,
+            "max_tokens": job.max_tokens,
+            "windows": job.windows,
+            "batch_tokens": job.batch_tokens,
+            "checkpoint_every": job.checkpoint_every,
+            "shard": job.name,
+            "content": content_digest(valid),
+        }
+    )
+
+
+def _usable_part(part: Path, log: Log) -> bool:
+    """A finished checkpoint; one that cannot be read (damaged on disk) is deleted and scored again."""
+    if not part.exists():
+        return False
+    try:
+        pl.read_parquet_schema(part)
+        return True
+    except Exception:  # noqa: BLE001
+        part.unlink(missing_ok=True)
+        if log:
+            log(f"{part}: unreadable checkpoint removed; its chunk is scored again")
+        return False
+
+
+def _load_job(meta_file: Path) -> str | None:
+    try:
+        return json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _claim_parts(parts_dir: Path, fingerprint: str) -> None:
+    """The parts folder, emptied unless it holds parts of this very job (same fingerprint)."""
+    meta_file = parts_dir / "job.json"
+    if parts_dir.exists() and _load_job(meta_file) != fingerprint:
+        shutil.rmtree(parts_dir)  # parts of a different job (or of unknown origin): never mix them in
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_file, json.dumps(fingerprint))
+
+
+def _score_chunk(lm: LoadedModel, heads: HeadSet, job: ShardJob, chunk: pl.DataFrame) -> pl.DataFrame:
+    from attention_influence.influence.scoring import score_frame
+
+    if not job.windows:
+        texts = chunk.get_column("text").to_list()
+        effective_max = job.max_tokens or lm.max_context
+        chunk = chunk.with_columns(
+            pl.Series("text", clip_long_texts(texts, lm.tokenizer, effective_max), dtype=pl.String)
+        )
+    return score_frame(
+        lm,
+        chunk,
+        heads.heads,
+        heads.head_set_id,
+        max_tokens=job.max_tokens,
+        batch_tokens=job.batch_tokens,
+        windows=job.windows,
+    )
+
+
+def _score_chunks(
+    lm: LoadedModel,
+    heads: HeadSet,
+    job: ShardJob,
+    valid: pl.DataFrame,
+    parts_dir: Path,
+    progress: Progress,
+    log: Log,
+) -> tuple[int, int]:
+    """Score every chunk that has no usable part yet; returns (chunks, chunks resumed)."""
+    shard, every = job.name, job.checkpoint_every
+    n_chunks = -(-valid.height // every)
+    done = [k for k in range(n_chunks) if _usable_part(_part(parts_dir, k), log)]
+    if done and log:
+        log(f"{shard}: resuming, {len(done)} of {n_chunks} chunks already scored in {parts_dir}")
+    if progress and n_chunks:
+        progress(len(done), n_chunks)
+    finished = len(done)
+    for k in range(n_chunks):
+        part = _part(parts_dir, k)
+        if part.exists():
+            continue
+        chunk = valid.slice(k * every, every)
+        atomic_write_parquet(_score_chunk(lm, heads, job, chunk), part)
+        finished += 1
+        if progress:
+            progress(finished, n_chunks)
+        if log:
+            log(f"{shard}: chunk {k + 1}/{n_chunks} scored ({chunk.height} documents)")
+    return n_chunks, len(done)
+
+
+def _score_table(parts_dir: Path, n_chunks: int) -> pl.DataFrame:
+    """The parts, in chunk order, as one table."""
+    parts = [pl.read_parquet(_part(parts_dir, k)) for k in range(n_chunks)]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=SCORE_SCHEMA)
+
+
+def score_shard(
+    lm: LoadedModel,
+    heads: HeadSet,
+    job: ShardJob,
+    progress: Progress = None,
+    log: Log = None,
+) -> dict:
+    """Score one shard into `job.output_path` and its quarantine, resumably; returns the reconciliation.
+
+    `progress(done, total)` is called with chunk counts, `log(message)` with resumes and cleanups.
+    """
+    if job.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {job.checkpoint_every}")
+    t0 = time.perf_counter()
+    out, input_path, shard = job.output_path, job.input_path, job.name
+    if "://" not in input_path and Path(input_path).resolve() == out.resolve():
+        raise InputError(f"{input_path}: the output would overwrite the input shard; choose another output")
+    total_rows = shard_row_count(input_path)
+    rows = read_shard(
+        input_path,
+        job.text_column,
+        job.id_column,
+        job.domain_column,
+        max_docs=job.max_docs,
+        domain_fallback=job.domain_fallback,
+    )
+    valid, quarantined = split_valid(rows, shard, job.allowed_domains)
+
+    with output_lock(out):
+        for tmp in remove_stale_tmp(out):
+            if log:
+                log(f"{shard}: removed {tmp.name}, left by an interrupted writer")
+        parts_dir = parts_path(out)
+        _claim_parts(parts_dir, job_fingerprint(lm, heads, job, valid))
+        n_chunks, resumed = _score_chunks(lm, heads, job, valid, parts_dir, progress, log)
+        table, quarantined = set_aside_unscorable(
+            _score_table(parts_dir, n_chunks), quarantined, valid, shard
+        )
+        table = table.with_columns(
+            pl.lit(shard, dtype=pl.String).alias("shard"), pl.lit(lm.identity, dtype=pl.String).alias("model")
+        )
+        quarantined = quarantine_table(quarantined)
+        qpath = quarantine_path(out)
+        atomic_write_parquet(quarantined, qpath)  # quarantine first: a finished output implies its quarantine
+        atomic_write_parquet(table, out)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+    summary = {
+        "input": input_path,
+        "output": str(out),
+        "quarantine": str(qpath),
+        "shard": shard,
+        "documents_in_shard": total_rows,
+        "documents_in": rows.height,
+        "documents_not_considered": total_rows - rows.height,
+        "scored": table.height,
+        "quarantined": quarantined.height,
+        "quarantine_reasons": dict(sorted(quarantined.group_by("reason").len().iter_rows())),
+        "tokens_scored": int(table["n_tokens"].sum()) if table.height else 0,
+        "chunks": n_chunks,
+        "chunks_resumed": resumed,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "head_set_id": heads.head_set_id,
+        "model": lm.identity,
+    }
+    if summary["documents_in"] != summary["scored"] + summary["quarantined"]:
+        raise RuntimeError(f"{input_path}: counts do not reconcile: {summary}")
+    return summary
+
+
+def _load_heads(heads_path: str) -> tuple[list[tuple[int, int]], dict]:
+    from attention_influence.influence.heads import load_head_set
+
+    try:
+        return load_head_set(heads_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{heads_path}: cannot read the head set: {exc}") from exc
+
+
+def run_score_job(
+    model: str,
+    heads_path: str,
+    job: ShardJob,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    progress: Progress = None,
+) -> dict:
+    """`attention-influence score`: load the head set and the model, then score `job`.
+
+    The head set id is the one recorded in the heads file, else computed from the model and the heads.
+    """
+    from attention_influence.influence.heads import head_set_id
+    from attention_influence.influence.models import load_model
+
+    heads, meta = _load_heads(heads_path)
+    # a missing or broken shard fails before the model loads
+    check_shard(job.input_path, job.text_column, job.id_column)
+    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    hsid = meta.get("head_set_id") or head_set_id(lm.identity, heads)
+    if meta.get("model") and meta["model"] != lm.identity:
+        print(f"warning: {heads_path} was ranked on {meta['model']}, scoring with {lm.identity}")
+    return score_shard(lm, HeadSet(heads, hsid), job, progress=progress)
