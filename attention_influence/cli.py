@@ -118,6 +118,7 @@ def cmd_score(args) -> int:
         device=args.device,
         trust_remote_code=args.trust_remote_code,
         progress=_progress("scoring", "chunk"),
+        cache_dir=model_cache_from_env(),
     )
     print(json.dumps(summary))
     return 0

@@ -18,6 +18,7 @@ from attention_influence.cli import expand_corpus, read_texts
 from attention_influence.influence.heads import load_head_set, probe_exact_match
 from attention_influence.influence.models import load_model
 from attention_influence.influence.probes import build_probes, extract_sentences
+from attention_influence.settings import model_cache_from_env
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     heads, meta = load_head_set(args.heads)
-    lm = load_model(args.model)
+    lm = load_model(args.model, cache_dir=model_cache_from_env())
     sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
     probes = build_probes(
         sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed, start=100_000

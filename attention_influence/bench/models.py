@@ -7,6 +7,7 @@ import torch
 from attention_influence.bench.config import BenchConfig
 from attention_influence.influence.masking import normalize_heads
 from attention_influence.influence.models import LoadedModel
+from attention_influence.settings import model_cache_from_env
 
 DEFAULT_FIRST_LAYER = 10
 DEFAULT_N_HEADS = 14
@@ -67,7 +68,7 @@ def random_model(name: str, tokenizer_spec: str, dtype: str, device: str) -> Loa
 
     if name not in RANDOM_CONFIGS:
         raise SystemExit(f"error: unknown random model {name!r}; choose from {', '.join(RANDOM_CONFIGS)}")
-    target, _ = resolve_spec(tokenizer_spec)
+    target, _ = resolve_spec(tokenizer_spec, model_cache_from_env())
     tokenizer = AutoTokenizer.from_pretrained(target)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -90,4 +91,10 @@ def load(cfg: BenchConfig) -> LoadedModel:
 
     if cfg.model.startswith("random:"):
         return random_model(cfg.model.removeprefix("random:"), cfg.tokenizer, cfg.dtype, cfg.device)
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    return load_model(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        trust_remote_code=cfg.trust_remote_code,
+        cache_dir=model_cache_from_env(),
+    )

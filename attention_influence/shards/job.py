@@ -344,6 +344,7 @@ def run_score_job(
     device: str = "auto",
     trust_remote_code: bool = False,
     progress: Progress = None,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """`attention-influence score`: load the head set and the model, then score `job`.
 
@@ -355,7 +356,9 @@ def run_score_job(
     heads, meta = _load_heads(heads_path)
     # a missing or broken shard fails before the model loads
     check_shard(job.input_path, job.text_column, job.id_column)
-    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load_model(
+        model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir
+    )
     hsid = meta.get("head_set_id") or head_set_id(lm.identity, heads)
     if meta.get("model") and meta["model"] != lm.identity:
         print(f"warning: {heads_path} was ranked on {meta['model']}, scoring with {lm.identity}")
