@@ -102,6 +102,7 @@ class ShardJob:
     batch_tokens: int = 8192
     windows: bool = False  # score every token in windows rather than the first max_tokens
     checkpoint_every: int = 256  # documents per part file
+    overlap_input: bool = True  # prepare the next chunk in a background thread (scores are the same)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_path", str(self.input_path))
@@ -258,7 +259,7 @@ def _score_chunks(
         chunk = valid.slice(k * every, every)
         return chunk, prepare_chunk(lm, job, chunk)
 
-    for k, (chunk, token_lists) in prefetched(todo, prepare, wait=wait):
+    for k, (chunk, token_lists) in prefetched(todo, prepare, overlap=job.overlap_input, wait=wait):
         atomic_write_parquet(_score_chunk(lm, heads, job, chunk, token_lists), _part(parts_dir, k))
         finished += 1
         if progress:
@@ -310,6 +311,7 @@ def score_shard(
         _claim_parts(parts_dir, job_fingerprint(lm, heads, job, valid))
         wait = InputWait()
         n_chunks, resumed = _score_chunks(lm, heads, job, valid, parts_dir, progress, log, wait)
+        wait.finish()
         table, quarantined = set_aside_unscorable(
             _score_table(parts_dir, n_chunks), quarantined, valid, shard
         )
@@ -324,7 +326,8 @@ def score_shard(
 
     summary = {
         "input": input_path,
-        "input_wait_share": round(wait.share(), 4),
+        "input_wait_share": round(wait.share(), 4),  # of the chunk loop's wall time
+        "input_wait_seconds": round(wait.waited, 3),
         "output": str(out),
         "quarantine": str(qpath),
         "shard": shard,

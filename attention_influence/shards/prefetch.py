@@ -25,10 +25,14 @@ class InputWait:
 
     waited: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    wall: float | None = None  # set by finish(); until then, the time so far
+
+    def finish(self) -> None:
+        self.wall = time.perf_counter() - self.started
 
     def share(self) -> float:
-        """The fraction of wall time (so far) spent waiting for input."""
-        wall = time.perf_counter() - self.started
+        """The fraction of wall time spent waiting for input."""
+        wall = self.wall if self.wall is not None else time.perf_counter() - self.started
         return self.waited / wall if wall > 0 else 0.0
 
 
