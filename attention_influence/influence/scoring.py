@@ -10,6 +10,10 @@ chunks over the real tokens only, so full-vocabulary float32 logits never exist 
 chunk is ~100 rows, small enough to stay in cache while it is upcast and reduced (the cross-entropy costs a
 third of what one big chunk costs), on a GPU it is large enough to keep the device busy.
 
+On a GPU, batches are packed instead (`packing`: documents end to end in one row, no padding, attention and
+the masked heads' mean kept inside each document). A batch that runs out of memory is split in halves down to
+one piece (`split_on_oom`); a document that does not fit alone is reported in `Scores.failed`.
+
 Everything runs under `torch.inference_mode`. On a GPU, batches can be sized from free memory
 (`batch_tokens=None`), per-batch results stay on the device until the end (no sync per batch), and the
 layer stacks can be compiled (`compile=True`). `score_batches` streams text batches with memory bounded by one
@@ -314,12 +318,14 @@ def split_on_oom(
     yield from split_on_oom(run, batch[half:], failed, device)
 
 
-def use_packing(lm: LoadedModel, packed: bool | None) -> bool:
-    """None: pack on a GPU with a Llama-family decoder, length buckets elsewhere (packing measured slower on
-    a CPU, benchmarks/README.md)."""
+def use_packing(lm: LoadedModel, packed: bool | None, compile: bool = False) -> bool:
+    """None: pack on a GPU with a Llama-family decoder, length buckets elsewhere (packing measured no faster
+    on a CPU, benchmarks/README.md) and under torch.compile (packed rows vary in piece count and lengths,
+    which the compiled graphs would guard on; not measured on a GPU yet)."""
     if packed is None:
         inner = decoder_parts(lm.model)
-        return lm.device.type == "cuda" and inner is not None and llama.supports(inner.layers)
+        on_gpu = lm.device.type == "cuda" and not compile
+        return on_gpu and inner is not None and llama.supports(inner.layers)
     return packed
 
 
@@ -349,7 +355,7 @@ def score_tokens(
     if batch_tokens is None or batch_tokens <= 0:
         batch_tokens = auto_batch_tokens(lm, max_tokens)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    packing = use_packing(lm, packed)
+    packing = use_packing(lm, packed, compile)
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
         if packing:
