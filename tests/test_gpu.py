@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import tiny_loaded_model
 from reference import reference_score
+from test_influence_engine import DOCS, HEADS
 
 from attention_influence.influence import llama, packing
 from attention_influence.influence.scoring import Piece, score_texts
@@ -17,14 +18,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-DOCS = [
-    "The quick brown fox jumps over the lazy dog. A retrieval head copies tokens from its context again.",
-    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\nprint(add(4, 5))",
-    "Let $x^2 + y^2 = 1$ be the unit circle.",
-    "Water boils at one hundred degrees. " * 6,
-    "key: answer:",
-]
-HEADS = [(0, 1), (1, 3), (2, 0), (3, 2)]
 
 
 def on_cuda(kv_heads: int, dtype: torch.dtype):

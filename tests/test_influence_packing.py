@@ -13,20 +13,14 @@ import torch
 from conftest import tiny_loaded_model
 from reference import reference_score
 from shard_helpers import write_docs
+from test_influence_engine import DOCS as ENGINE_DOCS
+from test_influence_engine import HEADS
 
 from attention_influence.influence import packing, scoring
 from attention_influence.influence.scoring import Piece, score_texts
 from attention_influence.shards import HeadSet, ShardJob, quarantine_path, score_shard
 
-DOCS = [
-    "The quick brown fox jumps over the lazy dog. A retrieval head copies tokens from its context again.",
-    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\nprint(add(4, 5))",
-    "Let $x^2 + y^2 = 1$ be the unit circle.",
-    "Water boils at one hundred degrees. " * 6,
-    "key: answer:",
-    "x",  # one token: no loss
-]
-HEADS = [(0, 1), (1, 3), (2, 0), (3, 2)]
+DOCS = [*ENGINE_DOCS, "x"]  # and a one-token document: no loss
 
 
 def tiny_lm(kv_heads=2):

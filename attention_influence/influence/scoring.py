@@ -395,25 +395,14 @@ def score_tokens(
     return Scores(n_tokens=n_tokens, loss_base=loss_base, loss_ref=loss_ref, failed=failed)
 
 
-def score_texts(
-    lm: LoadedModel,
-    texts: list[str],
-    heads: Iterable,
-    max_tokens: int | None = None,
-    batch_tokens: int | None = 8192,
-    windows: bool = False,
-    progress: Progress = None,
-    compile: bool = False,
-    packed: bool | None = None,
-) -> Scores:
+def score_texts(lm: LoadedModel, texts: list[str], heads: Iterable, *args, **kwargs) -> Scores:
     """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
 
-    batch_tokens=None sizes batches from free accelerator memory (8192 on a CPU); compile=True runs the
-    layer stacks through torch.compile (worth it on a GPU for long jobs; the first batches pay the compile).
+    The arguments after `heads` are score_tokens': max_tokens, batch_tokens (None: sized from free
+    accelerator memory, 8192 on a CPU), windows, progress, compile (torch.compile the layer stacks: worth it
+    on a GPU for long jobs; the first batches pay the compile), packed.
     """
-    return score_tokens(
-        lm, tokenize(lm, texts), heads, max_tokens, batch_tokens, windows, progress, compile, packed
-    )
+    return score_tokens(lm, tokenize(lm, texts), heads, *args, **kwargs)
 
 
 def score_batches(
