@@ -119,7 +119,7 @@ def document_scores(
         considered = min(total, profile.max_docs_per_shard) if profile.max_docs_per_shard else total
         context.log.info(
             f"{key}: scoring {considered} of {total} documents from {shard.uri} with "
-            f"{len(heads)} heads masked ({hsid})"
+            f"{len(heads)} heads masked ({hsid}) on {lm.device}"
         )
         job = ShardJob(
             input_path=input_path,
@@ -193,6 +193,7 @@ def document_scores(
             "head_set_id": summary["head_set_id"],
             "heads": heads_text(summary["heads"]),
             "model": summary["model"],
+            "device": str(lm.device),
             "probe_set_version": str(summary.get("probe_set_version")),
             "reused_unchanged": reused,
             "data_version": summary["data_version"],

@@ -20,10 +20,17 @@ from resources import Corpus, Workdir
 def ensure_pool(instance: dg.DagsterInstance, pool: str = GPU_POOL) -> None:
     """Create the pool's limit row (at the instance default) before the runs this sensor requests start: two
     run workers that both find it missing race to insert it, and on PostgreSQL the loser's step fails (dagster
-    1.13, `initialize_concurrency_limit_to_default`). The daemon's run queue does the same for queued runs."""
+    1.13, `initialize_concurrency_limit_to_default`). The daemon's run queue does the same for queued runs.
+    On a machine with N > 1 GPUs the `gpu` limit starts at N (each scoring step claims its own GPU)."""
     storage = instance.event_log_storage
     if pool not in storage.get_concurrency_keys():
-        storage.initialize_concurrency_limit_to_default(pool)
+        from attention_influence.devices import gpu_pool_limit
+
+        gpus = gpu_pool_limit() if pool == GPU_POOL else 1  # one scoring step per GPU (1 on a CPU)
+        if gpus > 1:
+            storage.set_concurrency_slots(pool, gpus)
+        else:
+            storage.initialize_concurrency_limit_to_default(pool)
 
 
 def shards_to_score(shards: list[Shard], workdir: Workdir) -> list[Shard]:

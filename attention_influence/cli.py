@@ -246,8 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the JSON result here")
     p.add_argument("--rounds", type=int, default=4, help="document groups; the methods alternate within each")
     p.add_argument(
-        "--methods", default="plain,single,ai,naive", help="subset of plain,single,ai,naive to time"
+        "--methods",
+        default="plain,single,ai,naive",
+        help="subset of plain,single,ai,naive,packed,padded to time (packed/padded: (b) forced to packed "
+        "rows / length buckets)",
     )
+    p.add_argument(
+        "--input-wait",
+        action="store_true",
+        help="also score the documents as a shard with serial and with overlapped input; report the share "
+        "of wall time the model waited for input in each",
+    )
+    p.add_argument("--input-chunk", type=int, default=16, help="documents per chunk for --input-wait")
     p.add_argument("--compile", action="store_true", help="torch.compile the scorer's layer stacks (GPU)")
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"

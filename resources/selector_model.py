@@ -1,8 +1,16 @@
-"""The selector model as a resource: loaded once per process in `setup_for_execution`."""
+"""The selector model as a resource: loaded once per process in `setup_for_execution`.
+
+With device `auto` on a machine with several GPUs, the step first claims a free one
+(`attention_influence.devices`: an flock'd file per device under `<instance dir>/device_claims`), so the N
+scoring runs the `gpu` pool lets start use N different GPUs; the claim is held until the step ends (or its
+process dies). One GPU, or none: nothing is claimed, `auto` resolves as before.
+"""
 
 from __future__ import annotations
 
+import tempfile
 import threading
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -28,24 +36,52 @@ class SelectorModel(dg.ConfigurableResource):
         default="", description="Converted GGUF models and s3:// copies (AI_MODEL_CACHE); empty: the default."
     )
 
+    device_wait_seconds: float = Field(
+        default=3600.0, description="How long a step waits for a free GPU when every one is claimed."
+    )
+
     _lm: object = PrivateAttr(default=None)
+    _claim: object = PrivateAttr(default=None)
+
+    def claim_device(self, context: dg.InitResourceContext) -> str:
+        """The device to load on: `auto` with several GPUs claims a free one, anything else is kept."""
+        from attention_influence.devices import claim_device, visible_devices
+
+        devices = visible_devices() if self.device == "auto" else []
+        if len(devices) < 2:
+            return self.device
+        instance_dir = getattr(context.instance, "root_directory", None) if context.instance else None
+        lock_dir = Path(instance_dir or tempfile.gettempdir()) / "device_claims"
+        log = context.log.info if context.log else None
+        self._claim = claim_device(lock_dir, devices, timeout=self.device_wait_seconds, log=log)
+        if log:
+            log(f"claimed {self._claim.device} of {len(devices)} GPUs ({self._claim.path})")
+        return self._claim.device
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         from attention_influence.influence.models import load_model
 
-        key = (self.spec, self.dtype, self.device, self.trust_remote_code, self.cache_dir)
+        device = self.claim_device(context)
+        key = (self.spec, self.dtype, device, self.trust_remote_code, self.cache_dir)
         with _LOCK:
             if key not in _CACHE:
                 if context.log:
-                    context.log.info(f"loading selector model {self.spec} ({self.dtype}, {self.device})")
+                    context.log.info(f"loading selector model {self.spec} ({self.dtype}, {device})")
                 _CACHE[key] = load_model(
                     self.spec,
                     dtype=self.dtype,
-                    device=self.device,
+                    device=device,
                     trust_remote_code=self.trust_remote_code,
                     cache_dir=self.cache_dir or None,
                 )
             self._lm = _CACHE[key]
+        if context.log:
+            context.log.info(f"selector model {self.spec} on {self._lm.device}")
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     @property
     def lm(self):

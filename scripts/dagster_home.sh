@@ -6,17 +6,22 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${DAGSTER_HOME:-$REPO/.dagster_home}"
 mkdir -p "$HOME_DIR"
 HOME_DIR="$(cd "$HOME_DIR" && pwd)"
+# The pool limit: one scoring step per GPU (each claims its own, resources/selector_model.py), 1 on a CPU.
+GPUS="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+LIMIT=$(( ${GPUS:-0} > 1 ? GPUS : 1 ))
+RUNS=$(( LIMIT + 3 ))  # the scoring runs plus room for the other steps
 if [ ! -f "$HOME_DIR/dagster.yaml" ]; then
-  cat > "$HOME_DIR/dagster.yaml" <<'YAML'
-# Local Dagster instance for `make demo` / `make ui` (SQLite storage in this folder).
-# Pools: `gpu` (document_scores) runs one scoring step at a time; on a machine with N GPUs run
-# `dagster instance concurrency set gpu N`. PostgreSQL and run monitoring: see the production dagster.yaml.
+  cat > "$HOME_DIR/dagster.yaml" <<YAML
+# Local Dagster instance for \`make demo\` / \`make ui\` (SQLite storage in this folder).
+# Pools: \`gpu\` (document_scores) runs one scoring step per GPU of this machine ($LIMIT when this file was
+# written; each step claims its own GPU); change it with \`dagster instance concurrency set gpu N\`.
+# PostgreSQL and run monitoring: see the production dagster.yaml.
 concurrency:
   pools:
-    default_limit: 1
+    default_limit: $LIMIT
     granularity: op
   runs:
-    max_concurrent_runs: 4
+    max_concurrent_runs: $RUNS
 telemetry:
   enabled: false
 YAML

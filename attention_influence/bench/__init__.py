@@ -10,6 +10,7 @@ tokenizes inside its timed region. GFLOP/s, the ideal b/a and the matmul peak ar
   models     the model (a real one or `random:<name>`) and its masked heads
   flops      Shape (FLOPs per method), ideal_over_plain, the matmul peak, GFLOP/s and MFU
   runner     the methods, the alternating rounds, the streamed peak-RSS check
+  input_wait shard scoring with serial vs overlapped input: the share of wall time spent waiting for input
   here       `main` (what `attention-influence bench` calls) and the table on stderr
 """
 
@@ -25,6 +26,7 @@ import torch
 from attention_influence.bench.config import METHODS, BenchConfig, parse_methods
 from attention_influence.bench.documents import corpus_files, iter_texts, read_docs
 from attention_influence.bench.flops import Shape, flop_rates, ideal_over_plain, matmul_peak_gflops
+from attention_influence.bench.input_wait import input_wait
 from attention_influence.bench.models import RANDOM_CONFIGS, default_heads, load, load_heads, random_model
 from attention_influence.bench.runner import peak_rss_mb, rss_check, run_benchmark, stream_ai
 
@@ -38,6 +40,7 @@ __all__ = [
     "default_heads",
     "flop_rates",
     "ideal_over_plain",
+    "input_wait",
     "iter_texts",
     "load",
     "load_heads",
@@ -69,6 +72,8 @@ TABLE_ROWS = [
     ("one pass, our engine (a')", "single"),
     ("AttentionInfluence (b)", "ai"),
     ("naive 2 models, bs 1 (c)", "naive"),
+    ("(b), packed rows", "packed"),
+    ("(b), length buckets", "padded"),
 ]
 TABLE_VALUES = [
     "ai_over_plain",
@@ -76,6 +81,9 @@ TABLE_VALUES = [
     "target_ai_over_plain",
     "ai_over_single",
     "ai_over_naive",
+    "packed_over_padded",
+    "input_wait_share_serial",
+    "input_wait_share_overlapped",
     "peak_gflops",
     "peak_rss_mb",
     "rss_ratio",
@@ -113,6 +121,9 @@ def main(args) -> int:
     res = run_benchmark(lm, texts, heads, cfg, log=log_stderr)
     res["corpus"] = cfg.corpus
     res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
+    if cfg.input_wait:
+        log_stderr("input wait: the documents as a shard, serial then overlapped input")
+        res.update(input_wait(lm, heads, texts, cfg))
     if cfg.rss_check:
         log_stderr("rss check: streamed scoring of 1x and 4x the documents in fresh processes")
         res.update(rss_check(cfg))

@@ -10,12 +10,13 @@ from dataclasses import dataclass, fields
 
 from attention_influence.settings import DEFAULT_MODEL
 
-METHODS = ("plain", "single", "ai", "naive")
+METHODS = ("plain", "single", "ai", "naive", "packed", "padded")
+DEFAULT_METHODS = METHODS[:4]  # packed / padded: (b) forced to packed rows or to length buckets
 
 
 def parse_methods(spec: str | None) -> tuple[str, ...]:
-    """`--methods plain,ai` -> ("plain", "ai"), always in METHODS order; empty or None means all of them."""
-    wanted = (spec or ",".join(METHODS)).split(",")
+    """`--methods plain,ai` -> ("plain", "ai"), always in METHODS order; empty or None: DEFAULT_METHODS."""
+    wanted = (spec or ",".join(DEFAULT_METHODS)).split(",")
     unknown = set(wanted) - set(METHODS)
     if unknown:
         raise SystemExit(f"error: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -37,7 +38,7 @@ class BenchConfig:
     heads: str | None = None  # heads.json; None: models.default_heads
     batch_tokens: int | None = None  # None: scoring.auto_batch_tokens
     rounds: int = 4
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     compile: bool = False
     threads: int | None = None  # None: torch's choice
     out: str | None = None
@@ -45,6 +46,8 @@ class BenchConfig:
     rss_docs: int | None = None  # None: docs
     stream_only: bool = False
     stream_chunk: int = 64
+    input_wait: bool = False  # also time shard scoring with serial and with overlapped input
+    input_chunk: int = 16  # documents per chunk in the input-wait runs
 
     @classmethod
     def from_args(cls, args) -> BenchConfig:

@@ -85,10 +85,18 @@ def run_plain(lm: LoadedModel, texts: list[str], max_tokens: int, batch_tokens: 
 
 
 def run_ai(
-    lm: LoadedModel, texts: list[str], heads, max_tokens: int, batch_tokens: int | None, compile: bool = False
+    lm: LoadedModel,
+    texts: list[str],
+    heads,
+    max_tokens: int,
+    batch_tokens: int | None,
+    compile: bool = False,
+    packed: bool | None = None,
 ) -> np.ndarray:
-    """(b), or (a') with heads=[]."""
-    s = score_texts(lm, texts, heads, max_tokens=max_tokens, batch_tokens=batch_tokens, compile=compile)
+    """(b), or (a') with heads=[]; packed=True/False forces packed rows / length buckets."""
+    s = score_texts(
+        lm, texts, heads, max_tokens=max_tokens, batch_tokens=batch_tokens, compile=compile, packed=packed
+    )
     return s.score
 
 
@@ -128,6 +136,8 @@ def method_runner(lm: LoadedModel, heads, cfg: BenchConfig, batch_tokens: int) -
             return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile)
         if method == "single":
             return run_ai(lm, docs, [], cfg.max_tokens, batch_tokens, cfg.compile)
+        if method in ("packed", "padded"):
+            return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile, method == "packed")
         return run_naive(lm, masked_copy, docs, cfg.max_tokens)
 
     return call
@@ -151,7 +161,7 @@ def timed_rounds(
     the (b) and (c) scores, both in the same document order."""
     wall = dict.fromkeys(methods, 0.0)
     cpu = dict.fromkeys(methods, 0.0)
-    scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": []}
+    scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": [], "packed": [], "padded": []}
     for r, docs in enumerate(groups):
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for method in order:
@@ -170,8 +180,12 @@ def timed_rounds(
 
 
 def speedups(res: dict, methods: tuple[str, ...], scores: dict[str, list[np.ndarray]]) -> dict:
-    """(b)'s tokens/s over each other method's, and how far (b)'s scores are from (c)'s."""
+    """(b)'s tokens/s over each other method's, how far (b)'s scores are from (c)'s; packed over padded."""
     out: dict = {}
+    if "packed" in methods and "padded" in methods:
+        out["packed_over_padded"] = round(res["packed_tok_s"] / res["padded_tok_s"], 4)
+        a, b = np.concatenate(scores["packed"]), np.concatenate(scores["padded"])
+        out["max_abs_score_diff_packed_vs_padded"] = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
     if "ai" not in methods:
         return out
     for other in ("plain", "single", "naive"):

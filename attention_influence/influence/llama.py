@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from attention_influence.influence.masking import masked_head_outputs
+from attention_influence.influence.packing import (
+    Packed,
+    packed_uniform_outputs,
+    packed_varlen_attention,
+    uses_varlen,
+)
 
 LAYER_TYPES = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
 NORM_TYPES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}
@@ -99,20 +105,42 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return y.transpose(1, 2)
 
 
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, packed: Packed):
+    """Causal attention within each piece of a packed row: (1, N, H, D), (1, N, Hkv, D) x2 -> (1, N, H, D).
+    varlen FlashAttention on a GPU; elsewhere (the document-masked fallback) each piece's causal attention
+    on its own slice, which is the block-diagonal causal mask without the N x N matrix."""
+    if uses_varlen(q):
+        return packed_varlen_attention(q, k, v, scale, packed)
+    return torch.cat([causal_attention(q[:, a:b], k[:, a:b], v[:, a:b], scale) for a, b in packed.spans], 1)
+
+
 def attention(
-    attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, masked: torch.Tensor | None
+    attn: torch.nn.Module,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    masked: torch.Tensor | None,
+    packed: Packed | None = None,
 ) -> torch.Tensor:
-    """Self-attention with the heads in `masked` attending uniformly (appendix C): (B, T, C) -> (B, T, C)."""
+    """Self-attention with the heads in `masked` attending uniformly (appendix C): (B, T, C) -> (B, T, C).
+    With `packed`, B is 1 and attention (and the uniform mean) stays inside each piece of the row."""
     B, T, _ = x.shape
     D = attn.head_dim
     q = attn.q_proj(x).view(B, T, -1, D)  # (B, T, H, D)
     k = attn.k_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
     v = attn.v_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
     q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)  # transformers' own rotary, heads on dim 2
-    y = causal_attention(q, k, v, attn.scaling)  # (B, T, H, D), a fresh tensor
+    if packed is None:
+        y = causal_attention(q, k, v, attn.scaling)  # (B, T, H, D), a fresh tensor
+    else:
+        y = packed_attention(q, k, v, attn.scaling, packed)  # (1, N, H, D), a fresh tensor
     if masked is not None and masked.numel():
         group = q.shape[2] // k.shape[2]
-        y[:, :, masked] = masked_head_outputs(v.transpose(1, 2), masked, group, None, T).to(y.dtype)
+        if packed is None:
+            uniform = masked_head_outputs(v.transpose(1, 2), masked, group, None, T)  # (B, T, Hm, D)
+        else:
+            uniform = packed_uniform_outputs(v, masked, group, packed)  # (1, N, Hm, D)
+        y[:, :, masked] = uniform.to(y.dtype)
     return attn.o_proj(y.reshape(B, T, -1))
 
 
@@ -128,8 +156,9 @@ def block(
     cos: torch.Tensor,
     sin: torch.Tensor,
     masked: torch.Tensor | None = None,
+    packed: Packed | None = None,
 ) -> torch.Tensor:
     """One pre-norm decoder layer: (B, T, C) -> (B, T, C);
-    cos, sin: (B|1, T, D) from the model's rotary_emb."""
-    x = x + attention(layer.self_attn, rms_norm(layer.input_layernorm, x), cos, sin, masked)
+    cos, sin: (B|1, T, D) from the model's rotary_emb; `packed`: B is 1, pieces laid end to end."""
+    x = x + attention(layer.self_attn, rms_norm(layer.input_layernorm, x), cos, sin, masked, packed)
     return x + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, x))

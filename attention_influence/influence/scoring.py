@@ -10,6 +10,10 @@ chunks over the real tokens only, so full-vocabulary float32 logits never exist 
 chunk is ~100 rows, small enough to stay in cache while it is upcast and reduced (the cross-entropy costs a
 third of what one big chunk costs), on a GPU it is large enough to keep the device busy.
 
+On a GPU, batches are packed instead (`packing`: documents end to end in one row, no padding, attention and
+the masked heads' mean kept inside each document). A batch that runs out of memory is split in halves down to
+one piece (`split_on_oom`); a document that does not fit alone is reported in `Scores.failed`.
+
 Everything runs under `torch.inference_mode`. On a GPU, batches can be sized from free memory
 (`batch_tokens=None`), per-batch results stay on the device until the end (no sync per batch), and the
 layer stacks can be compiled (`compile=True`). `score_batches` streams text batches with memory bounded by one
@@ -19,7 +23,7 @@ batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +37,7 @@ from attention_influence.influence.masking import (
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
+from attention_influence.influence.packing import Packed, pack_batch, pack_batches
 
 Progress = Callable[[int, int], None] | None
 # float32 logits per chunk. CPU: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunk is reused
@@ -127,14 +132,23 @@ def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
 
 
 def token_nll_sums(
-    lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    packed: Packed | None = None,
 ) -> torch.Tensor:
-    """Sum of next-token NLL per row, in float32, over real tokens only: (B, T, C) -> (B,)."""
+    """Sum of next-token NLL per row, in float32, over real tokens only: (B, T, C) -> (B,). With `packed`
+    (B = 1): per piece, (1, N, C) -> (P,), and no loss crosses from one piece into the next."""
     B, T, _ = hidden.shape
-    valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+    if packed is None:
+        valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+        rows = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid]  # (N,)
+    else:
+        valid = packed.same_doc[None]  # (1, N-1): the next token is in the same piece
+        rows, B = packed.seg[:-1][packed.same_doc], packed.n  # (N',)
     h = hidden[:, :-1][valid]  # (N, C) real predicting positions
     targets = ids[:, 1:][valid]  # (N,)
-    rows = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid]  # (N,)
     vocab = lm_head.weight.shape[0]
     step = max(16, LOGIT_CHUNK_ELEMENTS.get(ids.device.type, 2**26) // vocab)
     nll = torch.empty(h.shape[0], dtype=torch.float32, device=ids.device)
@@ -170,11 +184,13 @@ def layer_stack(
     """
     written_out = llama.supports(inner.layers[start:stop])
 
-    def run(x, pos, cos, sin, masked):  # (B, T, C), (1, T), (1, T, D) x2
+    def run(x, pos, cos, sin, masked, packed=None):  # (B, T, C), (1, T), (1, T, D) x2
         if written_out:
             for i in range(start, stop):
-                x = llama.block(inner.layers[i], x, cos, sin, masked.get(i))
+                x = llama.block(inner.layers[i], x, cos, sin, masked.get(i), packed)
             return x
+        if packed is not None:
+            raise ValueError("packed batches need Llama-family layers (llama.supports)")
         control.masked = masked
         for layer in inner.layers[start:stop]:
             x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
@@ -198,30 +214,34 @@ def pair_nll(
     lengths: torch.Tensor,
     masked: dict[int, torch.Tensor],
     compile: bool = False,
+    packed: Packed | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NLL sums per row for the base and the masked model: (B, T) -> (B,), (B,)."""
+    """NLL sums per row for the base and the masked model: (B, T) -> (B,), (B,); with `packed`, per piece of
+    the one packed row: (1, N) -> (P,), (P,)."""
     model = lm.model
     control = enable_head_masking(model)
     inner = decoder_parts(model)
     if inner is None:  # generic path: two full forwards through the attention interface
+        if packed is not None:
+            raise ValueError(f"packed batches need a Llama-family decoder, not {type(model).__name__}")
         return generic_pair_nll(model, control, ids, lengths, masked)
     n_layers = len(inner.layers)
     first = min(masked) if masked else n_layers
-    pos = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
+    pos = packed.pos if packed is not None else torch.arange(ids.shape[1], device=ids.device)[None, :]
     x = inner.embed_tokens(ids)  # (B, T, C)
     cos, sin = inner.rotary_emb(x, position_ids=pos)  # (1, T, D) each
     previous = control.masked
     try:
         if first > 0:  # shared prefix: identical for base and reference
-            x = layer_stack(inner, control, 0, first, compile)(x, pos, cos, sin, {})
+            x = layer_stack(inner, control, 0, first, compile)(x, pos, cos, sin, {}, packed)
         out = []
         for heads in ({}, masked) if masked else ({},):
             h = (
-                layer_stack(inner, control, first, n_layers, compile)(x, pos, cos, sin, heads)
+                layer_stack(inner, control, first, n_layers, compile)(x, pos, cos, sin, heads, packed)
                 if first < n_layers
                 else x
             )
-            out.append(token_nll_sums(model.lm_head, inner.norm(h), ids, lengths))
+            out.append(token_nll_sums(model.lm_head, inner.norm(h), ids, lengths, packed))
             del h
     finally:
         control.masked = previous
@@ -248,6 +268,7 @@ class Scores:
     n_tokens: np.ndarray  # (N,) tokens scored per document
     loss_base: np.ndarray  # (N,) mean NLL, base model
     loss_ref: np.ndarray  # (N,) mean NLL, heads masked
+    failed: dict[int, str] = field(default_factory=dict)  # document index -> why it has no loss (NaN)
 
     @property
     def score(self) -> np.ndarray:
@@ -255,55 +276,133 @@ class Scores:
             return (self.loss_ref - self.loss_base) / self.loss_base
 
 
-def score_texts(
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "could not allocate", "failed to allocate")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA and others), or a CPU allocator's RuntimeError saying it could not
+    allocate."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def split_on_oom(
+    run: Callable[[list[Piece]], tuple[torch.Tensor, torch.Tensor]],
+    batch: list[Piece],
+    failed: dict[int, str],
+    device: torch.device,
+) -> Iterator[tuple[list[Piece], tuple[torch.Tensor, torch.Tensor]]]:
+    """(pieces, run(pieces)) for the batch, or, when it runs out of memory, for each half in turn, down to
+    one piece; a piece that does not fit alone marks its document in `failed` with the reason."""
+    try:
+        result = run(batch)
+    except Exception as exc:  # noqa: BLE001 - anything but out-of-memory is re-raised
+        if not is_out_of_memory(exc):
+            raise
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    else:
+        yield batch, result
+        return
+    free_memory(device)
+    if len(batch) == 1:
+        failed.setdefault(batch[0].doc, f"out of memory alone ({len(batch[0].ids)} tokens): {reason}")
+        return
+    half = len(batch) // 2
+    yield from split_on_oom(run, batch[:half], failed, device)
+    yield from split_on_oom(run, batch[half:], failed, device)
+
+
+def use_packing(lm: LoadedModel, packed: bool | None, compile: bool = False) -> bool:
+    """None: pack on a GPU with a Llama-family decoder, length buckets elsewhere (packing measured no faster
+    on a CPU, benchmarks/README.md) and under torch.compile (packed rows vary in piece count and lengths,
+    which the compiled graphs would guard on; not measured on a GPU yet)."""
+    if packed is None:
+        inner = decoder_parts(lm.model)
+        on_gpu = lm.device.type == "cuda" and not compile
+        return on_gpu and inner is not None and llama.supports(inner.layers)
+    return packed
+
+
+def score_tokens(
     lm: LoadedModel,
-    texts: list[str],
+    token_lists: list[list[int]],
     heads: Iterable,
     max_tokens: int | None = None,
     batch_tokens: int | None = 8192,
     windows: bool = False,
     progress: Progress = None,
     compile: bool = False,
+    packed: bool | None = None,
 ) -> Scores:
-    """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
+    """`score_texts` on already tokenized documents (what a background worker prepares while the model runs).
 
-    batch_tokens=None sizes batches from free accelerator memory (8192 on a CPU); compile=True runs the
-    layer stacks through torch.compile (worth it on a GPU for long jobs; the first batches pay the compile).
+    packed=True lays the documents end to end in rows of batch_tokens (no padding; `packing`); None packs on
+    a GPU only. A batch that runs out of memory is split in halves and retried (`split_on_oom`); a document
+    that fails alone gets NaN losses and its reason in `Scores.failed`.
     """
     max_tokens = max_tokens or lm.max_context
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
     pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
     masked = heads_by_layer(pairs, lm.device)
-    pieces, n_tokens = split_pieces(tokenize(lm, texts), max_tokens, windows)
+    pieces, n_tokens = split_pieces(token_lists, max_tokens, windows)
     if batch_tokens is None or batch_tokens <= 0:
         batch_tokens = auto_batch_tokens(lm, max_tokens)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    done, total = 0, sum(len(p.ids) for p in pieces)
+    packing = use_packing(lm, packed, compile)
+
+    def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
+        if packing:
+            ids, rows = pack_batch(batch, lm.device)  # (1, N)
+            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows)
+        ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T)
+        return pair_nll(lm, ids, lengths, masked, compile=compile)
+
+    batches = (
+        pack_batches(pieces, max(batch_tokens, max_tokens))
+        if packing
+        else length_buckets(pieces, max(batch_tokens, max_tokens))
+    )
+    done, total, failed = 0, sum(len(p.ids) for p in pieces), {}
     order, sums_base, sums_ref = [], [], []  # per-piece results stay on the device until the end
-    for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):
-        ids, lengths = pad_batch(batch, pad, lm.device)
-        nll_base, nll_ref = pair_nll(lm, ids, lengths, masked, compile=compile)
-        order.extend(batch)
-        sums_base.append(nll_base)
-        sums_ref.append(nll_ref)
+    for batch in batches:
+        for part, (nll_base, nll_ref) in split_on_oom(run, batch, failed, lm.device):
+            order.extend(part)
+            sums_base.append(nll_base)
+            sums_ref.append(nll_ref)
         done += sum(len(p.ids) for p in batch)
         if progress:
             progress(done, total)
-    base = np.zeros(len(texts))
-    ref = np.zeros(len(texts))
-    predicted = np.zeros(len(texts))
+    n = len(token_lists)
+    base, ref, predicted = np.zeros(n), np.zeros(n), np.zeros(n)
     if order:
         docs = np.array([p.doc for p in order])
         np.add.at(base, docs, torch.cat(sums_base).double().cpu().numpy())
         np.add.at(ref, docs, torch.cat(sums_ref).double().cpu().numpy())
         np.add.at(predicted, docs, np.array([len(p.ids) - 1 for p in order]))
+    predicted[list(failed)] = 0  # a document with a piece that never fit has no loss at all
     with np.errstate(divide="ignore", invalid="ignore"):
         loss_base = np.where(predicted > 0, base / predicted, np.nan)
         loss_ref = np.where(predicted > 0, ref / predicted, np.nan)
     if not pairs:  # no head masked: the reference *is* the base model, exactly
         loss_ref = loss_base.copy()
-    return Scores(n_tokens=n_tokens, loss_base=loss_base, loss_ref=loss_ref)
+    return Scores(n_tokens=n_tokens, loss_base=loss_base, loss_ref=loss_ref, failed=failed)
+
+
+def score_texts(lm: LoadedModel, texts: list[str], heads: Iterable, *args, **kwargs) -> Scores:
+    """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
+
+    The arguments after `heads` are score_tokens': max_tokens, batch_tokens (None: sized from free
+    accelerator memory, 8192 on a CPU), windows, progress, compile (torch.compile the layer stacks: worth it
+    on a GPU for long jobs; the first batches pay the compile), packed.
+    """
+    return score_tokens(lm, tokenize(lm, texts), heads, *args, **kwargs)
 
 
 def score_batches(
@@ -323,6 +422,24 @@ def score_batches(
         yield score_texts(lm, list(texts), pairs, max_tokens, batch_tokens, windows, compile=compile)
 
 
+def scores_frame(df, s: Scores, head_set_id: str, with_errors: bool = False):
+    """The score-table contract for the documents of `df` (id, domain) and their Scores; with_errors adds
+    an `error` column (why a document has no loss, else null)."""
+    import polars as pl
+
+    out = df.select("id", "domain").with_columns(
+        pl.Series("n_tokens", s.n_tokens, dtype=pl.Int64),
+        pl.Series("loss_base", s.loss_base, dtype=pl.Float64),
+        pl.Series("loss_ref", s.loss_ref, dtype=pl.Float64),
+        pl.Series("score", s.score, dtype=pl.Float64),
+        pl.lit(head_set_id).alias("head_set_id"),
+    )
+    if with_errors:
+        errors = [s.failed.get(i) for i in range(df.height)]
+        out = out.with_columns(pl.Series("error", errors, dtype=pl.String))
+    return out
+
+
 def score_frame(
     lm: LoadedModel,
     df,
@@ -336,8 +453,6 @@ def score_frame(
     compile: bool = False,
 ):
     """Score a polars frame with id, domain and text columns into the score-table contract."""
-    import polars as pl
-
     s = score_texts(
         lm,
         df.get_column(text_column).to_list(),
@@ -348,10 +463,4 @@ def score_frame(
         progress,
         compile=compile,
     )
-    return df.select("id", "domain").with_columns(
-        pl.Series("n_tokens", s.n_tokens, dtype=pl.Int64),
-        pl.Series("loss_base", s.loss_base, dtype=pl.Float64),
-        pl.Series("loss_ref", s.loss_ref, dtype=pl.Float64),
-        pl.Series("score", s.score, dtype=pl.Float64),
-        pl.lit(head_set_id).alias("head_set_id"),
-    )
+    return scores_frame(df, s, head_set_id)

@@ -11,6 +11,11 @@ Without `windows`, a document is scored on its first `max_tokens` tokens, so a v
 character bound before tokenising (tokenising a 10 MB document whole takes ~25 s and ~1.5 GB for nothing); the
 bound grows until the cut text still has more than `max_tokens` tokens, so `n_tokens` and the scored tokens
 are those of the whole text.
+
+While a chunk is scored, the next one is sliced, clipped and tokenized in a background thread (`prefetch`;
+the shard itself is read and validated before scoring starts: the resume fingerprint and the duplicate-id
+check need every row). A batch that runs out of memory is split and retried down to one document; a document
+that fails alone is quarantined as "out of memory" with the error, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from attention_influence.influence.models import LoadedModel
 from attention_influence.io.atomic import atomic_write_parquet, atomic_write_text
 from attention_influence.io.hashing import digest, sha256_hex
 from attention_influence.shards.lock import OutputBusyError, output_lock, remove_stale_tmp
+from attention_influence.shards.prefetch import InputWait, prefetched
 from attention_influence.shards.quarantine import (
     quarantine_path,
     quarantine_table,
@@ -48,7 +54,7 @@ __all__ = [  # InputError and OutputBusyError too: what the CLI catches from a j
     "score_shard",
 ]
 
-JOB_VERSION = 2  # bump when a change here alters the scores of a chunk: old part files are then discarded
+JOB_VERSION = 3  # bump when a change here alters the scores of a chunk: old part files are then discarded
 CHARS_PER_TOKEN = 64  # first character bound per kept token before tokenising a long text (grown as needed)
 CLIP_MARGIN_TOKENS = 16  # the cut text must have this many tokens beyond max_tokens: the cut is far from them
 SCORE_SCHEMA = {
@@ -96,6 +102,7 @@ class ShardJob:
     batch_tokens: int = 8192
     windows: bool = False  # score every token in windows rather than the first max_tokens
     checkpoint_every: int = 256  # documents per part file
+    overlap_input: bool = True  # prepare the next chunk in a background thread (scores are the same)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_path", str(self.input_path))
@@ -199,24 +206,31 @@ def _claim_parts(parts_dir: Path, fingerprint: str) -> None:
     atomic_write_text(meta_file, json.dumps(fingerprint))
 
 
-def _score_chunk(lm: LoadedModel, heads: HeadSet, job: ShardJob, chunk: pl.DataFrame) -> pl.DataFrame:
-    from attention_influence.influence.scoring import score_frame
+def prepare_chunk(lm: LoadedModel, job: ShardJob, chunk: pl.DataFrame) -> list[list[int]]:
+    """The chunk's token ids (long texts clipped first unless windowed): the input work that overlaps."""
+    from attention_influence.influence.scoring import tokenize
 
+    texts = chunk.get_column("text").to_list()
     if not job.windows:
-        texts = chunk.get_column("text").to_list()
-        effective_max = job.max_tokens or lm.max_context
-        chunk = chunk.with_columns(
-            pl.Series("text", clip_long_texts(texts, lm.tokenizer, effective_max), dtype=pl.String)
-        )
-    return score_frame(
+        texts = clip_long_texts(texts, lm.tokenizer, job.max_tokens or lm.max_context)
+    return tokenize(lm, texts)
+
+
+def _score_chunk(
+    lm: LoadedModel, heads: HeadSet, job: ShardJob, chunk: pl.DataFrame, token_lists: list[list[int]]
+) -> pl.DataFrame:
+    """The chunk's part: the score-table columns plus `error` (why a document has no loss, else null)."""
+    from attention_influence.influence.scoring import score_tokens, scores_frame
+
+    s = score_tokens(
         lm,
-        chunk,
+        token_lists,
         heads.heads,
-        heads.head_set_id,
         max_tokens=job.max_tokens,
         batch_tokens=job.batch_tokens,
         windows=job.windows,
     )
+    return scores_frame(chunk, s, heads.head_set_id, with_errors=True)
 
 
 def _score_chunks(
@@ -227,8 +241,10 @@ def _score_chunks(
     parts_dir: Path,
     progress: Progress,
     log: Log,
+    wait: InputWait | None = None,
 ) -> tuple[int, int]:
-    """Score every chunk that has no usable part yet; returns (chunks, chunks resumed)."""
+    """Score every chunk that has no usable part yet, the next chunk's input prepared while this one is
+    scored; returns (chunks, chunks resumed)."""
     shard, every = job.name, job.checkpoint_every
     n_chunks = -(-valid.height // every)
     done = [k for k in range(n_chunks) if _usable_part(_part(parts_dir, k), log)]
@@ -237,12 +253,14 @@ def _score_chunks(
     if progress and n_chunks:
         progress(len(done), n_chunks)
     finished = len(done)
-    for k in range(n_chunks):
-        part = _part(parts_dir, k)
-        if part.exists():
-            continue
+    todo = [k for k in range(n_chunks) if not _part(parts_dir, k).exists()]
+
+    def prepare(k: int) -> tuple[pl.DataFrame, list[list[int]]]:
         chunk = valid.slice(k * every, every)
-        atomic_write_parquet(_score_chunk(lm, heads, job, chunk), part)
+        return chunk, prepare_chunk(lm, job, chunk)
+
+    for k, (chunk, token_lists) in prefetched(todo, prepare, overlap=job.overlap_input, wait=wait):
+        atomic_write_parquet(_score_chunk(lm, heads, job, chunk, token_lists), _part(parts_dir, k))
         finished += 1
         if progress:
             progress(finished, n_chunks)
@@ -291,7 +309,9 @@ def score_shard(
                 log(f"{shard}: removed {tmp.name}, left by an interrupted writer")
         parts_dir = parts_path(out)
         _claim_parts(parts_dir, job_fingerprint(lm, heads, job, valid))
-        n_chunks, resumed = _score_chunks(lm, heads, job, valid, parts_dir, progress, log)
+        wait = InputWait()
+        n_chunks, resumed = _score_chunks(lm, heads, job, valid, parts_dir, progress, log, wait)
+        wait.finish()
         table, quarantined = set_aside_unscorable(
             _score_table(parts_dir, n_chunks), quarantined, valid, shard
         )
@@ -306,6 +326,8 @@ def score_shard(
 
     summary = {
         "input": input_path,
+        "input_wait_share": round(wait.share(), 4),  # of the chunk loop's wall time
+        "input_wait_seconds": round(wait.waited, 3),
         "output": str(out),
         "quarantine": str(qpath),
         "shard": shard,

@@ -113,20 +113,29 @@ def split_valid(
 def set_aside_unscorable(
     table: pl.DataFrame, quarantined: pl.DataFrame, valid: pl.DataFrame, shard: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A document too short to predict anything (one token) has no loss: quarantined, never a NaN score."""
+    """A document without a loss is quarantined, never a NaN score: one too short to predict anything (one
+    token), or one that ran out of memory even alone (the part's `error` column, dropped from the table)."""
     no_loss = pl.col("loss_base").is_nan() | pl.col("loss_base").is_null()
+    error = pl.col("error") if "error" in table.columns else pl.lit(None, dtype=pl.String)
     short = table.filter(no_loss)
+    table = table.filter(~no_loss).drop("error", strict=False)
     if not short.height:
         return table, quarantined
     rows = short.join(valid.select("id", "row"), on="id", how="left").select(
         "id",
         "domain",
         pl.col("row").cast(pl.Int64),
-        pl.lit("fewer than 2 tokens").alias("reason"),
-        pl.format("{} token(s)", pl.col("n_tokens")).alias("detail"),
+        pl.when(error.is_not_null())
+        .then(pl.lit("out of memory"))
+        .otherwise(pl.lit("fewer than 2 tokens"))
+        .alias("reason"),
+        pl.when(error.is_not_null())
+        .then(error)
+        .otherwise(pl.format("{} token(s)", pl.col("n_tokens")))
+        .alias("detail"),
         pl.lit(shard, dtype=pl.String).alias("shard"),
     )
-    return table.filter(~no_loss), pl.concat([quarantined, rows])
+    return table, pl.concat([quarantined, rows])
 
 
 def quarantine_table(quarantined: pl.DataFrame) -> pl.DataFrame:

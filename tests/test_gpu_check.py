@@ -1,0 +1,50 @@
+"""scripts/gpu_check.sh: its CPU dry run (tiny sizes) runs every step and writes the JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import polars as pl
+from conftest import REPO, TRAIN_TEXT
+
+
+def test_gpu_check_dry_run_on_cpu(tiny_model_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    for name in ("a", "b"):
+        (corpus / name).mkdir(parents=True)
+        texts = [t * k for k, t in enumerate(TRAIN_TEXT[:4], start=1)]
+        pl.DataFrame({"id": [f"{name}{i}" for i in range(4)], "text": texts}).write_parquet(
+            corpus / name / "x.parquet"
+        )
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_CHECK_MODEL": str(tiny_model_dir),
+        "GPU_CHECK_CORPUS": str(corpus / "*" / "*.parquet"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu", "--dry-run", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    steps = dict(line.split(" ", 1) for line in summary["steps"])
+    assert set(steps) == {"gpu_tests", "bench_smollm2_512", "bench_smollm2_2048", "bench_paper_1.3b_4096"}
+    assert all(s.startswith("rc=0") for s in steps.values())
+    assert set(summary["benches"]) == {"smollm2_512", "smollm2_2048", "paper_1.3b_4096"}
+    for name, res in summary["benches"].items():
+        full = json.loads((out / f"bench_{name}.json").read_text())
+        assert full["device"] == "cpu"
+        for m in ("plain", "ai", "naive", "packed", "padded"):
+            assert full[f"{m}_tok_s"] > 0
+        assert res["packed_over_padded"] == full["packed_over_padded"] > 0
+        assert full["max_abs_score_diff_packed_vs_padded"] < 1e-5  # float32: the same scores
+        assert full["max_abs_score_diff_vs_naive"] < 1e-5
+    assert summary["benches"]["paper_1.3b_4096"]["identity"] == "random:tiny"  # tiny sizes in a dry run
+    wait = summary["benches"]["smollm2_512"]
+    assert 0 <= wait["input_wait_share_overlapped"] < 1 and 0 < wait["input_wait_share_serial"] < 1
+    assert json.loads((out / "environment.json").read_text())["varlen_attn"] in (True, False)
+    assert (out / "gpu_tests.xml").exists()
