@@ -16,6 +16,7 @@ import polars as pl
 from ai_assets.metadata import heads_text, markdown_table, png_markdown
 from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
 from attention_influence.audit import read_provenance
+from attention_influence.evaluation import tracking
 from attention_influence.io.corpus import resolve_shard
 from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
 
@@ -40,6 +41,33 @@ def corpus_frame(corpus: Corpus, shard_keys: list[str], limit: int) -> pl.DataFr
         frames.append(frame)
         rows += frame.height
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame({"id": [], "text": []})
+
+
+def _ci(row: dict, name: str) -> str:
+    if row.get(f"{name}_diff") is None:
+        return "-"
+    noise = " (within noise)" if row[f"{name}_within_noise"] else ""
+    return f"{row[f'{name}_diff']:+.3f} [{row[f'{name}_low']:+.3f}, {row[f'{name}_high']:+.3f}]{noise}"
+
+
+def mirror_table(summary: list[dict]) -> str:
+    """The mirror effect in one narrow table: sample size, the three variants, and each comparison with its
+    95% paired bootstrap interval, marked "within noise" where the interval covers zero."""
+    rows = [
+        {
+            "metric": r["metric"],
+            "n": r.get("n_items"),
+            "base": r["base"],
+            "retrieval masked": r["retrieval_masked"],
+            "random (mean ± sd)": f"{r['random_mean']:.3f} ± {r['random_sd']:.3f} ({r['random_draws']} draws)"
+            if r.get("random_mean") is not None
+            else "-",
+            "retrieval − base [95% CI]": _ci(r, "retrieval_vs_base"),
+            "retrieval − random [95% CI]": _ci(r, "retrieval_vs_random"),
+        }
+        for r in summary
+    ]
+    return markdown_table(rows) if rows else "(mirror effect skipped: see `skipped`)"
 
 
 def heldout_probes(model: SelectorModel, corpus: Corpus, profile: SelectionProfile, n: int) -> list:
@@ -128,22 +156,34 @@ def selection_evaluation(
             run_id=run.info.run_id,
             ui_base_url=mlflow.ui_url,
         )
-    headline = result.headline()
-    metadata = {
-        "mlflow_run_id": result.run_id,
-        "mlflow_run_url": dg.MetadataValue.url(result.run_url),
-        "mlflow_ui": result.ui_command,
-        "head_set_id": ranking.head_set_id,
-        "heads": heads_text(ranking.heads),
-        "model": prov["model"],
-        "headline": dg.MetadataValue.md(
-            markdown_table([{"metric": k, "value": v} for k, v in sorted(headline.items())])
-        ),
-        "skipped": dg.MetadataValue.json(result.skipped),
-        "eval_seconds": round(result.seconds, 1),
-    }
-    for name in ("mirror_effect", "head_heatmap"):
+    metadata = {}
+    for name in ("mirror_effect", "head_heatmap", "score_histograms"):  # the figures first: seen first
         path = result.figures.get(name)
         if path and Path(path).exists():
-            metadata[f"figure_{name}"] = png_markdown(Path(path).read_bytes(), name)
+            metadata[f"figure_{name}"] = png_markdown(Path(path).read_bytes(), name.replace("_", " "))
+    metadata.update(
+        {
+            "mirror_effect": dg.MetadataValue.md(mirror_table(result.mirror_summary)),
+            "mlflow_run_url": dg.MetadataValue.url(result.run_url),
+            "mlflow_experiment_url": dg.MetadataValue.url(
+                tracking.experiment_url(result.experiment_id, mlflow.ui_url)
+            ),
+            "mlflow_run_id": result.run_id,
+            "mlflow_ui": result.ui_command,
+            "head_set_id": ranking.head_set_id,
+            "heads": heads_text(ranking.heads),
+            "model": prov["model"],
+            "selection": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        {"metric": k, "value": v}
+                        for k, v in sorted(result.metrics.items())
+                        if k.endswith("/all")
+                    ]
+                )
+            ),
+            "skipped": dg.MetadataValue.json(result.skipped),
+            "eval_seconds": round(result.seconds, 1),
+        }
+    )
     return dg.MaterializeResult(metadata=metadata)

@@ -138,7 +138,7 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
         for col in ("base", "retrieval_masked", "random_mean", "random_sd"):
             assert f"mirror/{metric}/{col}" in m, (metric, col)
             assert m[f"mirror/{metric}/{col}"] == pytest.approx(res.metrics[f"mirror/{metric}/{col}"])
-    history = client.get_metric_history(res.run_id, "mirror/banking77_acc/random_masked")
+    history = client.get_metric_history(res.run_id, "mirror/banking77_acc/random_draw")
     assert sorted(h.step for h in history) == [0, 1]
     assert sum(h.value for h in history) / 2 == pytest.approx(m["mirror/banking77_acc/random_mean"])
     assert "analysis/edu_spearman/web" in m and "analysis/edu_spearman/code" not in m
@@ -166,7 +166,9 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
     assert summary.height == 6 and set(summary["random_draws"]) == {2}  # probe em + token acc, 4 others
     words = pl.read_csv(res.tables["overrepresented_words"])
     assert "sklearn" in words.filter(pl.col("domain") == "all")["word"].to_list() or words.height > 0
-    assert res.run_url.endswith(f"#/experiments/{res.experiment_id}/runs/{res.run_id}")
+    assert res.run_url.endswith(
+        f"#/experiments/{res.experiment_id}/runs/{res.run_id}?workflowType=machine_learning"
+    )
     assert any("mirror effect" in msg for msg in messages)
 
 
@@ -188,8 +190,14 @@ def test_missing_eval_dir_and_corpus_are_reported_as_skipped(setup, tmp_path):
     assert set(k for k in run.data.metrics if k.startswith("mirror/")) == {
         f"mirror/{m}/{c}"
         for m in ("probe_em", "probe_token_acc")
-        for c in ("base", "retrieval_masked", "random_mean", "random_sd", "random_masked")
+        for c in ("base", "retrieval_masked", "random_mean", "random_sd", "random_draw", "n_items")
+        + tuple(
+            f"{cmp}/{part}"
+            for cmp in ("retrieval_vs_base", "random_vs_base", "retrieval_vs_random")
+            for part in ("diff", "ci_low", "ci_high", "within_noise")
+        )
     }
+    assert run.data.metrics["mirror/probe_em/n_items"] == 2
     assert run.data.metrics["mirror/probe_em/random_sd"] == 0.0
 
 
