@@ -48,6 +48,19 @@ def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, m
     return _save(fig, path)
 
 
+def thumbnail(path: Path, width: int = 420) -> Path:
+    """A copy of a figure `width` pixels wide beside it (thumbnails/<name>.png), for places that show a
+    picture at its natural size in a narrow column (Dagster's metadata table)."""
+    from PIL import Image
+
+    out = path.parent / "thumbnails" / path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(path) as im:
+        im.thumbnail((width, 10 * width), Image.LANCZOS)
+        im.save(out)
+    return out
+
+
 def _grid(n: int) -> tuple[int, int]:
     cols = min(n, 3)
     return math.ceil(n / cols), cols

@@ -23,6 +23,7 @@ from attention_influence.evaluation.intervals import wilson_interval
 from attention_influence.evaluation.tasks import ProbeExactMatch, load_tasks
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+KEY_FIGURES = ("mirror_effect", "head_heatmap", "score_histograms")  # also logged as thumbnails/<name>.png
 
 
 @dataclass
@@ -401,6 +402,9 @@ def run_selection_evaluation(
                 skipped["mirror_effect"] = "no task could run: " + "; ".join(
                     f"{k}: {v}" for k, v in skipped.items()
                 )
+        for name in KEY_FIGURES:
+            if name in fig_paths:
+                figures.thumbnail(fig_paths[name])
         metrics["eval_seconds"] = time.perf_counter() - t_start
 
         now = int(time.time() * 1000)

@@ -102,3 +102,9 @@ def experiment_url(experiment_id: str, ui_base: str | None = None) -> str:
     """The experiment's runs table in the MLflow UI (model-training view)."""
     base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def artifact_url(run_id: str, path: str, ui_base: str | None = None) -> str:
+    """A run's artifact as the MLflow UI serves it (what its artifact viewer loads)."""
+    base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
+    return f"{base}/get-artifact?path={path}&run_uuid={run_id}"
