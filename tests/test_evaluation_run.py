@@ -314,3 +314,33 @@ def test_shared_eval_sets_parse():
     assert len({r.label for r in train}) == 77
     gsm = read_gsm8k(EVAL_DIR / "gsm8k" / "test.jsonl")
     assert len(gsm) == 1319 and all("####" in it.answer and "<<" not in it.answer for it in gsm)
+
+
+def test_experiment_is_a_model_training_experiment_and_default_goes(tmp_path):
+    """MLflow 3 opens an experiment on its runs only with mlflow.experimentKind set; the store's empty
+    Default experiment (artifact folder: whatever directory created the store) is deleted, one with runs
+    kept."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from attention_influence.evaluation import tracking
+
+    uri = sqlite_tracking_uri(tmp_path / "a")
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = tracking.ensure_experiment(client, "x", tracking.default_artifact_location(uri))
+    assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment("0").lifecycle_stage == "deleted"
+    assert [e.name for e in client.search_experiments()] == ["x"]
+    # an experiment created before (untagged) is tagged when used again
+    other = client.create_experiment("old")
+    assert tracking.ensure_experiment(client, "old") == other
+    assert client.get_experiment(other).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # a Default experiment holding runs is left alone
+    uri_b = sqlite_tracking_uri(tmp_path / "b")
+    client_b = MlflowClient(tracking_uri=uri_b)
+    client_b.create_run("0")
+    tracking.ensure_experiment(client_b, "x")
+    assert client_b.get_experiment("0").lifecycle_stage == "active"
+    assert len(client_b.search_experiments(view_type=ViewType.ALL)) == 2
+    url = tracking.run_url(exp_id, "abc", "http://h:1/")
+    assert url == f"http://h:1/#/experiments/{exp_id}/runs/abc?workflowType=machine_learning"
