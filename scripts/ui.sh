@@ -5,15 +5,7 @@
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-PY="${PYTHON:-$REPO/.venv/bin/python}"
-[ -x "$PY" ] || PY="$(command -v python3)"
-BIN="$(dirname "$PY")"
-export AI_WORKDIR="${AI_WORKDIR:-$REPO/work}"
-mkdir -p "$AI_WORKDIR"
-AI_WORKDIR="$(cd "$AI_WORKDIR" && pwd)"
-DAGSTER_HOME="$(bash "$REPO/scripts/dagster_home.sh")"
-export DAGSTER_HOME
-export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$AI_WORKDIR/mlflow.db}"
+source "$REPO/scripts/stores.sh"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 DAGSTER_PORT="${DAGSTER_PORT:-3000}"
 STOP_SECONDS="${UI_STOP_SECONDS:-5}"

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 from conftest import free_port
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+from ui_helpers import start_ui
 
 
 def _alive(procs: list[psutil.Process]) -> list[str]:
@@ -44,29 +32,11 @@ def test_ui_stops_cleanly(tmp_path, how):
         "PYTHON": sys.executable,
         "AI_WORKDIR": str(tmp_path / "work"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "DAGSTER_PORT": str(dagster_port),
-        "MLFLOW_PORT": str(mlflow_port),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}",
     }
-    # its own session, as a terminal would start it: Ctrl-C is SIGINT to the whole foreground group
-    ui = subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "ui.sh")],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ui = start_ui(env, dagster_port, mlflow_port)
     procs: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 240
-        while not (
-            _up(f"http://127.0.0.1:{dagster_port}/server_info")
-            and _up(f"http://127.0.0.1:{mlflow_port}/health")
-        ):
-            assert ui.poll() is None, f"scripts/ui.sh exited early with {ui.returncode}"
-            assert time.monotonic() < deadline, "the UIs did not come up within 240 s"
-            time.sleep(1)
         time.sleep(3)  # the daemon and the code server start after the webserver answers
         procs = psutil.Process(ui.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in procs)

@@ -14,13 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import free_port
 from graph_helpers import build_corpus
+from ui_helpers import start_ui
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,14 +50,6 @@ def _require_browser():
         pytest.skip(reason)
 
 
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def uis(tmp_path_factory, tiny_model_dir):
     """A tiny graph materialized through the code location's jobs, then `make ui` (scripts/ui.sh) over it."""
@@ -85,8 +76,6 @@ def uis(tmp_path_factory, tiny_model_dir):
         "AI_MAX_DOCS": "0",
         "AI_HEAD_TOP_FRAC": "0.25",
         "OMP_NUM_THREADS": "1",
-        "DAGSTER_PORT": str(dagster_port),
-        "MLFLOW_PORT": str(mlflow_port),
     }
     (root / "dagster_home").mkdir()
     (root / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -98,23 +87,8 @@ def uis(tmp_path_factory, tiny_model_dir):
         stdout=subprocess.DEVNULL,
         timeout=600,
     )
-    ui = subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "ui.sh")],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ui = start_ui(env, dagster_port, mlflow_port)
     try:
-        deadline = time.monotonic() + 240
-        while not (
-            _up(f"http://127.0.0.1:{dagster_port}/server_info")
-            and _up(f"http://127.0.0.1:{mlflow_port}/health")
-        ):
-            assert ui.poll() is None, f"scripts/ui.sh exited with {ui.returncode}"
-            assert time.monotonic() < deadline, "the UIs did not come up within 240 s"
-            time.sleep(1)
         yield {"dagster": f"http://127.0.0.1:{dagster_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     finally:
         ui.send_signal(signal.SIGTERM)

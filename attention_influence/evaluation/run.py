@@ -36,7 +36,7 @@ class EvalResult:
     run_uri: str  # runs:/<run_id>
     artifact_uri: str
     ui_command: str
-    metrics: dict[str, float] = field(default_factory=dict)  # headline numbers (all logged metrics)
+    metrics: dict[str, float] = field(default_factory=dict)  # every logged metric
     figures: dict[str, str] = field(default_factory=dict)  # name -> local PNG path (in the artifact store)
     tables: dict[str, str] = field(default_factory=dict)  # name -> local CSV/JSON path
     skipped: dict[str, str] = field(default_factory=dict)  # part -> why it did not run
@@ -46,10 +46,6 @@ class EvalResult:
     @property
     def heatmap_path(self) -> str | None:
         return self.figures.get("head_heatmap")
-
-    def headline(self) -> dict[str, float]:
-        """The numbers worth a glance: every mirror-effect metric and the all-domain analysis metrics."""
-        return {k: v for k, v in self.metrics.items() if k.startswith("mirror/") or k.endswith("/all")}
 
     def to_dict(self) -> dict:
         return asdict(self)
