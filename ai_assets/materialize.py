@@ -9,7 +9,8 @@ selector model is loaded once). The same with the Dagster CLI, one process per r
     dagster job execute -m ai_assets.definitions -j observe_selector_model
     python -m ai_assets.materialize --register-only        # or let the corpus_shard_sensor do it
     dagster job execute -m ai_assets.definitions -j rank_retrieval_heads
-    dagster job execute -m ai_assets.definitions -j score_shards --partition <key>   # each shard
+    dagster job execute -m ai_assets.definitions -j score_shards \\
+        --tags '{"dagster/partition": "<key>"}'   # each shard
     dagster job execute -m ai_assets.definitions -j select_and_evaluate
 """
 

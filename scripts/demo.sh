@@ -8,17 +8,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-PY="${PYTHON:-$REPO/.venv/bin/python}"
-[ -x "$PY" ] || PY="$(command -v python3)"
-DAGSTER="$(dirname "$PY")/dagster"
-
-export AI_WORKDIR="${AI_WORKDIR:-$REPO/work}"
 export AI_PROFILE="${AI_PROFILE:-demo}"
-mkdir -p "$AI_WORKDIR"
-AI_WORKDIR="$(cd "$AI_WORKDIR" && pwd)"
-DAGSTER_HOME="$(bash "$REPO/scripts/dagster_home.sh")"
-export DAGSTER_HOME
-export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$AI_WORKDIR/mlflow.db}"
+source "$REPO/scripts/stores.sh"  # PY, BIN, AI_WORKDIR, DAGSTER_HOME, MLFLOW_TRACKING_URI
+DAGSTER="$BIN/dagster"
 
 t0=$(date +%s)
 if [ -z "${AI_CORPUS:-}" ]; then
@@ -35,7 +27,7 @@ if [ "${AI_DEMO_CLI:-0}" = "1" ]; then
   run rank_retrieval_heads
   for key in $("$PY" -c 'import dagster as dg
 with dg.DagsterInstance.get() as i: print("\n".join(sorted(i.get_dynamic_partitions("corpus_shards"))))'); do
-    run score_shards --partition "$key"
+    run score_shards --tags "{\"dagster/partition\": \"$key\"}"
   done
   run select_and_evaluate
 else
