@@ -48,7 +48,7 @@ def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, m
     return _save(fig, path)
 
 
-def thumbnail(path: Path, width: int = 420) -> Path:
+def thumbnail(path: Path, width: int = 340) -> Path:
     """A copy of a figure `width` pixels wide beside it (thumbnails/<name>.png), for places that show a
     picture at its natural size in a narrow column (Dagster's metadata table)."""
     from PIL import Image
