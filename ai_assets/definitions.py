@@ -13,6 +13,7 @@ import dagster as dg
 
 from ai_assets.document_scores import document_scores
 from ai_assets.domain_cut import domain_cut
+from ai_assets.jobs import JOBS
 from ai_assets.partitions import corpus_shard
 from ai_assets.pretraining_manifest import pretraining_manifest
 from ai_assets.retrieval_heads import retrieval_heads
@@ -70,6 +71,7 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
     settings = settings or load_settings()
     return dg.Definitions(
         assets=ASSETS,
+        jobs=JOBS,
         sensors=[corpus_shard_sensor, automation_sensor],
         resources={**build_resources(settings), **(resources or {})},
     )

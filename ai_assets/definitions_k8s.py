@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from ai_assets.definitions import ASSETS, automation_sensor, build_resources
+from ai_assets.jobs import JOBS
 from ai_assets.k8s import executor_config
 from ai_assets.sensors import corpus_shard_sensor
 from attention_influence.settings import Settings, load_settings
@@ -27,6 +28,7 @@ def build_k8s_definitions(settings: Settings | None = None) -> dg.Definitions:
         resources["workdir"] = RemoteWorkdir(path=str(settings.workdir), remote=settings.output_uri)
     return dg.Definitions(
         assets=ASSETS,
+        jobs=JOBS,
         sensors=[corpus_shard_sensor, automation_sensor],
         resources=resources,
         executor=k8s_job_executor.configured(executor_config(settings.k8s), name="k8s"),

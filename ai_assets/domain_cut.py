@@ -76,7 +76,17 @@ def domain_cut(
         metadata={
             "path": dg.MetadataValue.path(str(workdir.cut_path)),
             "duckdb": dg.MetadataValue.path(str(workdir.duckdb_path)),
-            "by_domain": dg.MetadataValue.md(markdown_table(summary.to_dicts())),
+            # two narrow tables instead of one that the metadata column clips
+            "by_domain": dg.MetadataValue.md(
+                markdown_table(
+                    summary.select("domain", "documents", "selected", "keep_target", "excluded").to_dicts()
+                )
+            ),
+            "tokens_by_domain": dg.MetadataValue.md(
+                markdown_table(
+                    summary.select("domain", "threshold_score", "tokens", "selected_tokens").to_dicts()
+                )
+            ),
             "documents": int(totals["documents"]),
             "selected": int(totals["selected"]),
             "selected_tokens": int(totals["selected_tokens"] or 0),

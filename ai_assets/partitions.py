@@ -1,25 +1,41 @@
-"""One dynamic partition per corpus shard, and the shard as an external (observed) asset.
+"""One dynamic partition per corpus shard, and the shard as an observed source asset.
 
-`corpus_shard` is not computed by Dagster: the shard sensor observes each shard file and records its
-fingerprint as the partition's data version, so a rewritten shard makes its score partition stale.
+`corpus_shard` is not computed by Dagster: the shard sensor (or `register_shards`) observes each shard file
+and records its fingerprint as the partition's data version, so a rewritten shard makes its score partition
+stale; the observation also carries the file's rows and size. "Observe" in the UI re-observes one partition.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from attention_influence.io.corpus import Shard
+from attention_influence.io.corpus import Shard, resolve_shard, shard_rows
+from resources import Corpus
 
 SHARD_PARTITIONS = "corpus_shards"
 shard_partitions = dg.DynamicPartitionsDefinition(name=SHARD_PARTITIONS)
 
-corpus_shard = dg.AssetSpec(
-    "corpus_shard",
+
+def shard_metadata(shard: Shard) -> dict:
+    return {
+        "uri": dg.MetadataValue.path(shard.uri),
+        "folder": shard.folder,
+        "fingerprint": shard.fingerprint,
+        "rows": shard_rows(shard),
+        "size_bytes": shard.size if shard.size is not None else "unknown",
+    }
+
+
+@dg.observable_source_asset(
     partitions_def=shard_partitions,
     group_name="corpus",
     description="A Parquet shard of the corpus (AI_CORPUS), observed by the shard sensor; its data version "
-    "is the file's fingerprint (size and modification time, or the object store's ETag).",
+    "is the file's fingerprint (size and modification time, or the object store's ETag). Metadata: uri, "
+    "rows, size.",
 )
+def corpus_shard(context, corpus: Corpus) -> dg.ObserveResult:
+    shard = resolve_shard(corpus.uri, context.partition_key)
+    return dg.ObserveResult(data_version=dg.DataVersion(shard.fingerprint), metadata=shard_metadata(shard))
 
 
 def shard_observation(shard: Shard) -> dg.AssetObservation:
@@ -27,7 +43,7 @@ def shard_observation(shard: Shard) -> dg.AssetObservation:
         asset_key=corpus_shard.key,
         partition=shard.key,
         tags={"dagster/data_version": shard.fingerprint},
-        metadata={"uri": shard.uri, "folder": shard.folder, "fingerprint": shard.fingerprint},
+        metadata=shard_metadata(shard),
     )
 
 

@@ -104,17 +104,18 @@ def retrieval_heads(
         np.nan_to_num(ranking.scores),
         ranking.heads,
         workdir.heads_figure_path,
-        f"{lm.identity}: retrieval score",
+        lm.identity,
     )
     png = figure.read_bytes()
     top = table.sort(["retrieval_score", "layer", "head"], descending=[True, False, False], nulls_last=True)
     return dg.MaterializeResult(
-        metadata={
+        metadata={  # the figure first: the asset page lists metadata in this order
+            "heatmap": png_markdown(png, "retrieval score per head, layer 0 at the bottom"),
+            "heatmap_png": dg.MetadataValue.path(str(workdir.heads_figure_path)),
+            "heads": heads_text(ranking.heads),
             "model": lm.identity,
             "model_spec": lm.spec,
             "head_set_id": ranking.head_set_id,
-            "heads": heads_text(ranking.heads),
-            "heads_json": dg.MetadataValue.json({"heads": [list(p) for p in ranking.heads]}),
             "n_heads": len(ranking.heads),
             "of_heads": L * H,
             "top_frac": ranking.top_frac,
@@ -126,7 +127,6 @@ def retrieval_heads(
             "top_heads": dg.MetadataValue.md(
                 markdown_table(top.head(max(10, len(chosen))).drop("head_set_id").to_dicts())
             ),
-            "heatmap": png_markdown(png, "retrieval scores"),
         },
         data_version=dg.DataVersion(ranking.head_set_id),
     )

@@ -13,9 +13,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ai_assets.metadata import heads_text, markdown_table, png_markdown
+from ai_assets.metadata import heads_text, markdown_table
 from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
 from attention_influence.audit import read_provenance
+from attention_influence.evaluation import tracking
 from attention_influence.io.corpus import resolve_shard
 from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
 
@@ -40,6 +41,43 @@ def corpus_frame(corpus: Corpus, shard_keys: list[str], limit: int) -> pl.DataFr
         frames.append(frame)
         rows += frame.height
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame({"id": [], "text": []})
+
+
+def _ci(row: dict, name: str) -> str:
+    if row.get(f"{name}_diff") is None:
+        return "-"
+    noise = "within noise" if row[f"{name}_within_noise"] else "beyond noise"
+    return f"{row[f'{name}_diff']:+.3f} [{row[f'{name}_low']:+.3f}, {row[f'{name}_high']:+.3f}] {noise}"
+
+
+def mirror_table(summary: list[dict]) -> str:
+    """The mirror effect's values: sample size and the three model variants."""
+    rows = [
+        {
+            "metric": r["metric"],
+            "n": r.get("n_items"),
+            "base": r["base"],
+            "retrieval masked": r["retrieval_masked"],
+            "random masked": f"{r['random_mean']:.3f} ± {r['random_sd']:.3f}"
+            if r.get("random_mean") is not None
+            else "-",
+        }
+        for r in summary
+    ]
+    return markdown_table(rows) if rows else "(mirror effect skipped: see `skipped`)"
+
+
+def noise_table(summary: list[dict]) -> str:
+    """Each comparison with its 95% paired bootstrap interval over items, "within noise" where it covers 0."""
+    rows = [
+        {
+            "metric": r["metric"],
+            "retrieval − base": _ci(r, "retrieval_vs_base"),
+            "retrieval − random": _ci(r, "retrieval_vs_random"),
+        }
+        for r in summary
+    ]
+    return markdown_table(rows) if rows else "(mirror effect skipped)"
 
 
 def heldout_probes(model: SelectorModel, corpus: Corpus, profile: SelectionProfile, n: int) -> list:
@@ -77,7 +115,7 @@ def selection_evaluation(
     import mlflow as mlflow_lib
 
     from attention_influence.evaluation.config import PROFILES, profile_config
-    from attention_influence.evaluation.run import run_selection_evaluation
+    from attention_influence.evaluation.run import KEY_FIGURES, run_selection_evaluation
     from attention_influence.influence.heads import HeadRanking
 
     for path in (workdir.heads_path, workdir.cut_path, workdir.cut_summary_path):
@@ -128,22 +166,45 @@ def selection_evaluation(
             run_id=run.info.run_id,
             ui_base_url=mlflow.ui_url,
         )
-    headline = result.headline()
-    metadata = {
-        "mlflow_run_id": result.run_id,
-        "mlflow_run_url": dg.MetadataValue.url(result.run_url),
-        "mlflow_ui": result.ui_command,
-        "head_set_id": ranking.head_set_id,
-        "heads": heads_text(ranking.heads),
-        "model": prov["model"],
-        "headline": dg.MetadataValue.md(
-            markdown_table([{"metric": k, "value": v} for k, v in sorted(headline.items())])
-        ),
-        "skipped": dg.MetadataValue.json(result.skipped),
-        "eval_seconds": round(result.seconds, 1),
-    }
-    for name in ("mirror_effect", "head_heatmap"):
+    metadata = {}
+    # the figures first, inline: a short markdown image served by the MLflow UI (Dagster shows markdown under
+    # 1,000 characters in place, at the picture's natural size: a thumbnail that fits the column, linking to
+    # the full figure; an embedded PNG would hide behind "[Show Markdown]"), and the local file
+    for name in KEY_FIGURES:
         path = result.figures.get(name)
         if path and Path(path).exists():
-            metadata[f"figure_{name}"] = png_markdown(Path(path).read_bytes(), name)
+            full = tracking.artifact_url(result.run_id, f"figures/{Path(path).name}", mlflow.ui_url)
+            thumb = tracking.artifact_url(
+                result.run_id, f"figures/thumbnails/{Path(path).name}", mlflow.ui_url
+            )
+            metadata[f"figure_{name}"] = dg.MetadataValue.md(
+                f"[![{name.replace('_', ' ')}]({thumb})]({full})"
+            )
+            metadata[f"figure_{name}_png"] = dg.MetadataValue.path(path)
+    metadata.update(
+        {
+            "mirror_effect": dg.MetadataValue.md(mirror_table(result.mirror_summary)),
+            "mirror_effect_noise": dg.MetadataValue.md(noise_table(result.mirror_summary)),
+            "mlflow_run_url": dg.MetadataValue.url(result.run_url),
+            "mlflow_experiment_url": dg.MetadataValue.url(
+                tracking.experiment_url(result.experiment_id, mlflow.ui_url)
+            ),
+            "mlflow_run_id": result.run_id,
+            "mlflow_ui": result.ui_command,
+            "head_set_id": ranking.head_set_id,
+            "heads": heads_text(ranking.heads),
+            "model": prov["model"],
+            "selection": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        {"metric": k, "value": v}
+                        for k, v in sorted(result.metrics.items())
+                        if k.endswith("/all")
+                    ]
+                )
+            ),
+            "skipped": dg.MetadataValue.json(result.skipped),
+            "eval_seconds": round(result.seconds, 1),
+        }
+    )
     return dg.MaterializeResult(metadata=metadata)

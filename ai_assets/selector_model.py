@@ -10,5 +10,16 @@ from resources import SelectorModel
     description="The selector LM (AI_MODEL). Its data version is the model identity (name + weight "
     "fingerprint): observe it after changing AI_MODEL and every probe set, head set and score turns stale.",
 )
-def selector_model(model: SelectorModel) -> dg.DataVersion:
-    return dg.DataVersion(model.identity())
+def selector_model(model: SelectorModel) -> dg.ObserveResult:
+    lm = model.lm
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(model.identity()),
+        metadata={
+            "identity": lm.identity,
+            "spec": lm.spec,
+            "dtype": str(lm.dtype).removeprefix("torch."),
+            "device": str(lm.device),
+            "layers x heads": f"{lm.num_layers} x {lm.num_heads} ({lm.num_kv_heads} KV heads)",
+            "max_context": lm.max_context,
+        },
+    )

@@ -11,7 +11,8 @@ import json
 
 import dagster as dg
 
-from ai_assets.document_scores import GPU_POOL, document_scores
+from ai_assets.document_scores import GPU_POOL
+from ai_assets.jobs import score_shards_job
 from ai_assets.partitions import SHARD_PARTITIONS, shard_observation, shard_partitions
 from attention_influence.io.corpus import CorpusError, Shard
 from resources import Corpus, Workdir
@@ -45,7 +46,7 @@ def shards_to_score(shards: list[Shard], workdir: Workdir) -> list[Shard]:
 
 @dg.sensor(
     name="corpus_shard_sensor",
-    target=[document_scores],
+    job=score_shards_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Registers new corpus shards as document_scores partitions and requests runs for just those.",

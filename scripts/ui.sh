@@ -1,15 +1,45 @@
 #!/usr/bin/env bash
-# Dagster UI (http://127.0.0.1:3000) and MLflow UI (http://127.0.0.1:5000) over the same stores `make demo` used.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster_home}"
-export AI_WORKDIR="${AI_WORKDIR:-$PWD/work}"
-export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$AI_WORKDIR/mlflow.db}"
-mkdir -p "$DAGSTER_HOME" "$AI_WORKDIR"
-touch "$DAGSTER_HOME/dagster.yaml"
-.venv/bin/mlflow ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "${MLFLOW_PORT:-5000}" &
-mlflow_pid=$!
-trap 'kill $mlflow_pid 2>/dev/null || true' EXIT
-echo "MLflow UI:  http://127.0.0.1:${MLFLOW_PORT:-5000}   (store: $MLFLOW_TRACKING_URI)"
-echo "Dagster UI: http://127.0.0.1:${DAGSTER_PORT:-3000}   (DAGSTER_HOME=$DAGSTER_HOME)"
-.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"
+# `make ui`: Dagster UI (http://127.0.0.1:3000) and MLflow UI (http://127.0.0.1:5000) over the stores `make demo`
+# used. Ctrl-C or SIGTERM stops both and everything they started (webserver, daemon, code server, uvicorn
+# workers): each UI runs in its own process group, which gets SIGTERM, then SIGKILL after UI_STOP_SECONDS.
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+source "$REPO/scripts/stores.sh"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+DAGSTER_PORT="${DAGSTER_PORT:-3000}"
+STOP_SECONDS="${UI_STOP_SECONDS:-5}"
+
+groups=()
+start() {  # run "$@" as the leader of a new process group (setsid does not fork: we are not a group leader)
+  setsid "$@" &
+  groups+=("$!")
+}
+
+stopping=0
+stop() {
+  [ "$stopping" = 1 ] && return
+  stopping=1
+  for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null; done
+  # a watchdog: whatever has not exited after STOP_SECONDS is killed
+  (
+    sleep "$STOP_SECONDS"
+    for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
+  ) &
+  local watchdog=$!
+  wait "${groups[@]}" 2>/dev/null
+  for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done  # stragglers whose leader exited
+  kill "$watchdog" 2>/dev/null
+  wait "$watchdog" 2>/dev/null
+}
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap 'stop' EXIT
+
+start "$BIN/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
+start "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
+echo "MLflow UI:  http://127.0.0.1:$MLFLOW_PORT   (store: $MLFLOW_TRACKING_URI; runs open in the model-training view)"
+echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   (DAGSTER_HOME=$DAGSTER_HOME)"
+echo "Ctrl-C stops both."
+# returns when either UI exits, or when a signal arrives (the trap then stops both)
+wait -n

@@ -138,7 +138,7 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
         for col in ("base", "retrieval_masked", "random_mean", "random_sd"):
             assert f"mirror/{metric}/{col}" in m, (metric, col)
             assert m[f"mirror/{metric}/{col}"] == pytest.approx(res.metrics[f"mirror/{metric}/{col}"])
-    history = client.get_metric_history(res.run_id, "mirror/banking77_acc/random_masked")
+    history = client.get_metric_history(res.run_id, "mirror/banking77_acc/random_draw")
     assert sorted(h.step for h in history) == [0, 1]
     assert sum(h.value for h in history) / 2 == pytest.approx(m["mirror/banking77_acc/random_mean"])
     assert "analysis/edu_spearman/web" in m and "analysis/edu_spearman/code" not in m
@@ -166,7 +166,9 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
     assert summary.height == 6 and set(summary["random_draws"]) == {2}  # probe em + token acc, 4 others
     words = pl.read_csv(res.tables["overrepresented_words"])
     assert "sklearn" in words.filter(pl.col("domain") == "all")["word"].to_list() or words.height > 0
-    assert res.run_url.endswith(f"#/experiments/{res.experiment_id}/runs/{res.run_id}")
+    assert res.run_url.endswith(
+        f"#/experiments/{res.experiment_id}/runs/{res.run_id}?workflowType=machine_learning"
+    )
     assert any("mirror effect" in msg for msg in messages)
 
 
@@ -188,8 +190,14 @@ def test_missing_eval_dir_and_corpus_are_reported_as_skipped(setup, tmp_path):
     assert set(k for k in run.data.metrics if k.startswith("mirror/")) == {
         f"mirror/{m}/{c}"
         for m in ("probe_em", "probe_token_acc")
-        for c in ("base", "retrieval_masked", "random_mean", "random_sd", "random_masked")
+        for c in ("base", "retrieval_masked", "random_mean", "random_sd", "random_draw", "n_items")
+        + tuple(
+            f"{cmp}/{part}"
+            for cmp in ("retrieval_vs_base", "random_vs_base", "retrieval_vs_random")
+            for part in ("diff", "ci_low", "ci_high", "within_noise")
+        )
     }
+    assert run.data.metrics["mirror/probe_em/n_items"] == 2
     assert run.data.metrics["mirror/probe_em/random_sd"] == 0.0
 
 
@@ -306,3 +314,33 @@ def test_shared_eval_sets_parse():
     assert len({r.label for r in train}) == 77
     gsm = read_gsm8k(EVAL_DIR / "gsm8k" / "test.jsonl")
     assert len(gsm) == 1319 and all("####" in it.answer and "<<" not in it.answer for it in gsm)
+
+
+def test_experiment_is_a_model_training_experiment_and_default_goes(tmp_path):
+    """MLflow 3 opens an experiment on its runs only with mlflow.experimentKind set; the store's empty
+    Default experiment (artifact folder: whatever directory created the store) is deleted, one with runs
+    kept."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from attention_influence.evaluation import tracking
+
+    uri = sqlite_tracking_uri(tmp_path / "a")
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = tracking.ensure_experiment(client, "x", tracking.default_artifact_location(uri))
+    assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment("0").lifecycle_stage == "deleted"
+    assert [e.name for e in client.search_experiments()] == ["x"]
+    # an experiment created before (untagged) is tagged when used again
+    other = client.create_experiment("old")
+    assert tracking.ensure_experiment(client, "old") == other
+    assert client.get_experiment(other).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # a Default experiment holding runs is left alone
+    uri_b = sqlite_tracking_uri(tmp_path / "b")
+    client_b = MlflowClient(tracking_uri=uri_b)
+    client_b.create_run("0")
+    tracking.ensure_experiment(client_b, "x")
+    assert client_b.get_experiment("0").lifecycle_stage == "active"
+    assert len(client_b.search_experiments(view_type=ViewType.ALL)) == 2
+    url = tracking.run_url(exp_id, "abc", "http://h:1/")
+    assert url == f"http://h:1/#/experiments/{exp_id}/runs/abc?workflowType=machine_learning"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -23,10 +24,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, title: str = "") -> Path:
-    """Layers x heads retrieval scores (cf. Figure 2), the chosen heads outlined."""
+def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, model: str = "") -> Path:
+    """Layers x heads retrieval scores (cf. Figure 2), layer 0 at the bottom, the chosen heads outlined. The
+    one heatmap of the project (Dagster metadata and MLflow show the same picture); the title is wrapped to
+    the figure's width so that it is never clipped."""
     L, H = scores.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * H + 2.5), max(3.5, 0.22 * L + 1.5)))
+    width = max(5.0, 0.45 * H + 2.5)
+    fig, ax = plt.subplots(figsize=(width, max(3.5, 0.22 * L + 1.5)))
     im = ax.imshow(scores, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
     for layer, head in heads:
         ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
@@ -34,9 +38,27 @@ def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, t
     ax.set_ylabel("layer")
     ax.set_xticks(range(0, H, max(1, H // 16)))
     ax.set_yticks(range(0, L, max(1, L // 16)))
-    ax.set_title(title or f"retrieval score; {len(heads)} chosen heads outlined")
+    title = (
+        f"Retrieval score per head ({L} layers x {H} heads); the {len(heads)} masked heads outlined in red"
+    )
+    if model:
+        title += f"; model {model}"
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(width * 9))), fontsize=9)
     fig.colorbar(im, ax=ax, label="mean retrieval score")
     return _save(fig, path)
+
+
+def thumbnail(path: Path, width: int = 340) -> Path:
+    """A copy of a figure `width` pixels wide beside it (thumbnails/<name>.png), for places that show a
+    picture at its natural size in a narrow column (Dagster's metadata table)."""
+    from PIL import Image
+
+    out = path.parent / "thumbnails" / path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(path) as im:
+        im.thumbnail((width, 10 * width), Image.LANCZOS)
+        im.save(out)
+    return out
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -105,15 +127,26 @@ def mirror_chart(summary: pl.DataFrame, path: Path) -> Path:
     for ax, row in zip(axes.flat, summary.iter_rows(named=True), strict=False):
         vals = [row["base"], row["retrieval_masked"], row["random_mean"]]
         vals = [np.nan if v is None else v for v in vals]
-        labels = ["base", "retrieval\nmasked", f"random\nmasked (n={row['random_draws']})"]
+        labels = ["base", "retrieval\nmasked", f"random masked\n({row['random_draws']} draws)"]
         ax.bar(labels, vals, color=["0.6", "tab:red", "tab:blue"])
         if row["random_sd"]:  # spread over the random draws only: the other two are single models
             ax.errorbar([2], [vals[2]], yerr=[row["random_sd"]], color="k", capsize=4)
         arrow = "higher is better" if row["higher_is_better"] else "lower is better"
-        ax.set_title(f"{row['metric']}\n({arrow})", fontsize=9)
+        n = f"n={row['n_items']} items, " if row.get("n_items") else ""
+        noise = row.get("retrieval_vs_base_within_noise")
+        verdict = (
+            ""
+            if noise is None
+            else ("\nretrieval vs base: within noise" if noise else "\nretrieval vs base: beyond noise")
+        )
+        ax.set_title(f"{row['metric']}\n({n}{arrow}){verdict}", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    fig.suptitle("Mirror effect: masking retrieval heads vs random non-retrieval heads", fontsize=10)
+    fig.suptitle(
+        "Mirror effect: masking retrieval heads vs random non-retrieval heads\n"
+        "(error bar: sd over random draws; noise: 95% paired bootstrap interval over items covers 0)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return _save(fig, path)

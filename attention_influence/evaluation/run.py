@@ -19,9 +19,11 @@ import polars as pl
 
 from attention_influence.evaluation import analysis, figures, mirror, tracking
 from attention_influence.evaluation.config import EvalConfig
+from attention_influence.evaluation.intervals import wilson_interval
 from attention_influence.evaluation.tasks import ProbeExactMatch, load_tasks
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+KEY_FIGURES = ("mirror_effect", "head_heatmap", "score_histograms")  # also logged as thumbnails/<name>.png
 
 
 @dataclass
@@ -34,7 +36,7 @@ class EvalResult:
     run_uri: str  # runs:/<run_id>
     artifact_uri: str
     ui_command: str
-    metrics: dict[str, float] = field(default_factory=dict)  # headline numbers (all logged metrics)
+    metrics: dict[str, float] = field(default_factory=dict)  # every logged metric
     figures: dict[str, str] = field(default_factory=dict)  # name -> local PNG path (in the artifact store)
     tables: dict[str, str] = field(default_factory=dict)  # name -> local CSV/JSON path
     skipped: dict[str, str] = field(default_factory=dict)  # part -> why it did not run
@@ -44,10 +46,6 @@ class EvalResult:
     @property
     def heatmap_path(self) -> str | None:
         return self.figures.get("head_heatmap")
-
-    def headline(self) -> dict[str, float]:
-        """The numbers worth a glance: every mirror-effect metric and the all-domain analysis metrics."""
-        return {k: v for k, v in self.metrics.items() if k.startswith("mirror/") or k.endswith("/all")}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +135,15 @@ def _attach_corpus(
     return joined
 
 
+def overlap_interval(hits: int, n: int, chance: float) -> dict[str, float]:
+    """Wilson 95% interval of an overlap fraction hits/n, and within_noise (1/0) where it covers `chance`,
+    the overlap a random subset of the same size would have."""
+    if not n or chance is None or not np.isfinite(chance):
+        return {}
+    low, high = wilson_interval(hits, n)
+    return {"ci_low": low, "ci_high": high, "within_noise": float(low <= chance <= high)}
+
+
 def _analysis(
     marked: pl.DataFrame,
     texts: pl.DataFrame | None,
@@ -154,8 +161,13 @@ def _analysis(
     tables["perplexity_overlap"] = out / "tables" / "perplexity_overlap.csv"
     for row in ppl.iter_rows(named=True):
         key = analysis.safe_key(row["domain"])
+        metrics[f"analysis/n_scored/{key}"] = row["n_docs"]
+        metrics[f"analysis/n_selected/{key}"] = row["n_a"]
         metrics[f"analysis/ppl_overlap/{key}"] = row["frac_of_a"]
         metrics[f"analysis/ppl_jaccard/{key}"] = row["jaccard"]
+        # vs the overlap a random k-subset would have: Wilson interval of the overlap fraction
+        for part, value in overlap_interval(row["intersection"], row["n_a"], row["random_frac_of_a"]).items():
+            metrics[f"analysis/ppl_overlap_{part}/{key}"] = value
 
     ppl_rows = analysis.top_k_sets(marked, "loss_base", False, frac)
     length_source = texts if (texts is not None and "doc_tokens" in texts.columns) else marked
@@ -171,10 +183,14 @@ def _analysis(
     tables["token_length"] = out / "tables" / "token_length.csv"
     scored_lengths = analysis.length_table(marked, "n_tokens")
     tables["scored_token_length"] = out / "tables" / "scored_token_length.csv"
-    for row in lengths.iter_rows(named=True):
-        key = analysis.safe_key(row["domain"])
-        metrics[f"analysis/len_mean_all/{key}"] = row["mean_all"]
-        metrics[f"analysis/len_mean_selected/{key}"] = row["mean_selected"]
+    # whole-document tokens (the corpus text, re-tokenized) vs the tokens scoring read (<= doc_max_tokens)
+    kind = "doc_tokens" if column == "doc_tokens" else "scored_tokens"
+    for frame, what in ((lengths, kind), (scored_lengths, "scored_tokens")):
+        for row in frame.iter_rows(named=True):
+            key = analysis.safe_key(row["domain"])
+            metrics[f"analysis/{what}_mean_all/{key}"] = row["mean_all"]
+            metrics[f"analysis/{what}_mean_selected/{key}"] = row["mean_selected"]
+            metrics[f"analysis/{what}_n_all/{key}"] = row["n_all"]
 
     edu_source = (
         texts
@@ -193,6 +209,7 @@ def _analysis(
             tables["edu_agreement"] = out / "tables" / "edu_agreement.csv"
             for row in edu.iter_rows(named=True):
                 key = analysis.safe_key(row["domain"])
+                metrics[f"analysis/edu_n_docs/{key}"] = row["n_docs"]
                 metrics[f"analysis/edu_spearman/{key}"] = row["spearman"]
                 metrics[f"analysis/edu_top_overlap/{key}"] = row["top_overlap"]
 
@@ -314,10 +331,10 @@ def run_selection_evaluation(
         fig_paths: dict[str, Path] = {}
         if ranking is not None:
             fig_paths["head_heatmap"] = figures.head_heatmap(
-                np.asarray(ranking.scores),
+                np.nan_to_num(np.asarray(ranking.scores, dtype=np.float64)),
                 list(ranking.heads),
                 out / "figures" / "head_heatmap.png",
-                f"retrieval score ({ranking.model_identity}); top {len(ranking.heads)} heads outlined",
+                ranking.model_identity,
             )
         else:
             skipped["heatmap"] = "no head ranking given"
@@ -356,13 +373,13 @@ def run_selection_evaluation(
                     config.batch_tokens,
                     say,
                 )
-                summary = mirror.summarize(raw)
+                summary = mirror.summarize(raw, seed=config.seed)
                 metrics.update(mirror.mirror_metrics(summary))
-                step_metrics = [
-                    (f"mirror/{r['metric']}/random_masked", r["value"], r["draw"])
+                step_metrics = [  # one value per random draw (step = draw); random_mean is their mean
+                    (f"mirror/{r['metric']}/random_draw", r["value"], r["draw"])
                     for r in raw.filter(pl.col("condition") == mirror.RANDOM).iter_rows(named=True)
                 ]
-                raw.write_csv(out / "tables" / "mirror_effect_raw.csv")
+                raw.drop(mirror.ITEM_COLUMNS).write_csv(out / "tables" / "mirror_effect_raw.csv")
                 summary.write_csv(out / "tables" / "mirror_effect.csv")
                 table_paths["mirror_effect_raw"] = out / "tables" / "mirror_effect_raw.csv"
                 table_paths["mirror_effect"] = out / "tables" / "mirror_effect.csv"
@@ -381,6 +398,9 @@ def run_selection_evaluation(
                 skipped["mirror_effect"] = "no task could run: " + "; ".join(
                     f"{k}: {v}" for k, v in skipped.items()
                 )
+        for name in KEY_FIGURES:
+            if name in fig_paths:
+                figures.thumbnail(fig_paths[name])
         metrics["eval_seconds"] = time.perf_counter() - t_start
 
         now = int(time.time() * 1000)

@@ -147,7 +147,29 @@ def _ids(lm: LoadedModel, texts: list[str], special: bool = False) -> list[list[
     return lm.tokenizer(texts, add_special_tokens=special).input_ids
 
 
-class Banking77ICL:
+ItemScores = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (per-item value, per-item weight)
+
+
+class Task:
+    """A benchmark scored per item: `item_scores` gives each metric's per-item values and weights (the
+    sampling-error intervals resample them), `evaluate` their weighted means."""
+
+    name = "task"
+
+    def item_scores(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> ItemScores:
+        raise NotImplementedError
+
+    def evaluate(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> dict[str, float]:
+        scores = self.item_scores(lm, heads=heads, batch_tokens=batch_tokens)
+        return {k: float((v * w).sum() / w.sum()) for k, (v, w) in scores.items()}
+
+
+def _unweighted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    return values, np.ones_like(values)
+
+
+class Banking77ICL(Task):
     """Many-shot intent classification with a restricted candidate set (the C intents shown in the prompt)."""
 
     name = "banking77"
@@ -202,7 +224,7 @@ class Banking77ICL:
     def params(self) -> dict:
         return {"labels": len(self.labels), "shots": len(self.shots), "queries": len(self.queries)}
 
-    def evaluate(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> dict[str, float]:
+    def item_scores(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> ItemScores:
         if not hasattr(self, "_cache") or self._cache[0] is not lm:
             self.fit_shots(lm)
             prefix = _ids(lm, [self.prompt(self.shots)], special=True)[0]
@@ -214,10 +236,10 @@ class Banking77ICL:
         logp = continuation_logprobs(lm, requests, prefix=prefix, heads=heads, batch_tokens=batch_tokens)
         pred = logp.reshape(len(ctx), len(cands)).argmax(1)
         gold = np.array([self.labels.index(q.label) for q in self.queries])
-        return {"banking77_acc": float((pred == gold).mean())}
+        return {"banking77_acc": _unweighted(pred == gold)}
 
 
-class HellaSwag:
+class HellaSwag(Task):
     name = "hellaswag"
 
     def __init__(self, items: list[HellaSwagItem], n_items: int, seed: int):
@@ -226,7 +248,7 @@ class HellaSwag:
     def params(self) -> dict:
         return {"items": len(self.items)}
 
-    def evaluate(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> dict[str, float]:
+    def item_scores(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> ItemScores:
         ctx = _ids(lm, [hellaswag_preprocess(it.context) for it in self.items], special=True)
         endings = [" " + hellaswag_preprocess(e) for it in self.items for e in it.endings]
         conts = _ids(lm, endings)
@@ -235,12 +257,12 @@ class HellaSwag:
         chars = np.array([len(e) for e in endings], dtype=np.float64).reshape(-1, 4)
         gold = np.array([it.gold for it in self.items])
         return {
-            "hellaswag_acc_norm": float(((logp / chars).argmax(1) == gold).mean()),
-            "hellaswag_acc": float((logp.argmax(1) == gold).mean()),
+            "hellaswag_acc_norm": _unweighted((logp / chars).argmax(1) == gold),
+            "hellaswag_acc": _unweighted(logp.argmax(1) == gold),
         }
 
 
-class GSM8KLogLik:
+class GSM8KLogLik(Task):
     name = "gsm8k"
 
     def __init__(self, train: list[GSM8KItem], test: list[GSM8KItem], n_shots: int, n_items: int, seed: int):
@@ -250,7 +272,7 @@ class GSM8KLogLik:
     def params(self) -> dict:
         return {"shots": len(self.shots), "items": len(self.items)}
 
-    def evaluate(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> dict[str, float]:
+    def item_scores(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> ItemScores:
         prefix = _ids(
             lm, ["".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in self.shots)], special=True
         )[0]
@@ -259,11 +281,12 @@ class GSM8KLogLik:
         logp = continuation_logprobs(
             lm, list(zip(ctx, conts, strict=True)), prefix=prefix, heads=heads, batch_tokens=batch_tokens
         )
-        n_tok = sum(len(c) for c in conts)
-        return {"gsm8k_gold_nll": float(-logp.sum() / n_tok)}
+        n_tok = np.array([len(c) for c in conts], dtype=np.float64)
+        # per item: its NLL per token, weighted by its tokens (the weighted mean is NLL / all gold tokens)
+        return {"gsm8k_gold_nll": (-np.asarray(logp, dtype=np.float64) / n_tok, n_tok)}
 
 
-class ProbeExactMatch:
+class ProbeExactMatch(Task):
     """Held-out synthetic retrieval probes (appendix A), scored in one teacher-forced pass per probe.
 
     The answer is an exact match when every answer token is the argmax given the prompt and the answer tokens
@@ -280,12 +303,12 @@ class ProbeExactMatch:
     def params(self) -> dict:
         return {"probes": len(self.probes), "max_tokens": max((p.n_tokens for p in self.probes), default=0)}
 
-    def evaluate(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> dict[str, float]:
+    def item_scores(self, lm: LoadedModel, heads=(), batch_tokens: int = 8192) -> ItemScores:
         requests = [(p.prompt_ids, p.answer_ids) for p in self.probes]
         s = continuation_scores(lm, requests, heads=heads, batch_tokens=batch_tokens)
         return {
-            "probe_em": float(s.greedy.mean()),
-            "probe_token_acc": float((s.n_argmax / s.n_tokens).mean()),
+            "probe_em": _unweighted(s.greedy),
+            "probe_token_acc": _unweighted(s.n_argmax / s.n_tokens),
         }
 
 

@@ -35,15 +35,47 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri() if db is not None else None
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) view; "custom_model_development"
+# opens it on the runs table (the "Model training" view)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+DEFAULT_EXPERIMENT_ID = "0"
+
+
 def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
     """The experiment's id, creating it (with the artifact location) when missing or restoring it if
-    deleted."""
+    deleted; tagged as a model-training experiment, and the store's empty "Default" experiment removed."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
+        exp_id = client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
+    else:
+        exp_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    drop_empty_default_experiment(client)
+    return exp_id
+
+
+def drop_empty_default_experiment(client) -> bool:
+    """Delete the "Default" experiment MLflow creates in every new store when it holds no run: its artifact
+    location is the working directory of whoever created the store (a folder that usually does not exist),
+    and the UI would list it first. Returns whether it was deleted."""
+    from mlflow.entities import ViewType
+
+    try:
+        exp = client.get_experiment(DEFAULT_EXPERIMENT_ID)
+    except Exception:  # noqa: BLE001 - stores without experiment 0 (a remote server may have none)
+        return False
+    if exp.lifecycle_stage != "active" or client.search_runs(
+        [DEFAULT_EXPERIMENT_ID], max_results=1, run_view_type=ViewType.ALL
+    ):
+        return False
+    client.delete_experiment(DEFAULT_EXPERIMENT_ID)
+    return True
 
 
 def local_path(uri: str) -> Path | None:
@@ -61,5 +93,18 @@ def ui_command(tracking_uri: str, port: int = 5000) -> str:
 
 
 def run_url(experiment_id: str, run_id: str, ui_base: str | None = None) -> str:
+    """The run's page in the MLflow UI, in its model-training view (the UI's default is the GenAI view)."""
     base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def experiment_url(experiment_id: str, ui_base: str | None = None) -> str:
+    """The experiment's runs table in the MLflow UI (model-training view)."""
+    base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def artifact_url(run_id: str, path: str, ui_base: str | None = None) -> str:
+    """A run's artifact as the MLflow UI serves it (what its artifact viewer loads)."""
+    base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
+    return f"{base}/get-artifact?path={path}&run_uuid={run_id}"

@@ -30,6 +30,7 @@ class Shard:
     uri: str  # what polars / fsspec open
     folder: str  # name of the folder holding the shard: the domain when the shard has no domain column
     fingerprint: str  # changes when the file changes (size + modification time / ETag)
+    size: int | None = None  # bytes, where the file system reports it
 
 
 # a partition key usable as one file name in the work dir, else UnsafePathError (a ValueError)
@@ -133,7 +134,14 @@ def list_shards(spec: str) -> list[Shard]:
         if key in shards:
             raise CorpusError(f"shards {shards[key].uri} and {uri} map to the same partition key {key!r}")
         folder = name.rsplit("/", 2)[-2] if name.count("/") >= 1 else ""
-        shards[key] = Shard(key=key, uri=uri, folder=folder, fingerprint=_fingerprint(info))
+        size = info.get("size")
+        shards[key] = Shard(
+            key=key,
+            uri=uri,
+            folder=folder,
+            fingerprint=_fingerprint(info),
+            size=int(size) if size is not None else None,
+        )
     return [shards[k] for k in sorted(shards)]
 
 
@@ -148,6 +156,16 @@ def resolve_shard(spec: str, key: str) -> Shard:
         f"shard {key!r} was registered as a partition but is no longer in the corpus {spec!r} "
         "(deleted or renamed?); restore the file or delete the partition"
     )
+
+
+def shard_rows(shard: Shard) -> int:
+    """Rows in a shard, from its Parquet footer (no column data is read)."""
+    import polars as pl
+
+    try:
+        return int(pl.scan_parquet(shard.uri).select(pl.len()).collect().item())
+    except Exception as exc:  # noqa: BLE001 - name the shard whatever failed
+        raise CorpusError(f"{shard.uri}: cannot read the Parquet footer: {exc}") from exc
 
 
 def read_texts(shards: list[Shard], text_column: str, limit_docs: int) -> list[str]:

@@ -1,0 +1,38 @@
+"""Named jobs of the code location: what `make demo`, the shard sensor and the UI launch.
+
+Runs of these jobs carry the code location's origin, so the UI lists them under their job with the assets
+and partition they materialized, and can re-execute them. One job per stage, because a job cannot mix the
+shard-partitioned `document_scores` with the unpartitioned assets around it.
+"""
+
+import dagster as dg
+
+from ai_assets.partitions import shard_partitions
+
+# run config `make demo` launches with: all steps in one process, so the selector model is loaded once
+# (the jobs keep their location's executor otherwise: multiprocess here, one pod per step on Kubernetes)
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+observe_selector_model = dg.define_asset_job(
+    "observe_selector_model",
+    selection=["selector_model"],
+    description="Observe the selector model (identity, dtype, layers x heads): run after changing AI_MODEL.",
+)
+rank_heads_job = dg.define_asset_job(
+    "rank_retrieval_heads",
+    selection=["retrieval_probe_set", "retrieval_heads"],
+    description="Build the retrieval probes and rank every head on them; the top fraction is the head set.",
+)
+score_shards_job = dg.define_asset_job(
+    "score_shards",
+    selection=["document_scores"],
+    partitions_def=shard_partitions,
+    description="Score one corpus shard (a partition) with and without the retrieval heads masked.",
+)
+select_job = dg.define_asset_job(
+    "select_and_evaluate",
+    selection=["domain_cut", "pretraining_manifest", "selection_evaluation"],
+    description="The per-domain cut, the pretraining manifest and the MLflow evaluation run.",
+)
+
+JOBS = [observe_selector_model, rank_heads_job, score_shards_job, select_job]
