@@ -24,7 +24,13 @@ from ai_assets.partitions import register_shards
 from attention_influence.io.corpus import CorpusError
 
 UNPARTITIONED_HEAD = ["retrieval_probe_set", "retrieval_heads"]
-UNPARTITIONED_TAIL = ["domain_cut", "pretraining_manifest", "selection_evaluation"]
+UNPARTITIONED_TAIL = [
+    "domain_cut",
+    "pretraining_manifest",
+    "selection_evaluation",
+    "mixed_corpus",
+    "proxy_pretraining",
+]
 
 
 def materialize_all(

@@ -36,7 +36,7 @@ if [ "${AI_DEMO_CLI:-0}" = "1" ]; then
 with dg.DagsterInstance.get() as i: print("\n".join(sorted(i.get_dynamic_partitions("corpus_shards"))))'); do
     run --select document_scores --partition "$key"
   done
-  run --select domain_cut,pretraining_manifest,selection_evaluation
+  run --select domain_cut,pretraining_manifest,selection_evaluation,mixed_corpus,proxy_pretraining
 else
   "$PY" -m ai_assets.materialize
 fi

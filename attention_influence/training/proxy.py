@@ -2,13 +2,13 @@
 
 Every run of an experiment has the same architecture (transformers' LlamaConfig, the selector's tokenizer),
 the same token budget (max_steps x batch_size x grad_accum x seq_len tokens: an arm's packed documents are
-cycled as often as needed) and, per seed, the same initialization and data order seed; only the arm's documents
-differ. Training is transformers' `Trainer`, so `accelerate launch` / `torchrun` run the same code on several
-GPUs. Evaluation on data no arm trained on: bits per byte on the held-out documents of each domain (see
-`arms`), GSM8K gold-answer NLL (0-shot) and HellaSwag acc_norm through `evaluation.tasks`.
+cycled as often as needed) and, per seed, the same initialization and data order seed; only the documents
+of the arms differ. Training is transformers' `Trainer`, so `accelerate launch` / `torchrun` run the same code
+on several GPUs. Evaluation on data no arm trained on: bits per byte on the held-out documents of each domain
+(see `arms`), GSM8K gold-answer NLL (0-shot) and HellaSwag acc_norm through `evaluation.tasks`.
 
     profile = PROXY_PROFILES["cpu"]
-    blocks = pack(tokenize(texts, tokenizer, seed), profile.seq_len)          # (n_blocks, seq_len) int64
+    blocks = pack(doc_token_ids(texts, tokenizer, 4096), profile.seq_len, seed=0)  # (n_blocks, seq_len)
     model, curve = train_proxy(blocks, tokenizer, profile, seed=0, out_dir="work/proxy/run")
     metrics = evaluate_proxy(model, tokenizer, heldout, tasks, profile)
 """
