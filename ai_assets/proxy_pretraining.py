@@ -69,7 +69,8 @@ def proxy_pretraining(
         raise dg.Failure(f"no mixed corpus in {workdir.mixed_dir}: materialize mixed_corpus first")
     try:
         arms = check_arms(profile.proxy_arms.split(","))
-        size = proxy_profile(profile.proxy_profile)
+        steps = {"max_steps": profile.proxy_max_steps} if profile.proxy_max_steps > 0 else {}
+        size = proxy_profile(profile.proxy_profile, **steps)
     except (ArmError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
     if profile.proxy_seeds < 1:

@@ -26,7 +26,7 @@ AI_CHECKPOINT_EVERY. `0` or `none` for AI_DOC_TOKENS / AI_MAX_DOCS means "no lim
 The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN, AI_FUSION_WEIGHT (see
 `attention_influence.cut.CutPolicy`). The training data and the proxy runs: AI_MIX_ROWS_PER_FILE,
 AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | gpu), AI_PROXY_SEEDS, AI_PROXY_ARMS
-(comma-separated; see `attention_influence.training.proxy`).
+(comma-separated), AI_PROXY_STEPS (training steps per run; see `attention_influence.training.proxy`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Profile:
     mix_shuffle_seed: int | None = 0  # seeded shuffle of the mixed corpus; None: manifest order
     proxy_profile: str = "cpu"  # proxy pretraining size (attention_influence.training.proxy.PROXY_PROFILES)
     proxy_seeds: int = 2  # seeds per arm
-    proxy_arms: str = "baseline,attention_influence,random,perplexity"  # comma-separated arms
+    proxy_arms: str = "baseline,attention_influence,random"  # comma-separated; `perplexity` is the 4th arm
+    proxy_max_steps: int | None = None  # training steps per run; None: the proxy profile's
 
 
 PROFILES: dict[str, Profile] = {
@@ -110,6 +111,7 @@ PROFILE_ENV = {
     "proxy_profile": "AI_PROXY_PROFILE",
     "proxy_seeds": "AI_PROXY_SEEDS",
     "proxy_arms": "AI_PROXY_ARMS",
+    "proxy_max_steps": "AI_PROXY_STEPS",
 }
 
 

@@ -79,6 +79,9 @@ class SelectionProfile(dg.ConfigurableResource):
         description="Proxy arms, comma-separated: baseline, attention_influence, random, perplexity "
         "(AI_PROXY_ARMS).",
     )
+    proxy_max_steps: int = Field(
+        default=0, description="Training steps per proxy run (AI_PROXY_STEPS); 0: the proxy profile's."
+    )
     eval_dir: str = Field(
         default=str(DEFAULT_EVAL_DIR),
         description=(

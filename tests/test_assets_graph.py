@@ -178,7 +178,7 @@ def test_whole_graph_materializes(graph, capsys):
         and "| alpha |" in mix_meta.metadata["by_domain"].value
     )
     proxy = instance.get_latest_materialization_event(dg.AssetKey("proxy_pretraining")).asset_materialization
-    assert proxy.metadata["runs"].value == 8  # 4 arms x 2 seeds
+    assert proxy.metadata["runs"].value == 6  # 3 arms x 2 seeds
     assert "attention_influence - random" in proxy.metadata["comparisons"].value
     assert "noise" in proxy.metadata["verdicts"].value and "data:image/png" in proxy.metadata["figure"].value
 

@@ -69,23 +69,24 @@ class ProxyProfile:
 
 
 PROXY_PROFILES: dict[str, ProxyProfile] = {
-    # inside `make demo`: ~2.3M parameters (2.1M of them the tied 49k-token embedding), 40 steps of 1,024
-    # tokens; seconds per run on 2 cores
+    # inside `make demo`: ~1.6M parameters (1.57M of them the tied 49k-token embedding), 30 steps of 512
+    # tokens (15K tokens per run); ~1-4 s per step on a 2-core CPU (the 49k-way softmax dominates)
     "cpu": ProxyProfile(
-        hidden_size=48,
+        hidden_size=32,
         num_layers=2,
         num_heads=4,
         num_kv_heads=2,
-        intermediate_size=128,
-        seq_len=256,
+        intermediate_size=96,
+        seq_len=128,
         batch_size=4,
-        max_steps=40,
+        max_steps=30,
         learning_rate=3e-3,
-        warmup_steps=4,
-        heldout_per_domain=8,
-        hellaswag_items=16,
+        warmup_steps=3,
+        heldout_per_domain=4,
+        hellaswag_items=8,
         gsm8k_items=8,
-        logging_steps=4,
+        eval_batch_tokens=2048,
+        logging_steps=3,
     ),
     # GPU: ~150M parameters (SmolLM2-135M-like: 768 x 12 layers, 49k vocab), 2,048-token blocks, 512K tokens
     # per step (batch 32 x grad_accum 8 on 1 GPU, or 8 GPUs x 32 x 2 under accelerate), 6,000 steps = 3.1B
