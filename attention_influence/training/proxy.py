@@ -88,15 +88,16 @@ PROXY_PROFILES: dict[str, ProxyProfile] = {
         eval_batch_tokens=2048,
         logging_steps=3,
     ),
-    # GPU: ~150M parameters (SmolLM2-135M-like: 768 x 12 layers, 49k vocab), 2,048-token blocks, 512K tokens
-    # per step (batch 32 x grad_accum 8 on 1 GPU, or 8 GPUs x 32 x 2 under accelerate), 6,000 steps = 3.1B
-    # tokens. See README "Proxy pretraining" for the projected cost.
+    # GPU: SmolLM2-135M's shape (576 x 30 layers, 9 heads / 3 KV heads, 1,536 MLP; 134.5M parameters with the
+    # tied 49k embedding), 2,048-token blocks, 524,288 tokens per step (32 x grad_accum 8 on 1 GPU; with
+    # `accelerate launch` on 8 GPUs set grad_accum 1), 6,000 steps = 3.15B tokens per run. README "Proxy
+    # pretraining" has the projected cost.
     "gpu": ProxyProfile(
-        hidden_size=768,
-        num_layers=12,
-        num_heads=12,
-        num_kv_heads=4,
-        intermediate_size=2048,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        intermediate_size=1536,
         seq_len=2048,
         batch_size=32,
         grad_accum=8,
