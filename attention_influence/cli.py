@@ -126,11 +126,24 @@ def cmd_score(args) -> int:
 def cmd_cut(args) -> int:
     import duckdb
 
-    from attention_influence.cut import cut_score_files, expand_score_files, summary_text
+    from attention_influence.cut import CutPolicy, cut_score_files, expand_score_files, summary_text
+    from attention_influence.io.corpus import list_shards
 
     files = expand_score_files(args.scores)
+    policy = CutPolicy(args.policy, args.fusion_column, args.fusion_weight)
+    sources = (
+        [(s.key, s.uri) for s in list_shards(args.corpus)] if policy.name == "fused" and args.corpus else []
+    )
     try:
-        result = cut_score_files(files, args.out, frac=args.frac, database=args.db)
+        result = cut_score_files(
+            files,
+            args.out,
+            frac=args.frac,
+            database=args.db,
+            policy=policy,
+            quality_sources=sources,
+            id_column=args.id_column,
+        )
     except duckdb.Error as exc:
         print(f"error: cannot cut {len(files)} score table(s): {exc}", file=sys.stderr)
         return 2
@@ -221,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--db", default=None, help="DuckDB file that keeps the `domain_cut` table (default: in memory)"
     )
+    p.add_argument(
+        "--policy", default="docs", help="docs | tokens | global | fused (see attention_influence.cut)"
+    )
+    p.add_argument("--fusion-column", default="", help="fused: the corpus quality column, e.g. edu_score")
+    p.add_argument(
+        "--fusion-weight", type=float, default=0.5, help="fused: weight of the quality rank, [0, 1]"
+    )
+    p.add_argument("--corpus", default="", help="fused: the corpus shards (glob/folder) holding that column")
+    p.add_argument("--id-column", default="id", help="fused: the corpus id column")
     p.set_defaults(func=cmd_cut)
 
     p = sub.add_parser("audit", help="what produced a manifest or cut file: model, heads, probes, shards")

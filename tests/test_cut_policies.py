@@ -179,3 +179,17 @@ def test_bad_policy_settings_name_the_setting(corpus, tmp_path, monkeypatch):
     bad = SelectionProfile.from_profile("demo", load_settings({"AI_CUT_POLICY": "nope"}).profile)
     with pytest.raises(CutPolicyError, match="AI_CUT_POLICY"):
         bad.cut_policy_config()
+
+
+def test_cli_cut_with_a_policy(corpus, tmp_path, capsys):
+    import json
+
+    from attention_influence.cli import main
+
+    files, _ = corpus
+    assert main(["cut", "--scores", *files, "--out", str(tmp_path / "t"), "--policy", "tokens"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = cut_score_files(files, tmp_path / "lib", frac=0.2, policy=CutPolicy("tokens"))
+    assert printed["selected"] == expected.totals["selected"]
+    assert main(["cut", "--scores", *files, "--out", str(tmp_path / "f"), "--policy", "fused"]) == 2
+    assert "AI_FUSION_COLUMN" in capsys.readouterr().err
