@@ -1,18 +1,19 @@
 """The domain cut: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
 
-Four policies (`CutPolicy`, AI_CUT_POLICY), one statement each in `sql/`:
-- `docs` (default): the top fraction of each domain's documents (`domain_cut.sql`);
+Four policies (`CutPolicy`, AI_CUT_POLICY), one ranking statement each in `sql/` (a cut runs three:
+`domain_cut_scores`, the policy's `domain_cut_rank_<policy>`, then `domain_cut`, which assembles the table):
+- `docs` (default): the top fraction of each domain's documents;
 - `tokens`: the top documents of each domain until they hold the fraction of its tokens (`n_tokens`); the
-  boundary document that crosses the budget is selected (`domain_cut_tokens.sql`);
-- `global`: one ranking across all domains (`domain_cut_global.sql`);
+  boundary document that crosses the budget is selected;
+- `global`: one ranking across all domains;
 - `fused`: within-domain rank average of the score and a corpus quality column such as `edu_score`
-  (AI_FUSION_COLUMN, AI_FUSION_WEIGHT; documents without a value rank last on quality)
-  (`domain_cut_fused.sql`).
+  (AI_FUSION_COLUMN, AI_FUSION_WEIGHT; documents without a value rank last on quality).
 
 Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (nearest integer, halves up; 100
 documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
 several shards is ranked once (in the first shard by the score table's `shard` column) and its other copies
-are excluded with a reason. The cut reads only score Parquet files (`sql/domain_cut*.sql`, bound parameters).
+are excluded with a reason. The cut reads only score Parquet files (and, for `fused`, the quality column of the corpus shards;
+`sql/domain_cut*.sql`, bound parameters).
 
     from attention_influence.cut import cut_score_files
     result = cut_score_files(["scores/a.parquet", "scores/b.parquet"], "cut/", frac=0.2)
@@ -66,11 +67,11 @@ class CutResult:
         return self.summary.select("documents", "selected", "tokens", "selected_tokens").sum().to_dicts()[0]
 
 
-POLICIES = {
-    "docs": "domain_cut",
-    "tokens": "domain_cut_tokens",
-    "global": "domain_cut_global",
-    "fused": "domain_cut_fused",
+POLICIES = {  # the ranking statement of each policy (step 2 of 3: domain_cut_scores, this, domain_cut)
+    "docs": "domain_cut_rank_docs",
+    "tokens": "domain_cut_rank_tokens",
+    "global": "domain_cut_rank_global",
+    "fused": "domain_cut_rank_fused",
 }
 POLICY_RULES = {
     "docs": ROUNDING,
@@ -197,7 +198,9 @@ def run_cut(
     if policy.name == "fused":
         quality_view(con, quality_sources, policy.fusion_column, id_column)
         params["weight"] = float(policy.fusion_weight)
-    run_statement(con, policy.statement, params)
+    run_statement(con, "domain_cut_scores", {"files": params["files"]})
+    run_statement(con, policy.statement, {k: v for k, v in params.items() if k != "files"})
+    run_statement(con, "domain_cut")
     summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
     rows = query_statement(con, "domain_cut_rows").to_arrow_reader()
     write_parquet_with_provenance(rows, Path(cut_path), provenance)
