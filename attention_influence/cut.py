@@ -1,7 +1,8 @@
 """The domain cut: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
 
-Four policies (`CutPolicy`, AI_CUT_POLICY), one ranking statement each in `sql/` (a cut runs three:
-`domain_cut_scores`, the policy's `domain_cut_rank_<policy>`, then `domain_cut`, which assembles the table):
+Four policies (`CutPolicy`, AI_CUT_POLICY), with their ranking statements in `sql/` (a cut runs three:
+`domain_cut_scores`, the policy's ranking (`domain_cut_rank_top` for docs and global,
+`domain_cut_rank_tokens`, `domain_cut_rank_fused`), then `domain_cut`, which assembles the table):
 - `docs` (default): the top fraction of each domain's documents;
 - `tokens`: the top documents of each domain until they hold the fraction of its tokens (`n_tokens`); the
   boundary document that crosses the budget is selected;
@@ -12,8 +13,8 @@ Four policies (`CutPolicy`, AI_CUT_POLICY), one ranking statement each in `sql/`
 Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (nearest integer, halves up; 100
 documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
 several shards is ranked once (in the first shard by the score table's `shard` column) and its other copies
-are excluded with a reason. The cut reads only score Parquet files (and, for `fused`, the quality column of the corpus shards;
-`sql/domain_cut*.sql`, bound parameters).
+are excluded with a reason. The cut reads only score Parquet files (and, for `fused`, the quality column
+of the corpus shards; `sql/domain_cut*.sql`, bound parameters).
 
     from attention_influence.cut import cut_score_files
     result = cut_score_files(["scores/a.parquet", "scores/b.parquet"], "cut/", frac=0.2)
@@ -68,9 +69,9 @@ class CutResult:
 
 
 POLICIES = {  # the ranking statement of each policy (step 2 of 3: domain_cut_scores, this, domain_cut)
-    "docs": "domain_cut_rank_docs",
+    "docs": "domain_cut_rank_top",
     "tokens": "domain_cut_rank_tokens",
-    "global": "domain_cut_rank_global",
+    "global": "domain_cut_rank_top",
     "fused": "domain_cut_rank_fused",
 }
 POLICY_RULES = {
@@ -195,6 +196,8 @@ def run_cut(
 
     frac = check_frac(frac)
     params = {"files": [str(f) for f in files], "frac": frac}
+    if policy.statement == "domain_cut_rank_top":
+        params["global"] = policy.name == "global"
     if policy.name == "fused":
         quality_view(con, quality_sources, policy.fusion_column, id_column)
         params["weight"] = float(policy.fusion_weight)
