@@ -190,3 +190,31 @@ def test_comparisons_say_when_a_difference_exceeds_seed_noise():
     assert comp["bpb"]["exceeds_noise"] and "better, beyond seed-to-seed noise" in comp["bpb"]["verdict"]
     assert not comp["hellaswag_acc_norm"]["exceeds_noise"]
     assert "within seed-to-seed noise" in comp["hellaswag_acc_norm"]["verdict"]
+
+
+def test_training_settings_reach_the_profile_resource():
+    from attention_influence.settings import SettingsError, load_settings
+    from resources import SelectionProfile
+
+    env = {
+        "AI_MIX_SHUFFLE_SEED": "none",
+        "AI_MIX_ROWS_PER_FILE": "123",
+        "AI_PROXY_SEEDS": "3",
+        "AI_PROXY_ARMS": "baseline,random",
+        "AI_PROXY_STEPS": "7",
+        "AI_PROXY_PROFILE": "gpu",
+    }
+    settings = load_settings(env)
+    profile = SelectionProfile.from_profile(settings.profile_name, settings.profile)
+    assert (profile.mix_shuffle_seed, profile.mix_rows_per_file, profile.proxy_seeds) == (-1, 123, 3)
+    assert (profile.proxy_arms, profile.proxy_max_steps, profile.proxy_profile) == (
+        "baseline,random",
+        7,
+        "gpu",
+    )
+    default = SelectionProfile.from_profile("demo", load_settings({}).profile)
+    assert (default.mix_shuffle_seed, default.proxy_max_steps, default.cut_policy) == (0, 0, "docs")
+    with pytest.raises(SettingsError, match="AI_PROXY_SEEDS"):
+        load_settings({"AI_PROXY_SEEDS": "0"})
+    with pytest.raises(ValueError, match="AI_PROXY_PROFILE"):
+        proxy_profile("tpu")
