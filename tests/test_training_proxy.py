@@ -218,3 +218,22 @@ def test_training_settings_reach_the_profile_resource():
         load_settings({"AI_PROXY_SEEDS": "0"})
     with pytest.raises(ValueError, match="AI_PROXY_PROFILE"):
         proxy_profile("tpu")
+
+
+def test_cli_proxy_train_runs_one_arm_and_saves_a_loadable_model(mixed, tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from attention_influence.cli import main
+
+    (tmp_path / "mixed").mkdir()
+    mixed.write_parquet(tmp_path / "mixed" / "mixed-00000.parquet")
+    out = tmp_path / "run"
+    argv = ["proxy-train", "--mixed", str(tmp_path / "mixed"), "--tokenizer", str(tiny_model_dir)]
+    assert main([*argv, "--arm", "random", "--seed", "1", "--steps", "2", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["arm"] == "random" and printed["bpb"] > 0 and {"bpb_math", "bpb_web"} <= set(printed)
+    assert AutoModelForCausalLM.from_pretrained(printed["model"]).config.num_hidden_layers == 2
+    assert main([*argv, "--arm", "best", "--out", str(out)]) == 2
+    assert "AI_PROXY_ARMS" in capsys.readouterr().err
