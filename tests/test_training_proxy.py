@@ -168,7 +168,8 @@ def test_experiment_logs_children_and_models_that_load(mixed, tiny_tokenizer, tm
     assert (result.figure).exists()
     comp = result.comparisons
     assert set(comp["comparison"]) == {"attention_influence - baseline", "attention_influence - random"}
-    assert comp.height == 2 * len(result.metrics) and comp["verdict"].str.contains("noise").all()
+    assert comp.height == 2 * len(result.metrics) and comp["verdict"].str.contains("only 2 seed").all()
+    assert not comp["exceeds_noise"].any()  # two seeds never support a claim
     one = (
         result.runs.filter(pl.col("arm") == "attention_influence").sort("seed")["bpb"]
         - result.runs.filter(pl.col("arm") == "random").sort("seed")["bpb"]
@@ -190,6 +191,8 @@ def test_comparisons_say_when_a_difference_exceeds_seed_noise():
     assert comp["bpb"]["exceeds_noise"] and "better, beyond seed-to-seed noise" in comp["bpb"]["verdict"]
     assert not comp["hellaswag_acc_norm"]["exceeds_noise"]
     assert "within seed-to-seed noise" in comp["hellaswag_acc_norm"]["verdict"]
+    two = comparisons(runs.filter(pl.col("seed") < 2), ["bpb"]).to_dicts()[0]
+    assert not two["exceeds_noise"] and "too few" in two["verdict"]
 
 
 def test_training_settings_reach_the_profile_resource():

@@ -275,6 +275,7 @@ def evaluate_proxy(model, tokenizer, heldout: pl.DataFrame, tasks: Sequence, pro
 # ---------------------------------------------------------------------------------------------- statistics
 
 LOWER_IS_BETTER = ("bpb", "gsm8k_gold_nll")
+MIN_SEEDS = 3  # fewer paired seeds than this: no claim either way (two seeds can agree by chance, SE 0)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -298,7 +299,8 @@ def arm_table(runs: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
 def comparisons(runs: pl.DataFrame, metrics: Sequence[str], arm: str = "attention_influence") -> pl.DataFrame:
     """`arm` minus each other arm, paired by seed (same initialization and data order): mean and sd of the
     per-seed differences, the standard error sd/sqrt(n), the seed-to-seed sd of the two arms (pooled), and a
-    verdict: the difference exceeds seed noise when |mean| > 2 standard errors AND > the pooled seed sd."""
+    verdict: the difference exceeds seed noise when there are at least MIN_SEEDS seeds, |mean| > 2 standard
+    errors AND |mean| > the pooled seed sd."""
     rows = []
     others = [a for a in runs["arm"].unique(maintain_order=True).to_list() if a != arm]
     for other in others:
@@ -310,7 +312,7 @@ def comparisons(runs: pl.DataFrame, metrics: Sequence[str], arm: str = "attentio
             sd = float(d.std(ddof=1)) if n > 1 else float("nan")
             se = sd / math.sqrt(n) if n > 1 else float("nan")
             pooled = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)) if n > 1 else float("nan")
-            exceeds = bool(n > 1 and abs(mean) > 2 * se and abs(mean) > pooled)
+            exceeds = bool(n >= MIN_SEEDS and abs(mean) > 2 * se and abs(mean) > pooled)
             better = (mean < 0) if lower_is_better(m) else (mean > 0)
             rows.append(
                 {
@@ -322,19 +324,21 @@ def comparisons(runs: pl.DataFrame, metrics: Sequence[str], arm: str = "attentio
                     "seed_sd": pooled,
                     "n_seeds": n,
                     "exceeds_noise": exceeds,
-                    "verdict": verdict(arm, other, m, mean, se, pooled, exceeds, better),
+                    "verdict": verdict(arm, other, m, mean, se, pooled, exceeds, better, n),
                 }
             )
     return pl.DataFrame(rows)
 
 
-def verdict(arm, other, metric, mean, se, pooled, exceeds, better) -> str:
+def verdict(arm, other, metric, mean, se, pooled, exceeds, better, n) -> str:
     direction = "better" if better else "worse"
     way = "lower" if lower_is_better(metric) else "higher"
     head = (
         f"{arm} vs {other} on {metric} ({way} is better): difference {mean:+.4g} "
         f"(SE {se:.2g}, seed sd {pooled:.2g})"
     )
+    if n < MIN_SEEDS:
+        return f"{head}: only {n} seed(s), too few to tell a difference from seed-to-seed noise."
     if exceeds:
         return f"{head}: {arm} is {direction}, beyond seed-to-seed noise."
     return f"{head}: within seed-to-seed noise, no difference can be claimed."
