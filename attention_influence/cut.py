@@ -178,6 +178,27 @@ def query_statement(con, name: str, params: dict | list | None = None):
     return con.sql(load_sql(name), params=params or None)
 
 
+def create_cut_table(
+    con,
+    files: Sequence[str],
+    frac: float,
+    policy: CutPolicy = DEFAULT_POLICY,
+    quality_sources: Sequence[tuple[str, str]] = (),
+    id_column: str = "id",
+) -> None:
+    """The DuckDB table `domain_cut` on `con`: the three statements of a cut (scores, the policy's ranking,
+    assembly), values bound; the fused policy first gets its quality view from `quality_sources`."""
+    params = {"frac": check_frac(frac)}
+    if policy.statement == "domain_cut_rank_top":
+        params["global"] = policy.name == "global"
+    if policy.name == "fused":
+        quality_view(con, quality_sources, policy.fusion_column, id_column)
+        params["weight"] = float(policy.fusion_weight)
+    run_statement(con, "domain_cut_scores", {"files": [str(f) for f in files]})
+    run_statement(con, policy.statement, params)
+    run_statement(con, "domain_cut")
+
+
 def run_cut(
     con,
     files: Sequence[str],
@@ -195,15 +216,7 @@ def run_cut(
     import polars as pl
 
     frac = check_frac(frac)
-    params = {"files": [str(f) for f in files], "frac": frac}
-    if policy.statement == "domain_cut_rank_top":
-        params["global"] = policy.name == "global"
-    if policy.name == "fused":
-        quality_view(con, quality_sources, policy.fusion_column, id_column)
-        params["weight"] = float(policy.fusion_weight)
-    run_statement(con, "domain_cut_scores", {"files": params["files"]})
-    run_statement(con, policy.statement, {k: v for k, v in params.items() if k != "files"})
-    run_statement(con, "domain_cut")
+    create_cut_table(con, files, frac, policy, quality_sources, id_column)
     summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
     rows = query_statement(con, "domain_cut_rows").to_arrow_reader()
     write_parquet_with_provenance(rows, Path(cut_path), provenance)
