@@ -34,7 +34,7 @@ class MixError(ValueError):
 @dataclass
 class MixResult:
     files: list[Path]
-    by_domain: object  # polars DataFrame: documents, selected copies, rows, tokens, bytes per domain
+    by_domain: object  # polars DataFrame: documents, selected copies, rows, tokens per domain
     rows: int
 
 
@@ -137,11 +137,11 @@ def write_mixed_corpus(
                 stale.unlink()
         if not files:
             raise MixError(f"{manifest}: the manifest has no rows")
-        by_domain = pl.from_arrow(
-            con.sql(
-                load_sql("mixed_corpus_summary"), params={"files": [str(f) for f in files]}
-            ).to_arrow_table()
+        # the manifest's per-domain counts, computed over the mixed files
+        summary = con.sql(
+            load_sql("pretraining_manifest_summary"), params={"manifest": [str(f) for f in files]}
         )
+        by_domain = pl.from_arrow(summary.to_arrow_table())
     finally:
         con.close()
     return MixResult(files, by_domain, int(by_domain["rows"].sum()))
