@@ -3,6 +3,7 @@
     selector_model, corpus_shard (observed)
       -> retrieval_probe_set -> retrieval_heads -> document_scores[shard] -> domain_cut
       -> pretraining_manifest -> selection_evaluation
+                              -> mixed_corpus -> proxy_pretraining
 
 See `attention_influence/settings.py` for the environment variables and the `demo` / `paper` profiles.
 """
@@ -14,8 +15,10 @@ import dagster as dg
 from ai_assets.document_scores import document_scores
 from ai_assets.domain_cut import domain_cut
 from ai_assets.jobs import JOBS
+from ai_assets.mixed_corpus import mixed_corpus
 from ai_assets.partitions import corpus_shard
 from ai_assets.pretraining_manifest import pretraining_manifest
+from ai_assets.proxy_pretraining import proxy_pretraining
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selection_evaluation import selection_evaluation
@@ -33,6 +36,8 @@ ASSETS = [
     domain_cut,
     pretraining_manifest,
     selection_evaluation,
+    mixed_corpus,
+    proxy_pretraining,
 ]
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

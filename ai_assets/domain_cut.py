@@ -1,5 +1,10 @@
 """`domain_cut`: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
 
+The policy (SelectionProfile.cut_policy / AI_CUT_POLICY) picks the statement: `docs` (this default), `tokens`
+(top fraction of each domain's tokens; the boundary document is selected), `global` (one ranking across
+domains) or `fused` (rank average with a corpus quality column); see `attention_influence.cut`. Non-default
+policies are part of the data version, the provenance (`cut_policy`) and the metadata.
+
 Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (nearest integer, halves up; 100
 documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
 several shards is ranked once (in the first shard by key) and its other copies are excluded with a reason.
@@ -12,8 +17,15 @@ import dagster as dg
 from ai_assets.document_scores import document_scores
 from ai_assets.metadata import heads_text, markdown_table, read_head_set, version_hash
 from ai_assets.partitions import SHARD_PARTITIONS
-from attention_influence.cut import CODE_VERSION, ROUNDING, cut_provenance, run_cut
-from resources import DuckDB, SelectionProfile, Workdir
+from attention_influence.cut import (
+    CODE_VERSION,
+    ROUNDING,
+    CutPolicyError,
+    cut_provenance,
+    policy_record,
+    run_cut,
+)
+from resources import Corpus, DuckDB, SelectionProfile, Workdir
 
 
 def scored_shards(instance: dg.DagsterInstance, workdir: Workdir) -> tuple[list[dict], list[str]]:
@@ -40,8 +52,16 @@ def scored_shards(instance: dg.DagsterInstance, workdir: Workdir) -> tuple[list[
     f"Rounding: {ROUNDING}.",
 )
 def domain_cut(
-    context: dg.AssetExecutionContext, profile: SelectionProfile, workdir: Workdir, duckdb: DuckDB
+    context: dg.AssetExecutionContext,
+    profile: SelectionProfile,
+    workdir: Workdir,
+    duckdb: DuckDB,
+    corpus: Corpus,
 ) -> dg.MaterializeResult:
+    try:
+        policy = profile.cut_policy_config()
+    except CutPolicyError as exc:
+        raise dg.Failure(str(exc)) from exc
     heads_doc = read_head_set(workdir.pull(workdir.heads_path))
     shards, unscored = scored_shards(context.instance, workdir)
     if not shards:
@@ -58,18 +78,33 @@ def domain_cut(
         )
     frac = float(profile.domain_top_frac)
     if not 0.0 < frac <= 1.0:
-        raise dg.Failure(f"domain_top_frac must be in (0, 1], got {frac}")
+        raise dg.Failure(f"domain_top_frac must be in (0, 1], got {frac} (AI_DOMAIN_TOP_FRAC)")
     files = [str(workdir.score_path(s["key"])) for s in shards]
-    provenance = {"asset": "domain_cut", **cut_provenance(heads_doc, shards, frac, profile.name)}
+    provenance = {"asset": "domain_cut", **cut_provenance(heads_doc, shards, frac, profile.name, policy)}
     provenance["code_versions"]["domain_cut"] = CODE_VERSION
-    with duckdb.connect() as con:
-        cut = run_cut(con, files, frac, workdir.cut_path, workdir.cut_summary_path, provenance)
+    quality_sources = [(s["key"], s["uri"]) for s in shards] if policy.name == "fused" else []
+    try:
+        with duckdb.connect() as con:
+            cut = run_cut(
+                con,
+                files,
+                frac,
+                workdir.cut_path,
+                workdir.cut_summary_path,
+                provenance,
+                policy=policy,
+                quality_sources=quality_sources,
+                id_column=corpus.id_column,
+            )
+    except CutPolicyError as exc:
+        raise dg.Failure(str(exc)) from exc
     summary, excluded = cut.summary, cut.excluded
     data_version = version_hash(
         head_set_id=heads_doc["head_set_id"],
         frac=frac,
         code_version=CODE_VERSION,
         shards=sorted((s["key"], s["data_version"]) for s in shards),
+        **policy_record(policy),  # nothing for `docs`: its data version is the one cuts had before policies
     )
     totals = cut.totals
     return dg.MaterializeResult(
@@ -92,6 +127,9 @@ def domain_cut(
             "selected_tokens": int(totals["selected_tokens"] or 0),
             "domain_top_frac": frac,
             "rounding": ROUNDING,
+            "cut_policy": policy.name,
+            "cut_rule": policy.describe()["rule"],
+            **({"fusion": dg.MetadataValue.json(policy.describe())} if policy.name == "fused" else {}),
             "excluded": dg.MetadataValue.md(markdown_table([{"reason": r, "rows": n} for r, n in excluded])),
             "shards": dg.MetadataValue.json([s["key"] for s in shards]),
             "shards_not_scored": dg.MetadataValue.json(unscored),

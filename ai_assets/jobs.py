@@ -29,10 +29,18 @@ score_shards_job = dg.define_asset_job(
     partitions_def=shard_partitions,
     description="Score one corpus shard (a partition) with and without the retrieval heads masked.",
 )
+SELECT_ASSETS = (
+    "domain_cut",
+    "pretraining_manifest",
+    "selection_evaluation",
+    "mixed_corpus",
+    "proxy_pretraining",
+)
 select_job = dg.define_asset_job(
     "select_and_evaluate",
-    selection=["domain_cut", "pretraining_manifest", "selection_evaluation"],
-    description="The per-domain cut, the pretraining manifest and the MLflow evaluation run.",
+    selection=list(SELECT_ASSETS),
+    description="The per-domain cut, the pretraining manifest, the MLflow evaluation run, the mixed training "
+    "corpus and the proxy pretraining runs.",
 )
 
 JOBS = [observe_selector_model, rank_heads_job, score_shards_job, select_job]

@@ -24,13 +24,20 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from ai_assets.jobs import IN_PROCESS, observe_selector_model, rank_heads_job, score_shards_job, select_job
+from ai_assets.jobs import (
+    IN_PROCESS,
+    SELECT_ASSETS,
+    observe_selector_model,
+    rank_heads_job,
+    score_shards_job,
+    select_job,
+)
 from ai_assets.partitions import register_shards
 from attention_influence.io.corpus import CorpusError
 
 MODULE = "ai_assets.definitions"
 LOCATION = "attention_influence"  # workspace.yaml's location_name: the UI matches runs to it
-UNPARTITIONED_TAIL = ["domain_cut", "pretraining_manifest", "selection_evaluation"]
+UNPARTITIONED_TAIL = list(SELECT_ASSETS)
 
 Launch = Callable[[str, "str | None"], None]
 

@@ -1,4 +1,5 @@
-"""`attention-influence`: the engine from the command line (heads, score, audit, bench, prepare-model)."""
+"""`attention-influence`: the engine from the command line (heads, score, cut, audit, bench, proxy-train,
+prepare-model)."""
 
 from __future__ import annotations
 
@@ -127,11 +128,24 @@ def cmd_score(args) -> int:
 def cmd_cut(args) -> int:
     import duckdb
 
-    from attention_influence.cut import cut_score_files, expand_score_files, summary_text
+    from attention_influence.cut import CutPolicy, cut_score_files, expand_score_files, summary_text
+    from attention_influence.io.corpus import list_shards
 
     files = expand_score_files(args.scores)
+    policy = CutPolicy(args.policy, args.fusion_column, args.fusion_weight)
+    sources = (
+        [(s.key, s.uri) for s in list_shards(args.corpus)] if policy.name == "fused" and args.corpus else []
+    )
     try:
-        result = cut_score_files(files, args.out, frac=args.frac, database=args.db)
+        result = cut_score_files(
+            files,
+            args.out,
+            frac=args.frac,
+            database=args.db,
+            policy=policy,
+            quality_sources=sources,
+            id_column=args.id_column,
+        )
     except duckdb.Error as exc:
         print(f"error: cannot cut {len(files)} score table(s): {exc}", file=sys.stderr)
         return 2
@@ -178,6 +192,40 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
 
 
+def cmd_proxy_train(args) -> int:
+    """One proxy run outside Dagster, e.g. on several GPUs: `accelerate launch -m attention_influence.cli
+    proxy-train --mixed work/mixed --cut work/cut/cut.parquet --tokenizer <folder> --profile gpu --out ...`"""
+    from transformers import AutoTokenizer
+
+    from attention_influence.training.arms import build_arms, read_mixed
+    from attention_influence.training.proxy import (
+        doc_token_ids,
+        evaluate_proxy,
+        pack,
+        proxy_profile,
+        train_proxy,
+    )
+
+    overrides = {"max_steps": args.steps} if args.steps else {}
+    profile = proxy_profile(args.profile, **overrides)
+    files = sorted(Path(args.mixed).glob("mixed-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no mixed-*.parquet in {args.mixed}")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    data, heldout = build_arms(
+        read_mixed(files, args.cut), [args.arm], profile.heldout_per_domain, profile.heldout_seed, args.seed
+    )
+    docs = doc_token_ids(data[args.arm]["text"].to_list(), tokenizer, profile.max_doc_tokens)
+    model, curve = train_proxy(
+        pack(docs, profile.seq_len, args.seed), tokenizer, profile, args.seed, args.out
+    )
+    model.save_pretrained(Path(args.out) / "model")
+    tokenizer.save_pretrained(Path(args.out) / "model")
+    metrics = evaluate_proxy(model, tokenizer, heldout, [], profile)
+    print(json.dumps({"arm": args.arm, "seed": args.seed, "model": str(Path(args.out) / "model"), **metrics}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attention-influence", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--db", default=None, help="DuckDB file that keeps the `domain_cut` table (default: in memory)"
     )
+    p.add_argument(
+        "--policy", default="docs", help="docs | tokens | global | fused (see attention_influence.cut)"
+    )
+    p.add_argument("--fusion-column", default="", help="fused: the corpus quality column, e.g. edu_score")
+    p.add_argument(
+        "--fusion-weight", type=float, default=0.5, help="fused: weight of the quality rank, [0, 1]"
+    )
+    p.add_argument("--corpus", default="", help="fused: the corpus shards (glob/folder) holding that column")
+    p.add_argument("--id-column", default="id", help="fused: the corpus id column")
     p.set_defaults(func=cmd_cut)
 
     p = sub.add_parser("audit", help="what produced a manifest or cut file: model, heads, probes, shards")
@@ -278,6 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer for --model random:paper-1.3b / random:tiny (default: smollm2-135m)",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "proxy-train", help="train one proxy arm x seed on a mixed corpus (accelerate/torchrun)"
+    )
+    p.add_argument("--mixed", required=True, help="folder of mixed-*.parquet (the mixed_corpus asset)")
+    p.add_argument("--cut", default=None, help="cut.parquet (loss_base for the perplexity arm)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (the selector's)")
+    p.add_argument(
+        "--arm", default="attention_influence", help="baseline | attention_influence | random | perplexity"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", default="cpu", help="cpu | gpu (attention_influence.training.proxy)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (0: the profile's)")
+    p.add_argument("--out", required=True, help="output folder (trainer state, model/)")
+    p.set_defaults(func=cmd_proxy_train)
 
     p = sub.add_parser("prepare-model", help="convert/cache a model once (the default GGUF -> safetensors)")
     p.add_argument("--model", default=DEFAULT_MODEL)

@@ -1,9 +1,20 @@
 """The domain cut: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
 
+Four policies (`CutPolicy`, AI_CUT_POLICY), with their ranking statements in `sql/` (a cut runs three:
+`domain_cut_scores`, the policy's ranking (`domain_cut_rank_top` for docs and global,
+`domain_cut_rank_tokens`, `domain_cut_rank_fused`), then `domain_cut`, which assembles the table):
+- `docs` (default): the top fraction of each domain's documents;
+- `tokens`: the top documents of each domain until they hold the fraction of its tokens (`n_tokens`); the
+  boundary document that crosses the budget is selected;
+- `global`: one ranking across all domains;
+- `fused`: within-domain rank average of the score and a corpus quality column such as `edu_score`
+  (AI_FUSION_COLUMN, AI_FUSION_WEIGHT; documents without a value rank last on quality).
+
 Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (nearest integer, halves up; 100
 documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
 several shards is ranked once (in the first shard by the score table's `shard` column) and its other copies
-are excluded with a reason. The cut reads only score Parquet files (`sql/domain_cut*.sql`, bound parameters).
+are excluded with a reason. The cut reads only score Parquet files (and, for `fused`, the quality column
+of the corpus shards; `sql/domain_cut*.sql`, bound parameters).
 
     from attention_influence.cut import cut_score_files
     result = cut_score_files(["scores/a.parquet", "scores/b.parquet"], "cut/", frac=0.2)
@@ -57,11 +68,104 @@ class CutResult:
         return self.summary.select("documents", "selected", "tokens", "selected_tokens").sum().to_dicts()[0]
 
 
+POLICIES = {  # the ranking statement of each policy (step 2 of 3: domain_cut_scores, this, domain_cut)
+    "docs": "domain_cut_rank_top",
+    "tokens": "domain_cut_rank_tokens",
+    "global": "domain_cut_rank_top",
+    "fused": "domain_cut_rank_fused",
+}
+POLICY_RULES = {
+    "docs": ROUNDING,
+    "tokens": "per domain, documents by score (ties: id) while the documents ranked above hold fewer than "
+    "frac * domain tokens (n_tokens): the boundary document is selected",
+    "global": "k = floor(n * frac + 0.5) over all domains together (nearest integer, halves up); ties by id",
+    "fused": "per domain, fused_rank = (1 - w) * rank(score) + w * rank(quality), best first; documents "
+    "without a finite quality value rank last on quality; k = floor(n * frac + 0.5) lowest fused_rank (ties: "
+    "score rank, id)",
+}
+
+
+class CutPolicyError(ValueError):
+    """A cut setting cannot be used; the message names the setting (environment variable, resource field)."""
+
+
+@dataclass(frozen=True)
+class CutPolicy:
+    """Which documents the cut selects; `describe()` goes into the data version, provenance and metadata."""
+
+    name: str = "docs"  # AI_CUT_POLICY / SelectionProfile.cut_policy
+    fusion_column: str = ""  # AI_FUSION_COLUMN / SelectionProfile.fusion_column (fused only)
+    fusion_weight: float = (
+        0.5  # AI_FUSION_WEIGHT / SelectionProfile.fusion_weight: weight of the quality rank
+    )
+
+    def __post_init__(self):
+        if self.name not in POLICIES:
+            raise CutPolicyError(
+                f"AI_CUT_POLICY (SelectionProfile.cut_policy)={self.name!r}: "
+                f"choose one of {', '.join(POLICIES)}"
+            )
+        if self.name == "fused" and not self.fusion_column:
+            raise CutPolicyError(
+                "AI_CUT_POLICY=fused needs AI_FUSION_COLUMN (SelectionProfile.fusion_column), "
+                "the corpus quality column to fuse with, e.g. edu_score"
+            )
+        if not 0.0 <= float(self.fusion_weight) <= 1.0:
+            raise CutPolicyError(
+                "AI_FUSION_WEIGHT (SelectionProfile.fusion_weight) must be in [0, 1], "
+                f"got {self.fusion_weight}"
+            )
+
+    @property
+    def statement(self) -> str:
+        return POLICIES[self.name]
+
+    def describe(self) -> dict:
+        """The policy as recorded with the cut (the fusion fields only for `fused`)."""
+        out = {"name": self.name, "rule": POLICY_RULES[self.name]}
+        if self.name == "fused":
+            out.update(fusion_column=self.fusion_column, fusion_weight=float(self.fusion_weight))
+        return out
+
+
+DEFAULT_POLICY = CutPolicy()
+
+
 def check_frac(frac: float) -> float:
     frac = float(frac)
     if not 0.0 < frac <= 1.0:
-        raise ValueError(f"domain_top_frac must be in (0, 1], got {frac}")
+        raise CutPolicyError(f"domain_top_frac must be in (0, 1], got {frac} (AI_DOMAIN_TOP_FRAC)")
     return frac
+
+
+def quality_view(con, sources: Sequence[tuple[str, str]], column: str, id_column: str = "id") -> None:
+    """DuckDB view `cut_quality(shard, id, quality)` over the corpus shards [(shard key, uri)] for the fused
+    cut. Column names are identifiers, not values, so they go through DuckDB's expression API (quoted), never
+    into SQL text; a shard without the column is an error naming the setting and the file."""
+    import duckdb
+
+    if not sources:
+        raise CutPolicyError("AI_CUT_POLICY=fused: no corpus shards to read AI_FUSION_COLUMN from")
+    rels = []
+    for key, uri in sources:
+        rel = con.read_parquet(str(uri))
+        for name, setting in ((column, "AI_FUSION_COLUMN"), (id_column, "AI_ID_COLUMN")):
+            if name not in rel.columns:
+                raise CutPolicyError(
+                    f"{setting}={name!r}: shard {key} ({uri}) has no such column; "
+                    f"it has {', '.join(rel.columns)}"
+                )
+        rels.append(
+            rel.select(
+                duckdb.ConstantExpression(key).alias("shard"),
+                duckdb.ColumnExpression(id_column).cast(duckdb.sqltype("VARCHAR")).alias("id"),
+                duckdb.ColumnExpression(column).cast(duckdb.sqltype("DOUBLE")).alias("quality"),
+            )
+        )
+    union = rels[0]
+    for rel in rels[1:]:
+        union = union.union(rel)
+    union.create_view("cut_quality", replace=True)
 
 
 def run_statement(con, name: str, params: dict | list | None = None):
@@ -74,15 +178,45 @@ def query_statement(con, name: str, params: dict | list | None = None):
     return con.sql(load_sql(name), params=params or None)
 
 
+def create_cut_table(
+    con,
+    files: Sequence[str],
+    frac: float,
+    policy: CutPolicy = DEFAULT_POLICY,
+    quality_sources: Sequence[tuple[str, str]] = (),
+    id_column: str = "id",
+) -> None:
+    """The DuckDB table `domain_cut` on `con`: the three statements of a cut (scores, the policy's ranking,
+    assembly), values bound; the fused policy first gets its quality view from `quality_sources`."""
+    params = {"frac": check_frac(frac)}
+    if policy.statement == "domain_cut_rank_top":
+        params["global"] = policy.name == "global"
+    if policy.name == "fused":
+        quality_view(con, quality_sources, policy.fusion_column, id_column)
+        params["weight"] = float(policy.fusion_weight)
+    run_statement(con, "domain_cut_scores", {"files": [str(f) for f in files]})
+    run_statement(con, policy.statement, params)
+    run_statement(con, "domain_cut")
+
+
 def run_cut(
-    con, files: Sequence[str], frac: float, cut_path: Path, summary_path: Path, provenance: dict
+    con,
+    files: Sequence[str],
+    frac: float,
+    cut_path: Path,
+    summary_path: Path,
+    provenance: dict,
+    policy: CutPolicy = DEFAULT_POLICY,
+    quality_sources: Sequence[tuple[str, str]] = (),
+    id_column: str = "id",
 ) -> CutResult:
-    """Rank the score files on `con` (table `domain_cut`), write `cut_path` (every row, its domain rank and
-    `selected`, streamed) and `summary_path` (one row per domain), both with `provenance` in the footer."""
+    """Rank the score files on `con` (table `domain_cut`) by `policy`, write `cut_path` (every row, its rank
+    and `selected`, streamed) and `summary_path` (one row per domain), both with `provenance` in the footer.
+    The fused policy reads its quality column from `quality_sources`, the corpus shards [(key, uri)]."""
     import polars as pl
 
     frac = check_frac(frac)
-    run_statement(con, "domain_cut", {"files": [str(f) for f in files], "frac": frac})
+    create_cut_table(con, files, frac, policy, quality_sources, id_column)
     summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
     rows = query_statement(con, "domain_cut_rows").to_arrow_reader()
     write_parquet_with_provenance(rows, Path(cut_path), provenance)
@@ -91,9 +225,12 @@ def run_cut(
     return CutResult(Path(cut_path), Path(summary_path), summary, excluded, provenance)
 
 
-def cut_provenance(heads_doc: dict, shards: list[dict], frac: float, profile: str) -> dict:
+def cut_provenance(
+    heads_doc: dict, shards: list[dict], frac: float, profile: str, policy: CutPolicy = DEFAULT_POLICY
+) -> dict:
     """The cut's provenance from heads.json and the shards' score provenance: what `attention-influence audit`
-    prints (model, heads, probe set, shards and code versions)."""
+    prints (model, heads, probe set, shards and code versions). `cut_policy` is recorded for every policy but
+    `docs`, so a `docs` cut is byte-identical to the cuts made before policies existed (no key: `docs`)."""
     code_versions = dict(heads_doc.get("code_versions", {}))
     for s in shards:
         code_versions.update(s.get("code_versions", {}))
@@ -112,7 +249,13 @@ def cut_provenance(heads_doc: dict, shards: list[dict], frac: float, profile: st
         "profile": profile,
         "code_versions": code_versions,
         "shards": [{k: s.get(k) for k in SHARD_PROVENANCE_KEYS} for s in shards],
+        **policy_record(policy),
     }
+
+
+def policy_record(policy: CutPolicy) -> dict:
+    """{"cut_policy": ...} for provenance and data versions; empty for the default `docs` policy."""
+    return {} if policy.name == "docs" else {"cut_policy": policy.describe()}
 
 
 def expand_score_files(patterns: Iterable[str]) -> list[str]:
@@ -208,18 +351,32 @@ def cut_score_files(
     frac: float = 0.2,
     database: str | Path | None = None,
     provenance: dict | None = None,
+    policy: CutPolicy = DEFAULT_POLICY,
+    quality_sources: Sequence[tuple[str, str]] = (),
+    id_column: str = "id",
 ) -> CutResult:
     """The cut over score tables into `out_dir/cut.parquet` and `out_dir/cut_by_domain.parquet`; the DuckDB
-    table `domain_cut` is kept in `database` when given. Provenance: `score_files_provenance` unless given."""
+    table `domain_cut` is kept in `database` when given. Provenance: `score_files_provenance` unless given.
+    `quality_sources` ([(shard key, corpus uri)]) feed the fused policy's quality column."""
     files = [str(f) for f in files]
     if not files:
         raise ValueError("no score tables to cut")
     frac = check_frac(frac)
     if provenance is None:
-        provenance = score_files_provenance(files, frac)
+        provenance = {**score_files_provenance(files, frac), **policy_record(policy)}
     out_dir = Path(out_dir)
     with connect(database) as con:
-        return run_cut(con, files, frac, out_dir / CUT_FILE, out_dir / CUT_SUMMARY_FILE, provenance)
+        return run_cut(
+            con,
+            files,
+            frac,
+            out_dir / CUT_FILE,
+            out_dir / CUT_SUMMARY_FILE,
+            provenance,
+            policy=policy,
+            quality_sources=quality_sources,
+            id_column=id_column,
+        )
 
 
 def summary_text(summary) -> str:

@@ -23,6 +23,10 @@ run can override it. Environment variables:
 Each profile knob is overridable by its own variable (see PROFILE_ENV): AI_N_PROBES, AI_PROBE_TOKENS,
 AI_DOC_TOKENS, AI_WINDOWS, AI_MAX_DOCS, AI_HEAD_TOP_FRAC, AI_DOMAIN_TOP_FRAC, AI_PROBE_SEED, AI_BATCH_TOKENS,
 AI_CHECKPOINT_EVERY. `0` or `none` for AI_DOC_TOKENS / AI_MAX_DOCS means "no limit".
+The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN, AI_FUSION_WEIGHT (see
+`attention_influence.cut.CutPolicy`). The training data and the proxy runs: AI_MIX_ROWS_PER_FILE,
+AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | gpu), AI_PROXY_SEEDS, AI_PROXY_ARMS
+(comma-separated), AI_PROXY_STEPS (training steps per run; see `attention_influence.training.proxy`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ class Profile:
     probe_seed: int = 0
     batch_tokens: int = 8192  # padded tokens per forward when scoring
     checkpoint_every: int = 256  # documents between resume checkpoints inside a shard
+    cut_policy: str = "docs"  # docs | tokens | global | fused (attention_influence.cut.CutPolicy)
+    fusion_column: str = ""  # corpus quality column fused with the score (fused policy), e.g. edu_score
+    fusion_weight: float = 0.5  # weight of the quality rank in the fused rank, in [0, 1]
+    mix_rows_per_file: int = 50_000  # rows per mixed-corpus Parquet file
+    mix_shuffle_seed: int | None = 0  # seeded shuffle of the mixed corpus; None: manifest order
+    proxy_profile: str = "cpu"  # proxy pretraining size (attention_influence.training.proxy.PROXY_PROFILES)
+    proxy_seeds: int = 2  # seeds per arm
+    proxy_arms: str = "baseline,attention_influence,random"  # comma-separated; `perplexity` is the 4th arm
+    proxy_max_steps: int | None = None  # training steps per run; None: the proxy profile's
 
 
 PROFILES: dict[str, Profile] = {
@@ -90,6 +103,15 @@ PROFILE_ENV = {
     "probe_seed": "AI_PROBE_SEED",
     "batch_tokens": "AI_BATCH_TOKENS",
     "checkpoint_every": "AI_CHECKPOINT_EVERY",
+    "cut_policy": "AI_CUT_POLICY",
+    "fusion_column": "AI_FUSION_COLUMN",
+    "fusion_weight": "AI_FUSION_WEIGHT",
+    "mix_rows_per_file": "AI_MIX_ROWS_PER_FILE",
+    "mix_shuffle_seed": "AI_MIX_SHUFFLE_SEED",
+    "proxy_profile": "AI_PROXY_PROFILE",
+    "proxy_seeds": "AI_PROXY_SEEDS",
+    "proxy_arms": "AI_PROXY_ARMS",
+    "proxy_max_steps": "AI_PROXY_STEPS",
 }
 
 
@@ -106,6 +128,15 @@ def _parse(name: str, raw: str, kind: str):
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if kind == "str":
+            return raw
+        if kind == "weight":
+            value = float(raw)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(raw)
+            return value
+        if kind == "optional_seed":
+            return None if raw.lower() in ("", "none", "off") else int(raw)
         if kind == "optional_int":
             return None if raw.lower() in ("", "0", "none", "all") else int(raw)
         if kind == "float":
@@ -129,9 +160,10 @@ def profile_from_env(name: str, env: Mapping[str, str]) -> Profile:
     overrides = {}
     for field_name, var in PROFILE_ENV.items():
         if env.get(var, "") != "":
-            kind = {"bool": "bool", "float": "float", "int | None": "optional_int"}.get(
+            kind = {"bool": "bool", "float": "float", "int | None": "optional_int", "str": "str"}.get(
                 kinds[field_name], "int"
             )
+            kind = {"fusion_weight": "weight", "mix_shuffle_seed": "optional_seed"}.get(field_name, kind)
             overrides[field_name] = _parse(var, env[var], kind)
     return replace(profile, **overrides)
 

@@ -49,6 +49,39 @@ class SelectionProfile(dg.ConfigurableResource):
     domain_top_frac: float = Field(
         default=_DEMO.domain_top_frac, description="Fraction of each domain selected (paper: 0.2)."
     )
+    cut_policy: str = Field(
+        default=_DEMO.cut_policy,
+        description="Cut policy (AI_CUT_POLICY): docs (top fraction of documents per domain), tokens (top "
+        "fraction of tokens per domain), global (one ranking across domains), fused (rank average with "
+        "fusion_column).",
+    )
+    fusion_column: str = Field(
+        default=_DEMO.fusion_column, description="Corpus quality column for the fused cut (AI_FUSION_COLUMN)."
+    )
+    fusion_weight: float = Field(
+        default=_DEMO.fusion_weight,
+        description="Weight of the quality rank in the fused rank, in [0, 1] (AI_FUSION_WEIGHT).",
+    )
+    mix_rows_per_file: int = Field(
+        default=_DEMO.mix_rows_per_file,
+        description="Rows per mixed-corpus Parquet file (AI_MIX_ROWS_PER_FILE).",
+    )
+    mix_shuffle_seed: int = Field(
+        default=_DEMO.mix_shuffle_seed,
+        description="Seed of the mixed corpus shuffle (AI_MIX_SHUFFLE_SEED); -1: manifest order, no shuffle.",
+    )
+    proxy_profile: str = Field(
+        default=_DEMO.proxy_profile, description="Proxy pretraining size: cpu or gpu (AI_PROXY_PROFILE)."
+    )
+    proxy_seeds: int = Field(default=_DEMO.proxy_seeds, description="Seeds per proxy arm (AI_PROXY_SEEDS).")
+    proxy_arms: str = Field(
+        default=_DEMO.proxy_arms,
+        description="Proxy arms, comma-separated: baseline, attention_influence, random, perplexity "
+        "(AI_PROXY_ARMS).",
+    )
+    proxy_max_steps: int = Field(
+        default=0, description="Training steps per proxy run (AI_PROXY_STEPS); 0: the proxy profile's."
+    )
     eval_dir: str = Field(
         default=str(DEFAULT_EVAL_DIR),
         description=(
@@ -60,7 +93,15 @@ class SelectionProfile(dg.ConfigurableResource):
     def from_profile(cls, name: str, profile: Profile | None = None, **fields) -> SelectionProfile:
         """The resource for a named profile (with its environment overrides); None limits become 0."""
         knobs = asdict(profile or PROFILES[name])
+        if knobs.get("mix_shuffle_seed", 0) is None:
+            knobs["mix_shuffle_seed"] = -1  # no shuffle
         return cls(name=name, **{k: 0 if v is None else v for k, v in knobs.items()}, **fields)
+
+    def cut_policy_config(self):
+        """The `CutPolicy` these fields name; a bad value is an error naming its setting."""
+        from attention_influence.cut import CutPolicy
+
+        return CutPolicy(self.cut_policy, self.fusion_column, self.fusion_weight)
 
     def scoring_knobs(self) -> dict:
         """What changes a score table besides model, heads and shard: part of its data version."""

@@ -130,6 +130,14 @@ class Workdir(dg.ConfigurableResource):
     def manifest_dir(self) -> Path:
         return self.inside("manifest")
 
+    @property
+    def mixed_dir(self) -> Path:
+        return self.inside("mixed")
+
+    @property
+    def proxy_dir(self) -> Path:
+        return self.inside("proxy")
+
 
 class RemoteWorkdir(Workdir):
     """A work dir whose outputs live in `remote`: what a step wrote is uploaded when the step ends.

@@ -73,9 +73,11 @@ def test_definitions_load():
         "pretraining_manifest",
         "selection_evaluation",
     ]
-    assert set(chain) | {"selector_model", "corpus_shard"} == keys
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
-        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    training = ["pretraining_manifest", "mixed_corpus", "proxy_pretraining"]
+    assert set(chain) | set(training) | {"selector_model", "corpus_shard"} == keys
+    for links in (chain, training):
+        for upstream, downstream in zip(links, links[1:], strict=False):
+            assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
     for key in chain:
         assert graph.get(dg.AssetKey(key)).code_version, f"{key} has no code_version"
     scores = defs.get_assets_def("document_scores")
@@ -151,6 +153,34 @@ def test_whole_graph_materializes(graph, capsys):
     )
     evaluation = instance.get_latest_materialization_event(dg.AssetKey("selection_evaluation"))
     assert evaluation.asset_materialization.metadata["mlflow_run_id"].value
+
+    # the training data: exactly the manifest's rows, each with its corpus text
+    mixed = pl.read_parquet(sorted((work / "mixed").glob("mixed-*.parquet")))
+    key = ["shard", "id", "selected_copy"]
+    assert mixed.select(key).sort(key).equals(manifest.select(key).sort(key))
+    corpus = pl.concat(
+        [
+            pl.read_parquet(s.uri)
+            .select(pl.col("id").cast(pl.String), "text")
+            .with_columns(shard=pl.lit(s.key))
+            for s in resources["corpus"].shards()
+        ]
+    )
+    assert (
+        mixed.join(corpus, on=["shard", "id"], suffix="_corpus")
+        .filter(pl.col("text") == pl.col("text_corpus"))
+        .height
+        == manifest.height
+    )
+    mix_meta = instance.get_latest_materialization_event(dg.AssetKey("mixed_corpus")).asset_materialization
+    assert (
+        mix_meta.metadata["rows"].value == manifest.height
+        and "| alpha |" in mix_meta.metadata["by_domain"].value
+    )
+    proxy = instance.get_latest_materialization_event(dg.AssetKey("proxy_pretraining")).asset_materialization
+    assert proxy.metadata["runs"].value == 6  # 3 arms x 2 seeds
+    assert "attention_influence - random" in proxy.metadata["comparisons"].value
+    assert "noise" in proxy.metadata["verdicts"].value and "data:image/png" in proxy.metadata["figure"].value
 
 
 def test_duckdb_cut_equals_polars(graph):

@@ -13,6 +13,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from attention_influence.cut import create_cut_table
 from attention_influence.io.paths import (
     UnsafePathError,
     confine,
@@ -212,7 +213,7 @@ def test_hostile_values_and_paths_are_bound_as_data(tmp_path):
     db = DuckDB(database=str(tmp_path / "selection.duckdb"))
     with db.connect() as con:
         con.execute("CREATE TABLE t AS SELECT 1 AS x")
-        db.run(con, "domain_cut", {"files": [str(path)], "frac": 0.5})
+        create_cut_table(con, [str(path)], 0.5)  # its statements, values bound
         assert con.execute("SELECT count(*) FROM t").fetchone() == (1,)
         got = con.execute(
             "SELECT domain, count(*), count(*) FILTER (WHERE selected) FROM domain_cut "

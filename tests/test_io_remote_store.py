@@ -139,7 +139,9 @@ def test_outputs_shared_through_the_object_store(s3, tmp_path):
     files = [str(b.pull(b.score_path(k), "scores", k)) for k in keys]
     duck = DuckDB(database=str(b.root / "selection.duckdb"))
     with duck.connect() as con:
-        duck.run(con, "domain_cut", {"files": files, "frac": 0.4})
+        from attention_influence.cut import create_cut_table
+
+        create_cut_table(con, files, 0.4)
         rows = con.execute(
             "SELECT domain, count(*), count(*) FILTER (WHERE selected) FROM domain_cut "
             "GROUP BY domain ORDER BY domain"

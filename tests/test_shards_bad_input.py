@@ -243,10 +243,10 @@ def test_duplicate_ids_across_shards_agree_with_the_cut(tmp_path, lm):
         ("y0004", "c", "b"),
         ("y0005", "c", "b"),
     ]
-    from attention_influence.io.sql import load_sql
+    from attention_influence.cut import create_cut_table
 
     con = duckdb.connect()
-    con.execute(load_sql("domain_cut"), {"files": files, "frac": 0.2})
+    create_cut_table(con, files, 0.2)
     excluded = con.execute(
         "SELECT id, shard, excluded_reason FROM domain_cut WHERE excluded_reason IS NOT NULL "
         "ORDER BY shard, id"

@@ -1,0 +1,147 @@
+"""The mixed training corpus: the manifest's rows with their text, as Parquet files a trainer reads as is.
+
+Every eligible document once plus the selected documents again (the manifest, section 5.1 of the paper),
+joined in DuckDB with the text of the corpus shards: one relation per shard restricted to (shard, id, text),
+and the output streamed from DuckDB's Arrow reader into files of at most `rows_per_file` rows
+(`mixed-00000.parquet`, ...), so neither the corpus nor the mix is held in memory. An optional seeded
+shuffle orders the rows by a hash of (shard, id, selected_copy, seed) (DuckDB sorts out of core). A manifest
+row without exactly one text in its shard stops the mix with the shard and id named.
+
+    from attention_influence.mixed_corpus import write_mixed_corpus
+    mix = write_mixed_corpus("work/manifest/manifest.parquet", [("math__m-0", "corpus/math/m-0.parquet")],
+                             "work/mixed", rows_per_file=50_000, shuffle_seed=0)
+    datasets.load_dataset("parquet", data_files=[str(f) for f in mix.files])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.io.sql import load_sql
+
+CODE_VERSION = "1"
+FILE_PATTERN = "mixed-{:05d}.parquet"
+COLUMNS = ["id", "domain", "shard", "score", "selected_copy", "head_set_id", "n_tokens", "text"]
+
+
+class MixError(ValueError):
+    """The manifest and the corpus do not reconcile; the message names the shard and ids."""
+
+
+@dataclass
+class MixResult:
+    files: list[Path]
+    by_domain: object  # polars DataFrame: documents, selected copies, rows, tokens per domain
+    rows: int
+
+
+def register_fsspec(con, uri: str) -> None:
+    """Let DuckDB read an object-store shard (s3://, gs://, hf://) through fsspec, as the Corpus does."""
+    if "://" in uri and not uri.startswith("file://"):
+        import fsspec
+
+        protocol = uri.split("://", 1)[0]
+        if not con.filesystem_is_registered(protocol):
+            con.register_filesystem(fsspec.filesystem(protocol))
+
+
+def text_view(con, shards: Sequence[tuple[str, str]], text_column: str, id_column: str) -> None:
+    """View `mix_texts(shard, id, text)` over the corpus shards [(key, uri)]; column names are identifiers, so
+    they go through DuckDB's expression API, never into SQL text."""
+    import duckdb
+
+    rels = []
+    for key, uri in shards:
+        register_fsspec(con, uri)
+        rel = con.read_parquet(str(uri))
+        for name, setting in ((text_column, "AI_TEXT_COLUMN"), (id_column, "AI_ID_COLUMN")):
+            if name not in rel.columns:
+                raise MixError(f"{setting}={name!r}: shard {key} ({uri}) has no such column")
+        rels.append(
+            rel.select(
+                duckdb.ConstantExpression(key).alias("shard"),
+                duckdb.ColumnExpression(id_column).cast(duckdb.sqltype("VARCHAR")).alias("id"),
+                duckdb.ColumnExpression(text_column).cast(duckdb.sqltype("VARCHAR")).alias("text"),
+            )
+        )
+    if not rels:
+        raise MixError("no corpus shards to take the text from")
+    union = rels[0]
+    for rel in rels[1:]:
+        union = union.union(rel)
+    union.create_view("mix_texts", replace=True)
+
+
+def _chunks(reader, rows_per_file: int) -> Iterator[list]:
+    """Record batches regrouped into lists of at most `rows_per_file` rows (one list per output file)."""
+    part, size = [], 0
+    for batch in reader:
+        while batch.num_rows:
+            take = min(batch.num_rows, rows_per_file - size)
+            part.append(batch.slice(0, take))
+            size += take
+            batch = batch.slice(take)
+            if size == rows_per_file:
+                yield part
+                part, size = [], 0
+    if part:
+        yield part
+
+
+def write_mixed_corpus(
+    manifest: str | Path,
+    shards: Sequence[tuple[str, str]],
+    out_dir: str | Path,
+    rows_per_file: int = 50_000,
+    shuffle_seed: int | None = None,
+    provenance: dict | None = None,
+    text_column: str = "text",
+    id_column: str = "id",
+    temp_dir: str | Path | None = None,
+) -> MixResult:
+    """Write `out_dir/mixed-NNNNN.parquet` from the manifest and the corpus shards [(key, uri)] the manifest's
+    `shard` column names; earlier `mixed-*.parquet` files beyond the new ones are removed."""
+    import duckdb
+    import polars as pl
+    import pyarrow as pa
+
+    if rows_per_file < 1:
+        raise MixError(f"AI_MIX_ROWS_PER_FILE must be at least 1, got {rows_per_file}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"manifest": str(manifest)}
+    con = duckdb.connect()
+    try:
+        if temp_dir:
+            con.execute("SET temp_directory = ?", [str(temp_dir)])
+        text_view(con, shards, text_column, id_column)
+        problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
+        if problems:
+            listed = "; ".join(f"{s}/{i}: {m} rows, {t} texts" for s, i, m, t in problems)
+            raise MixError(
+                f"{manifest}: manifest rows without exactly one text in their corpus shard: {listed}"
+            )
+        reader = con.sql(
+            load_sql("mixed_corpus_rows"), params={**params, "seed": shuffle_seed}
+        ).to_arrow_reader(batch_size=4096)
+        files = []
+        for n, part in enumerate(_chunks(reader, rows_per_file)):
+            path = out_dir / FILE_PATTERN.format(n)
+            write_parquet_with_provenance(pa.Table.from_batches(part), path, provenance or {})
+            files.append(path)
+        for stale in sorted(out_dir.glob("mixed-*.parquet")):
+            if stale not in files:
+                stale.unlink()
+        if not files:
+            raise MixError(f"{manifest}: the manifest has no rows")
+        # the manifest's per-domain counts, computed over the mixed files
+        summary = con.sql(
+            load_sql("pretraining_manifest_summary"), params={"manifest": [str(f) for f in files]}
+        )
+        by_domain = pl.from_arrow(summary.to_arrow_table())
+    finally:
+        con.close()
+    return MixResult(files, by_domain, int(by_domain["rows"].sum()))

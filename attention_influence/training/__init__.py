@@ -1,0 +1,1 @@
+"""Proxy pretraining: small causal LMs trained from scratch on the selection's arms (see `proxy`)."""

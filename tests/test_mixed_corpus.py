@@ -1,0 +1,111 @@
+"""The mixed corpus from a real cut and manifest: `datasets` and DataTrove read exactly the manifest's rows,
+each with its text; files are capped; the shuffle is seeded; a missing text stops the mix naming the row."""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+import pytest
+
+from attention_influence.audit import read_provenance
+from attention_influence.cut import cut_score_files
+from attention_influence.io.sql import load_sql
+from attention_influence.mixed_corpus import MixError, write_mixed_corpus
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """Two corpus shards (one id in both), their score tables, the cut and the manifest."""
+    shards = {"s0": [f"a{i}" for i in range(23)], "s1": [f"b{i}" for i in range(14)] + ["a3"]}
+    score_files, sources = [], []
+    for key, ids in shards.items():
+        corpus = pl.DataFrame(
+            {"doc_id": ids, "body": [f"text of {i} in {key} " * (1 + n % 3) for n, i in enumerate(ids)]}
+        )
+        corpus.write_parquet(tmp_path / f"{key}.corpus.parquet")
+        pl.DataFrame(
+            {
+                "id": ids,
+                "domain": [i[0] for i in ids],
+                "shard": key,
+                "n_tokens": [len(i) * 3 for i in ids],
+                "loss_base": 1.0,
+                "loss_ref": 1.0,
+                "score": [(n * 37 % 97) / 97 for n in range(len(ids))],
+                "head_set_id": "h1",
+                "model": "m",
+            }
+        ).write_parquet(tmp_path / f"{key}.parquet")
+        score_files.append(str(tmp_path / f"{key}.parquet"))
+        sources.append((key, str(tmp_path / f"{key}.corpus.parquet")))
+    cut = cut_score_files(score_files, tmp_path / "cut", frac=0.2)
+    out = tmp_path / "manifest.parquet"
+    duckdb.sql(load_sql("pretraining_manifest"), params={"cut": str(cut.cut_path)}).write_parquet(str(out))
+    return out, sources
+
+
+def mix(manifest, tmp_path, **kw):
+    path, sources = manifest
+    kw = {"rows_per_file": 10, "text_column": "body", "id_column": "doc_id", **kw}
+    return write_mixed_corpus(path, sources, tmp_path / "mixed", provenance={"head_set_id": "h1"}, **kw)
+
+
+def texts(sources) -> dict:
+    frames = [pl.read_parquet(u).with_columns(pl.lit(k).alias("shard")) for k, u in sources]
+    return {(r["shard"], r["doc_id"]): r["body"] for r in pl.concat(frames).iter_rows(named=True)}
+
+
+def test_datasets_reads_exactly_the_manifest_rows_with_their_text(manifest, tmp_path):
+    import datasets
+
+    result = mix(manifest, tmp_path, shuffle_seed=3)
+    rows = pl.read_parquet(manifest[0])
+    assert rows.height == 37 + 8 and result.rows == rows.height  # a3 twice: 37 eligible, 5 + 3 selected
+    assert [f.name for f in result.files] == [f"mixed-{i:05d}.parquet" for i in range(5)]
+    assert [pl.read_parquet(f).height for f in result.files] == [10, 10, 10, 10, 5]
+    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in result.files], split="train")
+    assert {"text", "id", "domain", "shard", "score", "selected_copy", "head_set_id"} <= set(ds.column_names)
+    got = pl.from_arrow(ds.data.table)
+    key = ["shard", "id", "selected_copy"]
+    assert got.select(key).sort(key).equals(rows.select(key).sort(key))  # exactly the manifest's rows
+    truth = texts(manifest[1])
+    assert all(r["text"] == truth[(r["shard"], r["id"])] for r in got.iter_rows(named=True))
+    by_domain = {r["domain"]: r for r in result.by_domain.to_dicts()}
+    assert by_domain["a"]["documents"] == 23 and by_domain["b"]["documents"] == 14
+    assert sum(r["selected_copies"] for r in by_domain.values()) == 8
+    assert by_domain["a"]["total_tokens"] == int(rows.filter(pl.col("domain") == "a")["n_tokens"].sum())
+    assert read_provenance(result.files[0]) == {"head_set_id": "h1"}
+
+
+def test_shuffle_is_seeded_and_unshuffled_keeps_manifest_order(manifest, tmp_path):
+    order = lambda r: pl.concat([pl.read_parquet(f) for f in r.files]).select("shard", "id", "selected_copy")  # noqa: E731
+    plain = order(mix(manifest, tmp_path, shuffle_seed=None))
+    assert plain.equals(pl.read_parquet(manifest[0]).select("shard", "id", "selected_copy"))
+    a, b = order(mix(manifest, tmp_path, shuffle_seed=1)), order(mix(manifest, tmp_path, shuffle_seed=1))
+    c = order(mix(manifest, tmp_path, shuffle_seed=2, rows_per_file=100))
+    assert a.equals(b) and not a.equals(plain) and not a.equals(c)
+    assert (
+        len(list((tmp_path / "mixed").glob("mixed-*.parquet"))) == 1
+    )  # the stale files of the 10-row mix went
+
+
+def test_datatrove_parquet_reader_reads_the_files(manifest, tmp_path):
+    pytest.importorskip("datatrove")
+    from datatrove.pipeline.readers import ParquetReader
+
+    result = mix(manifest, tmp_path, shuffle_seed=0)
+    docs = list(ParquetReader(str(tmp_path / "mixed"), glob_pattern="mixed-*.parquet", id_key="id")())
+    assert len(docs) == result.rows
+    truth = texts(manifest[1])
+    assert all(d.text == truth[(d.metadata["shard"], d.id)] for d in docs)
+    assert sum(bool(d.metadata["selected_copy"]) for d in docs) == 8
+
+
+def test_a_manifest_row_without_text_names_shard_and_id(manifest, tmp_path):
+    path, sources = manifest
+    corpus = pl.read_parquet(sources[1][1])
+    corpus.filter(pl.col("doc_id") != "b5").write_parquet(sources[1][1])
+    with pytest.raises(MixError, match=r"s1/b5: 0 rows"):
+        mix(manifest, tmp_path)
+    with pytest.raises(MixError, match="AI_TEXT_COLUMN='text'"):
+        mix(manifest, tmp_path, text_column="text")
