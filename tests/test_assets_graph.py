@@ -60,6 +60,12 @@ def requested_assets(result) -> set[str]:
     return {r.key.to_user_string() for r in result.results if r.true_subset.size}
 
 
+def sensor_resources(resources: dict) -> dict:
+    """What the daemon gives the shard sensor: its own resources (the model resource is a context manager,
+    which a bare `build_sensor_context` refuses)."""
+    return {key: resources[key] for key in ("corpus", "workdir")}
+
+
 def test_definitions_load():
     from ai_assets.definitions import defs
 
@@ -274,13 +280,13 @@ def test_new_shard_sensor_adds_one_partition_and_manifest_follows(graph):
     auto = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
     assert requested_assets(auto) == set()  # everything is up to date
     quiet = corpus_shard_sensor(
-        dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+        dg.build_sensor_context(instance=instance, definitions=defs, resources=sensor_resources(resources))
     )
     assert isinstance(quiet, dg.SkipReason)
 
     write_shard(corpus / "beta" / "beta-2.parquet", "beta", n_docs=9, seed=7, prefix="beta2")
     result = corpus_shard_sensor(
-        dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+        dg.build_sensor_context(instance=instance, definitions=defs, resources=sensor_resources(resources))
     )
     assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["beta__beta-2"]]
     assert [r.partition_key for r in result.run_requests] == ["beta__beta-2"]
@@ -319,7 +325,7 @@ def test_new_shard_sensor_adds_one_partition_and_manifest_follows(graph):
     assert manifest.filter(~pl.col("selected_copy")).height == 66 + 9
     again = corpus_shard_sensor(
         dg.build_sensor_context(
-            instance=instance, definitions=defs, resources=resources, cursor=result.cursor
+            instance=instance, definitions=defs, resources=sensor_resources(resources), cursor=result.cursor
         )
     )
     assert isinstance(again, dg.SkipReason)
@@ -328,7 +334,7 @@ def test_new_shard_sensor_adds_one_partition_and_manifest_follows(graph):
     write_shard(corpus / "alpha" / "alpha-0.parquet", "alpha", n_docs=11, seed=99, prefix="alpha0b")
     changed = corpus_shard_sensor(
         dg.build_sensor_context(
-            instance=instance, definitions=defs, resources=resources, cursor=result.cursor
+            instance=instance, definitions=defs, resources=sensor_resources(resources), cursor=result.cursor
         )
     )
     assert changed.dynamic_partitions_requests == []
@@ -460,7 +466,7 @@ def test_sensor_registers_shards_but_waits_for_heads(graph):
     instance, resources = graph["instance"], graph["resources"]
     defs = definitions(resources)
     result = corpus_shard_sensor(
-        dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+        dg.build_sensor_context(instance=instance, definitions=defs, resources=sensor_resources(resources))
     )
     assert [len(r.partition_keys) for r in result.dynamic_partitions_requests] == [6]
     assert result.run_requests == []  # no head set yet: scoring would fail, so nothing is requested
