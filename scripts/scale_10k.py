@@ -11,8 +11,8 @@ In a temporary DAGSTER_HOME (the default SQLite instance) and work dir it
   3. times partition registration alone (`add_dynamic_partitions` of N keys on a fresh partitions definition);
   4. writes N score files in the score table's schema with their provenance JSON, times a steady-state sensor
      tick (everything registered and scored: the tick every 60 s must stay cheap), then
-  5. times the cut: the repo's `sql/domain_cut.sql` alone over the N files, and the whole `domain_cut` asset
-     (provenance of every shard, SQL, cut.parquet) materialized on the instance;
+  5. times the cut: the repo's cut statements (`sql/domain_cut*.sql`) alone over the N files, and the whole
+     `domain_cut` asset (provenance of every shard, SQL, cut.parquet) materialized on the instance;
 and checks that documents in = documents out and the per-domain selection counts. Prints one JSON object.
 No model and no GPU are involved; scores are random.
 """
@@ -201,11 +201,13 @@ def run(
         out["sensor_steady_result"] = type(steady).__name__
 
         # 5. the cut: the SQL alone, then the whole asset
+        from attention_influence.cut import create_cut_table
+
         duck = DuckDB(database=str(work / "selection.duckdb"))
         files = [str(workdir.score_path(k)) for k in keys]
         with duck.connect() as con:
             t0 = time.perf_counter()
-            duck.run(con, "domain_cut", {"files": files, "frac": frac})
+            create_cut_table(con, files, frac)  # the default policy's statements (sql/domain_cut*.sql)
             out["cut_sql_s"] = round(time.perf_counter() - t0, 2)
             rows_out, selected = con.execute(
                 "SELECT count(*), count(*) FILTER (WHERE selected) FROM domain_cut"
