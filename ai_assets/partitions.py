@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from attention_influence.io.corpus import Shard, resolve_shard, shard_rows
+from attention_influence.io.corpus import CorpusError, Shard, resolve_shard, shard_rows
 from resources import Corpus
 
 SHARD_PARTITIONS = "corpus_shards"
@@ -17,11 +17,17 @@ shard_partitions = dg.DynamicPartitionsDefinition(name=SHARD_PARTITIONS)
 
 
 def shard_metadata(shard: Shard) -> dict:
+    """What the observation shows. A shard whose footer cannot be read is still registered (its score run then
+    fails naming the file, as for any corrupt shard), and the observation says why its rows are unknown."""
+    try:
+        rows: int | str = shard_rows(shard)
+    except CorpusError as exc:
+        rows = f"unknown ({exc})"
     return {
         "uri": dg.MetadataValue.path(shard.uri),
         "folder": shard.folder,
         "fingerprint": shard.fingerprint,
-        "rows": shard_rows(shard),
+        "rows": rows,
         "size_bytes": shard.size if shard.size is not None else "unknown",
     }
 
