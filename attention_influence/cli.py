@@ -346,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--arm", default="attention_influence", help="baseline | attention_influence | random | perplexity"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", default="cpu", help="cpu | gpu (attention_influence.training.proxy)")
+    p.add_argument(
+        "--profile", default="cpu", help="cpu | cpu_study | gpu (attention_influence.training.proxy)"
+    )
     p.add_argument("--steps", type=int, default=0, help="training steps (0: the profile's)")
     p.add_argument("--out", required=True, help="output folder (trainer state, model/)")
     p.set_defaults(func=cmd_proxy_train)
