@@ -44,6 +44,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def mlflow_figure(run_id: str, artifact_path: str, alt: str, ui_url: str) -> dg.MetadataValue:
+    """A figure logged to MLflow (with its `thumbnails/` copy), shown inline in the Dagster UI: markdown under
+    1,000 characters renders in place (a longer one, such as an embedded PNG, hides behind "[Show Markdown]"),
+    so the thumbnail is an image served by the MLflow UI, linking to the full figure."""
+    from attention_influence.evaluation import tracking
+
+    folder, _, name = artifact_path.rpartition("/")
+    thumb = f"{folder}/thumbnails/{name}" if folder else f"thumbnails/{name}"
+    full_url = tracking.artifact_url(run_id, artifact_path, ui_url)
+    return dg.MetadataValue.md(f"[![{alt}]({tracking.artifact_url(run_id, thumb, ui_url)})]({full_url})")
+
+
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
     """A PNG shown inline in the Dagster UI."""
     import base64

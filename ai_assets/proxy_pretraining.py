@@ -12,7 +12,7 @@ proxy_arms.
 import dagster as dg
 import polars as pl
 
-from ai_assets.metadata import markdown_table, png_markdown, version_hash
+from ai_assets.metadata import markdown_table, mlflow_figure, version_hash
 from ai_assets.mixed_corpus import mixed_corpus
 from attention_influence.audit import read_provenance
 from resources import MLflow, SelectionProfile, SelectorModel, Workdir
@@ -118,7 +118,11 @@ def proxy_pretraining(
     from attention_influence.evaluation.tracking import run_url
 
     return dg.MaterializeResult(
-        metadata={
+        metadata={  # the figure first: the asset page lists metadata in this order
+            "figure": mlflow_figure(
+                result.parent_run_id, f"figures/{result.figure.name}", "proxy comparison", mlflow.ui_url
+            ),
+            "figure_png": dg.MetadataValue.path(str(result.figure)),
             "mlflow_run_id": result.parent_run_id,
             "mlflow_run_url": dg.MetadataValue.url(
                 run_url(mlflow_experiment, result.parent_run_id, mlflow.ui_url)
@@ -137,7 +141,6 @@ def proxy_pretraining(
             "verdicts": dg.MetadataValue.md(
                 "\n".join(f"- {v}" for v in comp["verdict"]) if comp.height else ""
             ),
-            "figure": png_markdown(result.figure.read_bytes(), "proxy comparison"),
             "runs": len(result.child_run_ids),
             "arms": dg.MetadataValue.json(arms),
             "seeds": dg.MetadataValue.json(seeds),

@@ -4,13 +4,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ai_assets.metadata import heads_text, markdown_table, png_markdown
+from ai_assets.metadata import heads_text, markdown_table, mlflow_figure
 from ai_assets.retrieval_probe_set import CODE_VERSION as PROBE_CODE_VERSION
 from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selector_model import selector_model
 from attention_influence.audit import write_parquet_with_provenance
 from attention_influence.io.atomic import atomic_write_json
-from resources import SelectionProfile, SelectorModel, Workdir
+from resources import MLflow, SelectionProfile, SelectorModel, Workdir
 
 CODE_VERSION = "1"
 
@@ -27,16 +27,53 @@ def _log_progress(context: dg.AssetExecutionContext, what: str):
     return progress
 
 
+def _track_ranking(mlflow: MLflow, ranking, doc: dict, files, figure) -> tuple[str, str]:
+    """One MLflow run per ranking (tagged with its head_set_id), so the heads behind a subset are audited
+    beside the evaluation runs: the heads, probe set and model as params, the files and the heatmap (with
+    its thumbnail, which the Dagster page shows inline) as artifacts. Returns the run id and its page."""
+    import mlflow as mlflow_client
+
+    from attention_influence.evaluation import tracking
+    from attention_influence.evaluation.figures import thumbnail
+
+    with mlflow.start_run(
+        f"retrieval_heads {ranking.head_set_id}",
+        tags={"asset": "retrieval_heads", "head_set_id": ranking.head_set_id},
+    ) as run:
+        mlflow_client.log_params(
+            {
+                "model": ranking.model_identity,
+                "heads": heads_text(ranking.heads),
+                "n_heads": len(ranking.heads),
+                "top_frac": ranking.top_frac,
+                "n_probes": ranking.n_probes,
+                "probe_digest": doc.get("probe_digest"),
+                "profile": doc.get("profile"),
+            }
+        )
+        if np.isfinite(ranking.exact_match):  # NaN for a fixed head set (no ranking)
+            mlflow_client.log_metric("exact_match_base", float(ranking.exact_match))
+        for path in files:
+            mlflow_client.log_artifact(str(path), artifact_path="heads")
+        mlflow_client.log_artifact(str(figure), artifact_path="figures")
+        mlflow_client.log_artifact(str(thumbnail(figure)), artifact_path="figures/thumbnails")
+    return run.info.run_id, tracking.run_url(run.info.experiment_id, run.info.run_id, mlflow.ui_url)
+
+
 @dg.asset(
     deps=[retrieval_probe_set, selector_model],
     code_version=CODE_VERSION,
     group_name="selection",
-    kinds={"json", "parquet"},
+    kinds={"json", "parquet", "mlflow"},
     description="Retrieval score of every (layer, head) on the probe set (eq. 1-4) and the chosen head set: "
     "the top fraction of heads. Data version: head_set_id (a hash of the model identity and the heads).",
 )
 def retrieval_heads(
-    context: dg.AssetExecutionContext, model: SelectorModel, profile: SelectionProfile, workdir: Workdir
+    context: dg.AssetExecutionContext,
+    model: SelectorModel,
+    profile: SelectionProfile,
+    workdir: Workdir,
+    mlflow: MLflow,
 ) -> dg.MaterializeResult:
     from attention_influence.influence.heads import HeadRanking, head_set_id, load_head_set, rank_heads
     from attention_influence.influence.probes import probes_from_frame
@@ -106,12 +143,20 @@ def retrieval_heads(
         workdir.heads_figure_path,
         lm.identity,
     )
-    png = figure.read_bytes()
+    run_id, run_link = _track_ranking(
+        mlflow, ranking, doc, [workdir.heads_path, workdir.head_scores_path], figure
+    )
     top = table.sort(["retrieval_score", "layer", "head"], descending=[True, False, False], nulls_last=True)
     return dg.MaterializeResult(
         metadata={  # the figure first: the asset page lists metadata in this order
-            "heatmap": png_markdown(png, "retrieval score per head, layer 0 at the bottom"),
+            "heatmap": mlflow_figure(
+                run_id,
+                f"figures/{figure.name}",
+                "retrieval score per head, layer 0 at the bottom",
+                mlflow.ui_url,
+            ),
             "heatmap_png": dg.MetadataValue.path(str(workdir.heads_figure_path)),
+            "mlflow_run_url": dg.MetadataValue.url(run_link),
             "heads": heads_text(ranking.heads),
             "model": lm.identity,
             "model_spec": lm.spec,

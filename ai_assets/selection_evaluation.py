@@ -147,7 +147,7 @@ def selection_evaluation(
     }
     with mlflow.start_run(
         run_name=f"selection {ranking.head_set_id[:8]} {profile.name}",
-        tags={"dagster_run_id": context.run_id, "head_set_id": ranking.head_set_id},
+        tags={"dagster_run_id": context.run.run_id, "head_set_id": ranking.head_set_id},
     ) as run:
         for path in (workdir.heads_path, workdir.cut_summary_path):
             mlflow_lib.log_artifact(str(path), artifact_path="selection")

@@ -25,8 +25,9 @@ AI_DOC_TOKENS, AI_WINDOWS, AI_MAX_DOCS, AI_HEAD_TOP_FRAC, AI_DOMAIN_TOP_FRAC, AI
 AI_CHECKPOINT_EVERY. `0` or `none` for AI_DOC_TOKENS / AI_MAX_DOCS means "no limit".
 The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN, AI_FUSION_WEIGHT (see
 `attention_influence.cut.CutPolicy`). The training data and the proxy runs: AI_MIX_ROWS_PER_FILE,
-AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS, AI_PROXY_ARMS
-(comma-separated), AI_PROXY_STEPS (training steps per run; see `attention_influence.training.proxy`).
+AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS,
+AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS (training steps per run; see
+`attention_influence.training.proxy`).
 """
 
 from __future__ import annotations

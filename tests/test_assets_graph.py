@@ -186,7 +186,37 @@ def test_whole_graph_materializes(graph, capsys):
     proxy = instance.get_latest_materialization_event(dg.AssetKey("proxy_pretraining")).asset_materialization
     assert proxy.metadata["runs"].value == 6  # 3 arms x 2 seeds
     assert "attention_influence - random" in proxy.metadata["comparisons"].value
-    assert "noise" in proxy.metadata["verdicts"].value and "data:image/png" in proxy.metadata["figure"].value
+    assert "noise" in proxy.metadata["verdicts"].value
+    _assert_inline_mlflow_figure(
+        resources, proxy.metadata["figure"].value, proxy.metadata["mlflow_run_id"].value
+    )
+    # the head ranking is tracked too: its heatmap shows inline from its MLflow run, holding the head files
+    heads_run = heads_meta.metadata["mlflow_run_url"].value.split("/runs/")[1].split("?")[0]
+    _assert_inline_mlflow_figure(resources, heads_meta.metadata["heatmap"].value, heads_run)
+    import mlflow
+
+    client = mlflow.MlflowClient(resources["mlflow"].tracking_uri)
+    assert client.get_run(heads_run).data.tags["head_set_id"] == heads["head_set_id"]
+    assert {a.path for a in client.list_artifacts(heads_run, "heads")} == {
+        "heads/heads.json",
+        "heads/head_scores.parquet",
+    }
+
+
+def _assert_inline_mlflow_figure(resources, markdown: str, run_id: str) -> None:
+    """Short enough for Dagster to render in place (under 1,000 characters), pointing at a thumbnail and a
+    full figure that the run really holds."""
+    import re
+
+    import mlflow
+
+    assert len(markdown) < 1000 and "data:image" not in markdown
+    paths = re.findall(r"get-artifact\?path=([^&)]+)&run_uuid=" + run_id, markdown)
+    assert len(paths) == 2 and paths[0].startswith(paths[1].rsplit("/", 1)[0] + "/thumbnails/"), markdown
+    client = mlflow.MlflowClient(resources["mlflow"].tracking_uri)
+    for path in paths:
+        folder, name = path.rsplit("/", 1)
+        assert name in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, folder)}, path
 
 
 def test_duckdb_cut_equals_polars(graph):

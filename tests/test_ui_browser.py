@@ -211,6 +211,16 @@ def test_evaluation_figures_show_inline_in_dagster(uis, page):
     assert "within noise" in text or "beyond noise" in text
 
 
+def test_heads_heatmap_shows_inline_in_dagster(uis, page):
+    page.goto(f"{uis['dagster']}/assets/retrieval_heads")
+    _dismiss(page)
+    page.get_by_text("heatmap_png").first.wait_for()
+    page.wait_for_function(
+        "() => [...document.images].some(i => i.src.includes('get-artifact') && i.src.includes('head_scores')"
+        " && i.naturalWidth > 300)"
+    )
+
+
 def test_mlflow_run_page_shows_metrics_and_figures(uis, page):
     page.goto(f"{uis['dagster']}/assets/selection_evaluation")
     _dismiss(page)

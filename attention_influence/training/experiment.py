@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from attention_influence.evaluation import figures
 from attention_influence.training.arms import build_arms
 from attention_influence.training.proxy import (
     ProxyProfile,
@@ -123,6 +124,7 @@ def run_proxy_experiment(
         )
         figure = comparison_figure(runs, metrics, out_dir / "proxy_comparison.png")
         mlflow.log_artifact(str(figure), artifact_path="figures")
+        mlflow.log_artifact(str(figures.thumbnail(figure)), artifact_path="figures/thumbnails")
         for name, frame in (("runs", runs), ("arm_metric", table), ("comparisons", comp)):
             path = out_dir / f"{name}.csv"
             frame.write_csv(path)
