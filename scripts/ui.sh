@@ -38,7 +38,10 @@ trap 'stop' EXIT
 
 start "$BIN/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
 start "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
-echo "MLflow UI:  http://127.0.0.1:$MLFLOW_PORT   (store: $MLFLOW_TRACKING_URI; runs open in the model-training view)"
+MLFLOW_RUNS=$("$PY" -m attention_influence.evaluation.tracking "$MLFLOW_TRACKING_URI" attention-influence \
+  "http://127.0.0.1:$MLFLOW_PORT" 2>/dev/null || echo "http://127.0.0.1:$MLFLOW_PORT")
+echo "MLflow UI:  $MLFLOW_RUNS"
+echo "            (store: $MLFLOW_TRACKING_URI; this link opens the runs in the model-training view)"
 echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   (DAGSTER_HOME=$DAGSTER_HOME)"
 echo "Ctrl-C stops both."
 # returns when either UI exits, or when a signal arrives (the trap then stops both)

@@ -344,3 +344,34 @@ def test_experiment_is_a_model_training_experiment_and_default_goes(tmp_path):
     assert len(client_b.search_experiments(view_type=ViewType.ALL)) == 2
     url = tracking.run_url(exp_id, "abc", "http://h:1/")
     assert url == f"http://h:1/#/experiments/{exp_id}/runs/abc?workflowType=machine_learning"
+
+
+def test_experiment_link_points_make_ui_at_the_runs(tmp_path):
+    """What `make ui` prints: the experiment's runs in the model-training view; the front page when the store
+    or the experiment does not exist, without creating the store."""
+    from mlflow import MlflowClient
+
+    from attention_influence.evaluation import tracking
+
+    missing = sqlite_tracking_uri(tmp_path / "none")
+    assert tracking.experiment_link(missing, "attention-influence", "http://h:1") == "http://h:1"
+    assert not (tmp_path / "none" / "mlflow.db").exists()
+    uri = sqlite_tracking_uri(tmp_path / "s")
+    tracking.prepare_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    assert tracking.experiment_link(uri, "attention-influence", "http://h:1") == "http://h:1"
+    exp_id = tracking.ensure_experiment(client, "attention-influence")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attention_influence.evaluation.tracking",
+            uri,
+            "attention-influence",
+            "http://h:1/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == f"http://h:1/#/experiments/{exp_id}/runs?workflowType=machine_learning"

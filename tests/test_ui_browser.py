@@ -198,27 +198,29 @@ def test_overview_lists_the_jobs(uis, page):
     assert "No runs or scheduled ticks" not in page.inner_text("body")
 
 
-def test_evaluation_figures_show_inline_in_dagster(uis, page):
-    page.goto(f"{uis['dagster']}/assets/selection_evaluation")
+def _wait_for_inline_figures(page, dagster: str, asset: str, row: str, needle: str, count: int) -> None:
+    """The asset page shows `count` figures whose URL holds `needle` as images in the metadata table (served
+    by the MLflow UI), not behind "[Show Markdown]"."""
+    page.goto(f"{dagster}/assets/{asset}")
     _dismiss(page)
-    page.get_by_text("figure_mirror_effect").first.wait_for()
-    # the figures are images in the metadata table (served by the MLflow UI), not behind "[Show Markdown]"
+    page.get_by_text(row).first.wait_for()
     page.wait_for_function(
-        "() => [...document.images].filter(i => i.src.includes('get-artifact') && i.naturalWidth > 300)"
-        ".length >= 3"
+        "([needle, count]) => [...document.images].filter(i => i.src.includes('get-artifact')"
+        " && i.src.includes(needle) && i.naturalWidth > 300).length >= count",
+        arg=[needle, count],
+    )
+
+
+def test_evaluation_figures_show_inline_in_dagster(uis, page):
+    _wait_for_inline_figures(
+        page, uis["dagster"], "selection_evaluation", "figure_mirror_effect", "figures/", 3
     )
     text = page.inner_text("body")
     assert "within noise" in text or "beyond noise" in text
 
 
 def test_heads_heatmap_shows_inline_in_dagster(uis, page):
-    page.goto(f"{uis['dagster']}/assets/retrieval_heads")
-    _dismiss(page)
-    page.get_by_text("heatmap_png").first.wait_for()
-    page.wait_for_function(
-        "() => [...document.images].some(i => i.src.includes('get-artifact') && i.src.includes('head_scores')"
-        " && i.naturalWidth > 300)"
-    )
+    _wait_for_inline_figures(page, uis["dagster"], "retrieval_heads", "heatmap_png", "head_scores", 1)
 
 
 def test_mlflow_run_page_shows_metrics_and_figures(uis, page):

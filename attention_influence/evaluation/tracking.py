@@ -108,3 +108,27 @@ def artifact_url(run_id: str, path: str, ui_base: str | None = None) -> str:
     """A run's artifact as the MLflow UI serves it (what its artifact viewer loads)."""
     base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
     return f"{base}/get-artifact?path={path}&run_uuid={run_id}"
+
+
+def experiment_link(tracking_uri: str, name: str, ui_base: str | None = None) -> str:
+    """Where `make ui` points people: the experiment's runs in the model-training view when the store holds
+    it (MLflow 3's UI opens a bare address on its GenAI view, whatever the experiment's tag says), else the
+    UI's front page. A missing SQLite file is not created."""
+    base = (ui_base or DEFAULT_MLFLOW_UI_URL).rstrip("/")
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return base
+    import mlflow
+
+    exp = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage != "active":
+        return base
+    return experiment_url(exp.experiment_id, base)
+
+
+if (
+    __name__ == "__main__"
+):  # python -m attention_influence.evaluation.tracking URI NAME UI_BASE (scripts/ui.sh)
+    import sys
+
+    print(experiment_link(*sys.argv[1:4]))
