@@ -26,7 +26,8 @@ AI_CHECKPOINT_EVERY. `0` or `none` for AI_DOC_TOKENS / AI_MAX_DOCS means "no lim
 The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN, AI_FUSION_WEIGHT (see
 `attention_influence.cut.CutPolicy`). The training data and the proxy runs: AI_MIX_ROWS_PER_FILE,
 AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS,
-AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS (training steps per run; see `attention_influence.training.proxy`).
+AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS (training steps per run; see
+`attention_influence.training.proxy`).
 Post-training data (AIR, `SFTSettings`): AI_SFT_INPUT (SFT shard glob; unset: the demo's GSM8K shard under
 the work dir), AI_SFT_MAX_SAMPLES, AI_SFT_MAX_TOKENS, AI_SFT_STEP_RULE (lines | blank_lines), AI_SFT_TOP_FRAC,
 AI_SFT_SELECT_BY (score | step_score_mean | step_score_max), AI_SFT_SELECT_WITHIN (a column, e.g. source),
