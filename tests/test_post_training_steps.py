@@ -155,3 +155,21 @@ def test_selection_top_fraction_globally_and_per_source():
     assert sorted(per.filter("selected")["id"]) == ["x0", "x2", "x4", "x6", "x7"]  # 3 of 5 scored a, 2 of 4 b
     with pytest.raises(ValueError, match="AI_SFT_SELECT_BY"):
         select_samples(df, 0.5, key="length")
+
+
+def test_per_token_losses_packed_and_padded_agree_with_the_reference():
+    from attention_influence.influence.scoring import score_token_losses
+
+    lm = tiny_loaded_model("tiny-air")
+    heads = [(0, 1), (2, 2)]
+    seqs = [lm.tokenizer(t).input_ids for t in RESPONSES]
+    padded = score_token_losses(lm, seqs, heads, batch_tokens=128, packed=False)
+    packed = score_token_losses(lm, seqs, heads, batch_tokens=128, packed=True)
+    for i, ids in enumerate(seqs):
+        ref = reference_token_losses(lm.model, ids, heads).numpy()
+        assert padded.ref[i].shape == (len(ids) - 1,)
+        np.testing.assert_allclose(padded.ref[i], ref, atol=1e-4)
+        np.testing.assert_allclose(packed.ref[i], ref, atol=1e-4)
+        np.testing.assert_allclose(
+            packed.base[i], reference_token_losses(lm.model, ids, ()).numpy(), atol=1e-4
+        )

@@ -368,12 +368,14 @@ def pair_runs(
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     packing = use_packing(lm, packed, compile)
 
+    extra = {"per_token": True} if per_token else {}  # the document path calls pair_nll as it always did
+
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
         if packing:
             ids, rows = pack_batch(batch, lm.device)  # (1, N)
-            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows, per_token=per_token)
+            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows, **extra)
         ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T)
-        return pair_nll(lm, ids, lengths, masked, compile=compile, per_token=per_token)
+        return pair_nll(lm, ids, lengths, masked, compile=compile, **extra)
 
     batches = (
         pack_batches(pieces, max(batch_tokens, max_tokens))
