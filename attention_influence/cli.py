@@ -226,28 +226,16 @@ def cmd_proxy_train(args) -> int:
     return 0
 
 
-def sft_format_from_args(args):
-    from attention_influence.post_training.sft import SFTFormat
-
-    return SFTFormat(
-        messages_column=args.messages_column,
-        prompt_column=args.prompt_column,
-        response_column=args.response_column,
-        id_column=args.id_column,
-        step_rule=args.step_rule,
-        max_tokens=args.max_tokens,
-    )
-
-
 def cmd_score_steps(args) -> int:
     """AIR step and sample scores of one SFT shard (Parquet or JSON lines)."""
     from attention_influence.influence.heads import head_set_id
     from attention_influence.influence.models import load_model
+    from attention_influence.post_training.sft import SFTFormat
     from attention_influence.post_training.steps import score_sft_shard
     from attention_influence.shards.job import _load_heads
 
     heads, meta = _load_heads(args.heads)
-    fmt = sft_format_from_args(args)
+    fmt = SFTFormat.from_fields(args)
     lm = load_model(
         args.model,
         dtype=args.dtype,

@@ -43,15 +43,7 @@ class PostTraining(dg.ConfigurableResource):
     def sft_format(self):
         from attention_influence.post_training.sft import SFTFormat
 
-        return SFTFormat(
-            messages_column=self.messages_column,
-            prompt_column=self.prompt_column,
-            response_column=self.response_column,
-            id_column=self.id_column,
-            source_column=self.source_column,
-            step_rule=self.step_rule,
-            max_tokens=self.max_tokens,
-        )
+        return SFTFormat.from_fields(self)
 
     def weighting(self):
         from attention_influence.post_training.weights import StepWeighting

@@ -204,7 +204,9 @@ def train_run(
 ) -> tuple[TopStack, list[tuple[int, float]]]:
     """One fine-tune with transformers' Trainer (compute_loss: `weighted_nll`); returns the trained stack and
     its loss curve."""
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
+
+    from attention_influence.training.proxy import training_arguments
 
     set_seed(seed)
     stack = TopStack(base_model, n_trainable(base_model, profile)).train()
@@ -220,25 +222,8 @@ def train_run(
             loss = weighted_nll(model, inputs["hidden"], inputs["input_ids"], inputs["token_weights"])
             return (loss, None) if return_outputs else loss
 
-    args = TrainingArguments(
-        output_dir=str(Path(out_dir) / "trainer"),
-        max_steps=profile.max_steps,
-        per_device_train_batch_size=profile.batch_size,
-        gradient_accumulation_steps=profile.grad_accum,
-        learning_rate=profile.learning_rate,
-        warmup_steps=profile.warmup_steps,
-        lr_scheduler_type="cosine",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        logging_steps=max(1, profile.max_steps // 10),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        bf16=profile.bf16,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
+    args = training_arguments(
+        out_dir, profile, seed, 0.0, max(1, profile.max_steps // 10), remove_unused_columns=False
     )
     trainer = WeightedLossTrainer(
         model=stack, args=args, train_dataset=data, data_collator=collate, callbacks=[Curve()]

@@ -63,6 +63,13 @@ class SFTFormat:
     step_rule: str = "lines"
     max_tokens: int = 512  # the rendered sample is cut here; what is cut is reported per sample
 
+    @classmethod
+    def from_fields(cls, obj) -> SFTFormat:
+        """From anything with attributes of the same names (the CLI's arguments, the Dagster resource);
+        missing ones keep their defaults."""
+        names = [f for f in cls.__dataclass_fields__ if hasattr(obj, f)]
+        return cls(**{f: getattr(obj, f) for f in names})
+
     def __post_init__(self) -> None:
         if self.step_rule not in STEP_RULES:
             raise ValueError(
