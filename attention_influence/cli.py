@@ -61,18 +61,24 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
-def cmd_heads(args) -> int:
-    from attention_influence.influence.heads import rank_heads
+def load_from_args(args):
+    """The model the --model, --dtype, --device and --trust-remote-code arguments name."""
     from attention_influence.influence.models import load_model
-    from attention_influence.influence.probes import build_probes, extract_sentences
 
-    lm = load_model(
+    return load_model(
         args.model,
         dtype=args.dtype,
         device=args.device,
         trust_remote_code=args.trust_remote_code,
         cache_dir=model_cache_from_env(),
     )
+
+
+def cmd_heads(args) -> int:
+    from attention_influence.influence.heads import rank_heads
+    from attention_influence.influence.probes import build_probes, extract_sentences
+
+    lm = load_from_args(args)
     sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
     probes = build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed)
     t0 = time.perf_counter()
@@ -229,20 +235,13 @@ def cmd_proxy_train(args) -> int:
 def cmd_score_steps(args) -> int:
     """AIR step and sample scores of one SFT shard (Parquet or JSON lines)."""
     from attention_influence.influence.heads import head_set_id
-    from attention_influence.influence.models import load_model
     from attention_influence.post_training.sft import SFTFormat
     from attention_influence.post_training.steps import score_sft_shard
     from attention_influence.shards.job import _load_heads
 
     heads, meta = _load_heads(args.heads)
     fmt = SFTFormat.from_fields(args)
-    lm = load_model(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
-        cache_dir=model_cache_from_env(),
-    )
+    lm = load_from_args(args)
     hsid = meta.get("head_set_id") or head_set_id(lm.identity, heads)
     summary = score_sft_shard(
         lm,

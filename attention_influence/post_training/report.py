@@ -1,6 +1,6 @@
 """What a person reads about step scores, and the MLflow run of the post-training evaluation.
 
-`position_figure`: the step-score distribution by step position (box per position, the last steps pooled);
+`evaluation.figures.step_position_figure`: the step-score distribution by step position;
 `steps_markdown`: for a few samples, every step with its score, the highest and lowest marked;
 `run_sft_evaluation`: one MLflow parent run (both artifacts, the arm x loss table, the verdicts) with one
 child run per fine-tune (arm, loss, seed: its loss curve and GSM8K gold NLL).
@@ -13,48 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-MAX_POSITION = 8  # steps at this position and later are pooled in the figure
-
-
-def position_figure(steps: pl.DataFrame, path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = steps.filter(pl.col("score").is_finite()).with_columns(
-        pl.min_horizontal(pl.col("step"), pl.lit(MAX_POSITION)).alias("pos"),
-        (pl.col("step") == pl.col("n_steps") - 1).alias("last"),
-    )
-    positions = sorted(s["pos"].unique().to_list())
-    data = [s.filter(pl.col("pos") == p)["score"].to_numpy() for p in positions]
-    labels = [f"{p}+" if p == MAX_POSITION else str(p) for p in positions]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    if data:
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(labels) + 1), labels)
-        last = s.filter("last")["score"].to_numpy()
-        ax.axhline(
-            float(np.median(last)) if len(last) else 0.0,
-            ls="--",
-            lw=0.8,
-            c="tab:red",
-            label="median of final steps (the #### answer line)",
-        )
-        ax.legend(fontsize=7)
-    ax.axhline(0.0, lw=0.5, c="k")
-    ax.set_xlabel("step position in the response (0 = first)")
-    ax.set_ylabel("step score (L_ref - L_base) / L_base")
-    ax.set_title(title or f"AIR step scores by position ({s.height} steps)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from attention_influence.evaluation.figures import MAX_POSITION, step_position_figure
 
 
 def steps_markdown(samples: pl.DataFrame, steps: pl.DataFrame, n_samples: int = 4) -> str:
@@ -140,7 +101,7 @@ def run_sft_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
-    figure = position_figure(steps, out / "step_score_by_position.png")
+    figure = step_position_figure(steps, out / "step_score_by_position.png")
     md = out / "steps_high_low.md"
     md.write_text(steps_markdown(table, steps), encoding="utf-8")
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as parent:
