@@ -49,3 +49,27 @@ def test_sft_settings_from_the_environment(tmp_path):
         load_settings({"AI_SFT_TOP_FRAC": "2"})
     with pytest.raises(SettingsError, match="AI_SFT_MAX_SAMPLES"):
         load_settings({"AI_SFT_MAX_SAMPLES": "many"})
+
+
+def test_sft_study_cli_runs_every_arm_and_loss(tmp_path, tiny_model_dir, capsys):
+    shard = sft_demo.build(tmp_path / "sft", 16, eval_dir=tmp_path / "none")
+    test = tmp_path / "test.jsonl"
+    rows = sft_demo.standin_samples(8, seed=77)
+    test.write_text(
+        "".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
+    )
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps([[1, 0]]))
+    steps = tmp_path / "s.steps.parquet"
+    base = ["--model", str(tiny_model_dir)]
+    assert (
+        main(["score-steps", *base, "--heads", str(heads), "--input", str(shard), "--output", str(steps)])
+        == 0
+    )
+    argv = ["sft-study", *base, "--steps", str(steps), "--profile", "demo", "--gsm8k-test", str(test)]
+    assert main([*argv, "--mlflow", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "study")]) == 0
+    out = capsys.readouterr().out
+    assert "untuned gsm8k_gold_nll" in out and "air/plain vs random/plain" in out
+    runs = pl.read_csv(tmp_path / "study" / "runs.csv")
+    assert runs.height == 6 and set(runs["arm"]) == {"air", "random", "all"}
+    assert runs.filter(pl.col("arm") == "air")["samples"][0] == 3  # floor(16 * 0.2 + 0.5)
