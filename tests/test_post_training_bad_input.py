@@ -84,6 +84,12 @@ def test_bad_rows_are_quarantined_with_reasons_and_counts_reconcile(tmp_path, lm
     multi = samples.filter(pl.col("id") == "multi-turn").row(0, named=True)
     assert multi["response"] == "Yes.\n#### 1" and "Be brief." in multi["text"]  # the last assistant turn
     assert s["cut_samples"] == 1
+    assert s["quarantine_reasons"] == {
+        "duplicate id": 1,
+        "empty response": 1,
+        "no assistant turn": 1,
+        "unknown role": 1,
+    }
 
 
 def test_prompt_longer_than_the_budget_is_quarantined(tmp_path, lm):

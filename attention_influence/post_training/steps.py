@@ -20,7 +20,13 @@ import numpy as np
 import polars as pl
 
 from attention_influence.io.atomic import atomic_write_json, atomic_write_parquet
-from attention_influence.post_training.sft import SFTFormat, SFTRow, build_samples, read_sft
+from attention_influence.post_training.sft import (
+    QUARANTINE_REASONS,
+    SFTFormat,
+    SFTRow,
+    build_samples,
+    read_sft,
+)
 
 SAMPLE_COLUMNS = (
     "id",
@@ -141,6 +147,15 @@ def quarantine_frame(rows: list[SFTRow], path: str | Path) -> pl.DataFrame:
     )
 
 
+def reason_counts(quarantined: list[SFTRow]) -> dict[str, int]:
+    """Quarantined rows per kind of reason (QUARANTINE_REASONS; anything else counts as `other`)."""
+    counts: dict[str, int] = {}
+    for q in quarantined:
+        kind = next((r for r in QUARANTINE_REASONS if q.reason.startswith(r)), "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def sft_output_paths(out_dir: str | Path, key: str) -> dict[str, Path]:
     out = Path(out_dir)
     return {
@@ -188,10 +203,7 @@ def score_sft_shard(
         "head_set_id": head_set_id,
         "step_rule": fmt.step_rule,
         "max_tokens": fmt.max_tokens,
-        "quarantine_reasons": {
-            r: sum(1 for q in quarantined if q.reason.startswith(r))
-            for r in sorted({q.reason.split(" (")[0].split(":")[0] for q in quarantined})
-        },
+        "quarantine_reasons": reason_counts(quarantined),
         "paths": {k: str(v) for k, v in paths.items()},
     }
     assert summary["rows"] == summary["samples"] + summary["quarantined"]
