@@ -53,7 +53,7 @@ def sft_evaluation(
         size = finetune_profile(post_training.finetune)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
-    table = pl.read_parquet(training_set_dir(workdir) / "all.parquet")
+    table = pl.read_parquet(workdir.pull(training_set_dir(workdir) / "all.parquet"))
     steps = read_scored(context, workdir, "steps")
     items, where = eval_items(profile.eval_dir, size.eval_items)
     experiment = mlflow.setup()

@@ -18,7 +18,7 @@ def read_scored(context, workdir: Workdir, kind: str):
     frames = []
     for key in sorted(context.instance.get_dynamic_partitions(SFT_PARTITIONS)):
         path = sft_scores_dir(workdir) / f"{key}.{kind}.parquet"
-        if not path.exists():
+        if not workdir.pull(path).exists():  # pull: pods that share outputs through AI_OUTPUT_URI
             raise dg.Failure(f"{path} does not exist: materialize sft_step_scores[{key}] first")
         frames.append(pl.read_parquet(path).with_columns(pl.lit(key).alias("shard")))
     if not frames:

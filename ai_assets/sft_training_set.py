@@ -53,7 +53,7 @@ def sft_training_set(
 
     samples = read_scored(context, workdir, "samples").filter(pl.col("error").is_null())
     steps = read_scored(context, workdir, "steps")
-    sel = pl.read_parquet(selection_path(workdir)).select("id", "rank", "selected")
+    sel = pl.read_parquet(workdir.pull(selection_path(workdir))).select("id", "rank", "selected")
     table = weighted_samples(samples.join(sel, on="id"), steps, post_training.weighting())
     table = table.select(*COLUMNS).sort("rank")
     out = training_set_dir(workdir)
