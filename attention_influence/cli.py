@@ -281,7 +281,7 @@ def cmd_sft_study(args) -> int:
     overrides = {"seeds": args.seeds} if args.seeds else {}
     profile = finetune_profile(args.profile, **overrides)
     items = sample(read_gsm8k(args.gsm8k_test), profile.eval_items, 0, "sft-finetune")
-    lm = load_model(args.model, dtype="float32", device=args.device, cache_dir=model_cache_from_env())
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=model_cache_from_env())
     import mlflow
 
     prepare_store(args.mlflow)
@@ -459,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", required=True, help="the step table of `score-steps`")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype", default="auto", help="of the frozen layers (the trained top layers are float32)"
+    )
     p.add_argument("--profile", default="study", help="demo | study | gpu (post_training.finetune)")
     p.add_argument("--seeds", type=int, default=0, help="seeds (0: the profile's)")
     p.add_argument("--top-frac", type=float, default=0.2)
