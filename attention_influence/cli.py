@@ -278,7 +278,8 @@ def cmd_sft_study(args) -> int:
     table = weighted_samples(
         select_samples(samples, args.top_frac), steps, StepWeighting(args.temperature, args.w_min, args.w_max)
     )
-    overrides = {"seeds": args.seeds} if args.seeds else {}
+    given = {"seeds": args.seeds, "max_steps": args.max_steps, "eval_items": args.eval_items}
+    overrides = {k: v for k, v in given.items() if v}
     profile = finetune_profile(args.profile, **overrides)
     items = sample(read_gsm8k(args.gsm8k_test), profile.eval_items, 0, "sft-finetune")
     lm = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=model_cache_from_env())
@@ -464,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", default="study", help="demo | study | gpu (post_training.finetune)")
     p.add_argument("--seeds", type=int, default=0, help="seeds (0: the profile's)")
+    p.add_argument("--max-steps", type=int, default=0, help="training steps per run (0: the profile's)")
+    p.add_argument("--eval-items", type=int, default=0, help="GSM8K test items (0: the profile's)")
     p.add_argument("--top-frac", type=float, default=0.2)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--w-min", type=float, default=0.25)

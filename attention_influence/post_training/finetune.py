@@ -55,8 +55,9 @@ FINETUNE_PROFILES: dict[str, FinetuneProfile] = {
     # inside `make demo`: 1 seed, 3 steps of 2 x 256 tokens per run, 16 GSM8K items (a smoke run: its table
     # is not evidence of anything)
     "demo": FinetuneProfile(2, 256, 2, 3, 1e-4, 0, 1, 16, eval_batch_tokens=2048),
-    # the closing-note experiment on 2 CPU cores: 3 seeds, 24 steps of 4 x 256 tokens, 64 GSM8K items
-    "study": FinetuneProfile(2, 256, 4, 24, 2e-4, 2, 3, 64),
+    # the closing-note experiment on 2 shared CPU cores: 3 seeds, 12 steps of 4 samples (<= 256 tokens),
+    # 40 GSM8K test items (sized to ~1 minute per run while two other jobs held the cores)
+    "study": FinetuneProfile(2, 256, 4, 12, 2e-4, 1, 3, 40),
     # a GPU: every parameter, 1,024-token sequences, 16 x 4 samples per step, 500 steps, all 1,319 items
     "gpu": FinetuneProfile(
         0, 1024, 16, 500, 1e-5, 50, 3, 1319, grad_accum=4, bf16=True, eval_batch_tokens=65536
