@@ -39,8 +39,8 @@ def step_weights(
     z = np.where(ok, scores / cfg.temperature, 0.0)
     z = z - (z[ok].max() if ok.any() else 0.0)  # exp without overflow; the normalisation undoes the shift
     w = np.where(ok, np.exp(z), 1.0)
-    if ok.any():
-        w[~ok] = np.exp(np.log(w[ok]).mean())  # unscored steps: the geometric mean of the scored ones
+    if ok.any() and not ok.all():  # unscored steps: the geometric mean of the scored ones
+        w[~ok] = np.exp(z[ok].mean())
     mass = (w * n).sum()
     if mass > 0:
         w = w * n.sum() / mass
