@@ -4,6 +4,8 @@
       -> retrieval_probe_set -> retrieval_heads -> document_scores[shard] -> domain_cut
       -> pretraining_manifest -> selection_evaluation
                               -> mixed_corpus -> proxy_pretraining
+    retrieval_heads -> sft_step_scores[sft shard] -> sft_selection -> sft_training_set -> sft_evaluation
+                                                                     (group post_training)
 
 See `attention_influence/settings.py` for the environment variables and the `demo` / `paper` profiles.
 """
@@ -24,8 +26,13 @@ from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selection_evaluation import selection_evaluation
 from ai_assets.selector_model import selector_model
 from ai_assets.sensors import corpus_shard_sensor
-from attention_influence.settings import Settings, load_settings
-from resources import Corpus, DuckDB, MLflow, SelectionProfile, SelectorModel, Workdir
+from ai_assets.sft_evaluation import sft_evaluation
+from ai_assets.sft_partitions import sft_shard_sensor_for
+from ai_assets.sft_selection import sft_selection
+from ai_assets.sft_step_scores import sft_step_scores
+from ai_assets.sft_training_set import sft_training_set
+from attention_influence.settings import Settings, load_settings, sft_input_glob
+from resources import Corpus, DuckDB, MLflow, PostTraining, SelectionProfile, SelectorModel, Workdir
 
 ASSETS = [
     selector_model,
@@ -38,7 +45,12 @@ ASSETS = [
     selection_evaluation,
     mixed_corpus,
     proxy_pretraining,
+    sft_step_scores,
+    sft_selection,
+    sft_training_set,
+    sft_evaluation,
 ]
+sft_shard_sensor = sft_shard_sensor_for(next(j for j in JOBS if j.name == "score_sft_shards"))
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "selection_automation",
@@ -69,6 +81,7 @@ def build_resources(settings: Settings) -> dict:
         "workdir": Workdir(path=str(settings.workdir)),
         "duckdb": DuckDB(database=str(settings.workdir / "selection.duckdb")),
         "mlflow": MLflow(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url),
+        "post_training": PostTraining.from_settings(settings.sft, sft_input_glob(settings)),
     }
 
 
@@ -77,7 +90,7 @@ def build_definitions(settings: Settings | None = None, resources: dict | None =
     return dg.Definitions(
         assets=ASSETS,
         jobs=JOBS,
-        sensors=[corpus_shard_sensor, automation_sensor],
+        sensors=[corpus_shard_sensor, automation_sensor, sft_shard_sensor],
         resources={**build_resources(settings), **(resources or {})},
     )
 

@@ -8,6 +8,7 @@ shard-partitioned `document_scores` with the unpartitioned assets around it.
 import dagster as dg
 
 from ai_assets.partitions import shard_partitions
+from ai_assets.sft_partitions import sft_partitions
 
 # run config `make demo` launches with: all steps in one process, so the selector model is loaded once
 # (the jobs keep their location's executor otherwise: multiprocess here, one pod per step on Kubernetes)
@@ -43,4 +44,25 @@ select_job = dg.define_asset_job(
     "corpus and the proxy pretraining runs.",
 )
 
-JOBS = [observe_selector_model, rank_heads_job, score_shards_job, select_job]
+score_sft_shards_job = dg.define_asset_job(
+    "score_sft_shards",
+    selection=["sft_step_scores"],
+    partitions_def=sft_partitions,
+    description="AIR step and sample scores of one SFT shard (a partition), heads masked and not.",
+)
+POST_TRAINING_ASSETS = ("sft_selection", "sft_training_set", "sft_evaluation")
+select_post_training_job = dg.define_asset_job(
+    "select_post_training",
+    selection=list(POST_TRAINING_ASSETS),
+    description="The AIR sample selection, the weighted training set and the MLflow evaluation with the "
+    "proxy fine-tune.",
+)
+
+JOBS = [
+    observe_selector_model,
+    rank_heads_job,
+    score_shards_job,
+    select_job,
+    score_sft_shards_job,
+    select_post_training_job,
+]

@@ -12,6 +12,9 @@ selector model is loaded once). The same with the Dagster CLI, one process per r
     dagster job execute -m ai_assets.definitions -j score_shards \\
         --tags '{"dagster/partition": "<key>"}'   # each shard
     dagster job execute -m ai_assets.definitions -j select_and_evaluate
+    dagster job execute -m ai_assets.definitions -j score_sft_shards \\
+        --tags '{"dagster/partition": "<sft key>"}'   # each SFT shard (the sft_shard_sensor registers them)
+    dagster job execute -m ai_assets.definitions -j select_post_training
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from ai_assets.jobs import (
     SELECT_ASSETS,
     observe_selector_model,
     rank_heads_job,
+    score_sft_shards_job,
     score_shards_job,
     select_job,
+    select_post_training_job,
 )
 from ai_assets.partitions import register_shards
 from attention_influence.io.corpus import CorpusError
@@ -125,11 +130,13 @@ def materialize_all(
     log: Callable[[str], None] = print,
     tail: list[str] | None = None,
     launch: Launch | None = None,
+    post_training: bool = False,
 ) -> list[str]:
     """Observe the sources, register every shard, materialize all assets; returns the shard keys.
 
     launch(job_name, partition_key) runs one job; default: in this process with `resources`. `tail` limits
-    the last stage to some of domain_cut, pretraining_manifest, selection_evaluation ([]: none)."""
+    the last stage to some of domain_cut, pretraining_manifest, selection_evaluation ([]: none).
+    post_training: then the post-training group too (every SFT shard of resources["post_training"])."""
     launch = launch or in_process_launcher(instance, resources)
 
     def step(job_name: str, partition_key: str | None = None) -> None:
@@ -155,6 +162,27 @@ def materialize_all(
         from ai_assets.definitions import ASSETS
 
         dg.materialize(ASSETS, selection=tail, instance=instance, resources=resources)
+    if post_training:
+        materialize_post_training(instance, resources, step, log)
+    return keys
+
+
+def materialize_post_training(instance: dg.DagsterInstance, resources: dict, step, log) -> list[str]:
+    """Register every SFT shard, score each, then select / build the training set / evaluate."""
+    from ai_assets.sft_partitions import SFT_PARTITIONS, register_sft_shards
+
+    t0 = time.perf_counter()
+    shards = resources["post_training"].shards()
+    if not shards:  # make demo writes one (scripts/demo.sh); a bare `python -m ai_assets.materialize` may not
+        log(f"no SFT shards match {resources['post_training'].input!r} (AI_SFT_INPUT): post-training skipped")
+        return []
+    new = register_sft_shards(instance, shards)
+    keys = sorted(instance.get_dynamic_partitions(SFT_PARTITIONS))
+    log(f"{len(keys)} SFT shard partitions ({len(new)} new)")
+    for key in keys:
+        step(score_sft_shards_job.name, key)
+    step(select_post_training_job.name)
+    log(f"post-training group in {time.perf_counter() - t0:.1f}s")
     return keys
 
 
@@ -180,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         launch = CodeLocationLauncher(instance, tags={"dagster/from": "make demo"})
-        materialize_all(instance, resources, log=lambda m: print(m, flush=True), launch=launch)
+        materialize_all(
+            instance, resources, log=lambda m: print(m, flush=True), launch=launch, post_training=True
+        )
     return 0
 
 

@@ -1,5 +1,5 @@
 """`attention-influence`: the engine from the command line (heads, score, cut, audit, bench, proxy-train,
-prepare-model)."""
+score-steps, sft-study, prepare-model)."""
 
 from __future__ import annotations
 
@@ -61,18 +61,24 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
-def cmd_heads(args) -> int:
-    from attention_influence.influence.heads import rank_heads
+def load_from_args(args):
+    """The model the --model, --dtype, --device and --trust-remote-code arguments name."""
     from attention_influence.influence.models import load_model
-    from attention_influence.influence.probes import build_probes, extract_sentences
 
-    lm = load_model(
+    return load_model(
         args.model,
         dtype=args.dtype,
         device=args.device,
         trust_remote_code=args.trust_remote_code,
         cache_dir=model_cache_from_env(),
     )
+
+
+def cmd_heads(args) -> int:
+    from attention_influence.influence.heads import rank_heads
+    from attention_influence.influence.probes import build_probes, extract_sentences
+
+    lm = load_from_args(args)
     sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
     probes = build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed)
     t0 = time.perf_counter()
@@ -226,6 +232,89 @@ def cmd_proxy_train(args) -> int:
     return 0
 
 
+def cmd_score_steps(args) -> int:
+    """AIR step and sample scores of one SFT shard (Parquet or JSON lines)."""
+    from attention_influence.influence.heads import head_set_id
+    from attention_influence.post_training.sft import SFTFormat
+    from attention_influence.post_training.steps import score_sft_shard
+    from attention_influence.shards.job import _load_heads
+
+    heads, meta = _load_heads(args.heads)
+    fmt = SFTFormat.from_fields(args)
+    lm = load_from_args(args)
+    hsid = meta.get("head_set_id") or head_set_id(lm.identity, heads)
+    summary = score_sft_shard(
+        lm,
+        args.input,
+        args.output,
+        heads,
+        hsid,
+        fmt,
+        args.max_samples or None,
+        args.batch_tokens,
+        progress=_progress("scoring samples", "token"),
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_sft_study(args) -> int:
+    """The proxy fine-tune on the output of `score-steps`: select, weight, train every arm x loss x seed,
+    log to MLflow, print the arm x loss table and the verdicts."""
+    import polars as pl
+
+    from attention_influence.evaluation.tasks import read_gsm8k, sample
+    from attention_influence.evaluation.tracking import ensure_experiment, prepare_store
+    from attention_influence.influence.models import load_model
+    from attention_influence.post_training.finetune import finetune_profile
+    from attention_influence.post_training.report import run_sft_evaluation
+    from attention_influence.post_training.selection import select_samples
+    from attention_influence.post_training.weights import StepWeighting, weighted_samples
+
+    steps_path = Path(args.steps)
+    samples = pl.read_parquet(steps_path.with_name(steps_path.name.replace(".steps.", ".samples.")))
+    steps = pl.read_parquet(steps_path)
+    samples = samples.filter(pl.col("error").is_null())
+    table = weighted_samples(
+        select_samples(samples, args.top_frac), steps, StepWeighting(args.temperature, args.w_min, args.w_max)
+    )
+    given = {"seeds": args.seeds, "max_steps": args.max_steps, "eval_items": args.eval_items}
+    overrides = {k: v for k, v in given.items() if v}
+    profile = finetune_profile(args.profile, **overrides)
+    items = sample(read_gsm8k(args.gsm8k_test), profile.eval_items, 0, "sft-finetune")
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=model_cache_from_env())
+    import mlflow
+
+    prepare_store(args.mlflow)
+    experiment = ensure_experiment(mlflow.MlflowClient(args.mlflow), "attention-influence-sft")
+    result = run_sft_evaluation(
+        lm.model,
+        lm.tokenizer,
+        table,
+        steps,
+        items,
+        profile,
+        args.mlflow,
+        experiment,
+        args.out,
+        params={"steps": str(steps_path), "samples": table.height, "top_frac": args.top_frac},
+        run_name=f"sft_study {args.profile}",
+    )
+    print(result.table)
+    print(f"untuned gsm8k_gold_nll {result.base_nll:.4f}")
+    print("\n".join(result.verdicts))
+    return 0
+
+
+def add_sft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--step-rule", default="lines", choices=["lines", "blank_lines"])
+    p.add_argument("--max-tokens", type=int, default=512, help="rendered samples are cut here")
+    p.add_argument("--messages-column", default="messages")
+    p.add_argument("--prompt-column", default="question")
+    p.add_argument("--response-column", default="answer")
+    p.add_argument("--id-column", default="id")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attention-influence", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,6 +441,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=0, help="training steps (0: the profile's)")
     p.add_argument("--out", required=True, help="output folder (trainer state, model/)")
     p.set_defaults(func=cmd_proxy_train)
+
+    p = sub.add_parser(
+        "score-steps", help="AIR step and sample scores of an SFT shard (Parquet / JSON lines)"
+    )
+    add_model_args(p)
+    p.add_argument("--heads", required=True, help="heads.json from `heads`, or a JSON list of [layer, head]")
+    p.add_argument("--input", required=True, help="SFT shard: messages column, or prompt/response columns")
+    p.add_argument(
+        "--output", required=True, help="step table (Parquet); samples, quarantine, JSON beside it"
+    )
+    p.add_argument("--max-samples", type=int, default=0, help="only the first N rows (0: all)")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch")
+    add_sft_args(p)
+    p.set_defaults(func=cmd_score_steps)
+
+    p = sub.add_parser("sft-study", help="proxy fine-tune arms (air/random/all x plain/weighted) on STEPS")
+    p.add_argument("--steps", required=True, help="the step table of `score-steps`")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype", default="auto", help="of the frozen layers (the trained top layers are float32)"
+    )
+    p.add_argument("--profile", default="study", help="demo | study | gpu (post_training.finetune)")
+    p.add_argument("--seeds", type=int, default=0, help="seeds (0: the profile's)")
+    p.add_argument("--max-steps", type=int, default=0, help="training steps per run (0: the profile's)")
+    p.add_argument("--eval-items", type=int, default=0, help="GSM8K test items (0: the profile's)")
+    p.add_argument("--top-frac", type=float, default=0.2)
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--w-min", type=float, default=0.25)
+    p.add_argument("--w-max", type=float, default=4.0)
+    p.add_argument(
+        "--gsm8k-test",
+        default=str(Path(__file__).resolve().parents[1].parent / "shared/eval/gsm8k/test.jsonl"),
+    )
+    p.add_argument("--mlflow", required=True, help="MLflow tracking URI, e.g. sqlite:///work/mlflow.db")
+    p.add_argument("--out", required=True, help="folder for figures, tables and trainer state")
+    p.set_defaults(func=cmd_sft_study)
 
     p = sub.add_parser("prepare-model", help="convert/cache a model once (the default GGUF -> safetensors)")
     p.add_argument("--model", default=DEFAULT_MODEL)

@@ -28,6 +28,11 @@ The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN
 AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS,
 AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS (training steps per run; see
 `attention_influence.training.proxy`).
+Post-training data (AIR, `SFTSettings`): AI_SFT_INPUT (SFT shard glob; unset: the demo's GSM8K shard under
+the work dir), AI_SFT_MAX_SAMPLES, AI_SFT_MAX_TOKENS, AI_SFT_STEP_RULE (lines | blank_lines), AI_SFT_TOP_FRAC,
+AI_SFT_SELECT_BY (score | step_score_mean | step_score_max), AI_SFT_SELECT_WITHIN (a column, e.g. source),
+AI_SFT_WEIGHT_TEMPERATURE, AI_SFT_WEIGHT_MIN, AI_SFT_WEIGHT_MAX, AI_SFT_FINETUNE (demo | study | gpu),
+AI_SFT_MESSAGES_COLUMN, AI_SFT_PROMPT_COLUMN, AI_SFT_RESPONSE_COLUMN, AI_SFT_ID_COLUMN, AI_SFT_SOURCE_COLUMN.
 """
 
 from __future__ import annotations
@@ -195,6 +200,53 @@ def k8s_pod_from_env(env: Mapping[str, str]) -> K8sPod:
 
 
 @dataclass(frozen=True)
+class SFTSettings:
+    """The post-training group (`attention_influence.post_training`); env names in SFT_ENV."""
+
+    input: str = ""  # SFT shard glob; "" : the demo shard (`post_training.sft_demo`) under the work dir
+    max_samples: int = 100  # rows read per shard (the demo: 100 GSM8K training solutions, ~19K tokens)
+    max_tokens: int = 512  # a rendered sample is cut here (what is cut is reported)
+    step_rule: str = "lines"
+    top_frac: float = 0.2
+    select_by: str = "score"
+    select_within: str = ""
+    weight_temperature: float = 0.1
+    weight_min: float = 0.25
+    weight_max: float = 4.0
+    finetune: str = "demo"  # proxy fine-tune profile (post_training.finetune.FINETUNE_PROFILES)
+    messages_column: str = "messages"
+    prompt_column: str = "question"
+    response_column: str = "answer"
+    id_column: str = "id"
+    source_column: str = ""
+
+
+SFT_ENV = {f"AI_SFT_{name.upper()}": name for name in SFTSettings.__dataclass_fields__}
+SFT_ENV["AI_SFT_FINETUNE"] = "finetune"
+
+
+def sft_from_env(env: Mapping[str, str]) -> SFTSettings:
+    default, overrides = SFTSettings(), {}
+    for var, name in SFT_ENV.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        kind = type(getattr(default, name))
+        try:
+            value = kind(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{var}={raw!r} is not a valid {kind.__name__}") from exc
+        if (
+            kind in (int, float)
+            and (value < 0 or (value == 0 and name != "weight_min"))
+            or (name == "top_frac" and value > 1)
+        ):
+            raise SettingsError(f"{var}={raw!r} is out of range")
+        overrides[name] = value
+    return replace(default, **overrides)
+
+
+@dataclass(frozen=True)
 class Settings:
     corpus: str  # shard glob / folder / file / URI
     corpus_is_demo: bool  # AI_CORPUS unset: the embedded demo corpus under the work dir
@@ -213,10 +265,16 @@ class Settings:
     eval_dir: Path = DEFAULT_EVAL_DIR
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL
     k8s: K8sPod = field(default_factory=lambda: K8sPod())
+    sft: SFTSettings = field(default_factory=SFTSettings)
 
 
 def demo_corpus_glob(workdir: Path) -> str:
     return str(workdir / "demo_corpus" / "*" / "*.parquet")
+
+
+def sft_input_glob(settings: Settings) -> str:
+    """AI_SFT_INPUT, else the demo's SFT shard folder under the work dir (`post_training.sft_demo`)."""
+    return settings.sft.input or str(settings.workdir / "sft_input" / "*.jsonl")
 
 
 def default_mlflow_uri(workdir: Path) -> str:
@@ -247,6 +305,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         eval_dir=_path(env, "AI_EVAL_DIR", DEFAULT_EVAL_DIR),
         mlflow_ui_url=env.get("AI_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
         k8s=k8s_pod_from_env(env),
+        sft=sft_from_env(env),
     )
 
 

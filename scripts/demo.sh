@@ -18,6 +18,11 @@ if [ -z "${AI_CORPUS:-}" ]; then
   "$PY" -m attention_influence.demo_corpus --out "$AI_WORKDIR/demo_corpus"
 fi
 
+if [ -z "${AI_SFT_INPUT:-}" ]; then
+  echo "== AI_SFT_INPUT unset: writing the demo's SFT shard (GSM8K train solutions) to $AI_WORKDIR/sft_input"
+  "$PY" -m attention_influence.post_training.sft_demo --out "$AI_WORKDIR/sft_input" --samples "${AI_SFT_MAX_SAMPLES:-100}"
+fi
+
 echo "== materializing the selection graph (profile $AI_PROFILE, DAGSTER_HOME=$DAGSTER_HOME)"
 if [ "${AI_DEMO_CLI:-0}" = "1" ]; then
   run() { "$DAGSTER" job execute -m ai_assets.definitions -j "$@"; }
@@ -30,6 +35,16 @@ with dg.DagsterInstance.get() as i: print("\n".join(sorted(i.get_dynamic_partiti
     run score_shards --tags "{\"dagster/partition\": \"$key\"}"
   done
   run select_and_evaluate
+  for key in $("$PY" -c 'import dagster as dg
+from ai_assets.definitions import build_resources
+from ai_assets.sft_partitions import register_sft_shards
+from attention_influence.settings import load_settings
+with dg.DagsterInstance.get() as i:
+    register_sft_shards(i, build_resources(load_settings())["post_training"].shards())
+    print("\n".join(sorted(i.get_dynamic_partitions("sft_shards"))))'); do
+    run score_sft_shards --tags "{\"dagster/partition\": \"$key\"}"
+  done
+  run select_post_training
 else
   "$PY" -m ai_assets.materialize
 fi

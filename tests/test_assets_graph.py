@@ -80,8 +80,9 @@ def test_definitions_load():
         "selection_evaluation",
     ]
     training = ["pretraining_manifest", "mixed_corpus", "proxy_pretraining"]
-    assert set(chain) | set(training) | {"selector_model", "corpus_shard"} == keys
-    for links in (chain, training):
+    post = ["retrieval_heads", "sft_step_scores", "sft_selection", "sft_training_set", "sft_evaluation"]
+    assert set(chain) | set(training) | set(post) | {"selector_model", "corpus_shard"} == keys
+    for links in (chain, training, post):
         for upstream, downstream in zip(links, links[1:], strict=False):
             assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
     for key in chain:
@@ -91,7 +92,11 @@ def test_definitions_load():
     assert scores.op.pool == "gpu"
     for key in ["domain_cut", "pretraining_manifest", "selection_evaluation"]:
         assert graph.get(dg.AssetKey(key)).automation_condition is not None
-    assert {s.name for s in defs.sensors} == {"corpus_shard_sensor", "selection_automation"}
+    assert {s.name for s in defs.sensors} == {
+        "corpus_shard_sensor",
+        "selection_automation",
+        "sft_shard_sensor",
+    }
     assert set(defs.resources) >= {"model", "corpus", "profile", "workdir", "duckdb", "mlflow"}
 
 

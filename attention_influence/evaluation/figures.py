@@ -15,6 +15,7 @@ import polars as pl  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 DPI = 110
+MAX_POSITION = 8  # step positions from here on are pooled in `step_position_figure`
 
 
 def _save(fig, path: Path) -> Path:
@@ -150,3 +151,33 @@ def mirror_chart(summary: pl.DataFrame, path: Path) -> Path:
     )
     fig.tight_layout()
     return _save(fig, path)
+
+
+def step_position_figure(steps: pl.DataFrame, path: str | Path, title: str = "") -> Path:
+    """AIR step scores by position in the response: a box per position (positions >= MAX_POSITION pooled)
+    and the median of the final steps (GSM8K's `#### answer` line)."""
+    s = steps.filter(pl.col("score").is_finite()).with_columns(
+        pl.min_horizontal(pl.col("step"), pl.lit(MAX_POSITION)).alias("pos"),
+        (pl.col("step") == pl.col("n_steps") - 1).alias("last"),
+    )
+    positions = sorted(s["pos"].unique().to_list())
+    data = [s.filter(pl.col("pos") == p)["score"].to_numpy() for p in positions]
+    labels = [f"{p}+" if p == MAX_POSITION else str(p) for p in positions]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if data:
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(labels) + 1), labels)
+        last = s.filter("last")["score"].to_numpy()
+        ax.axhline(
+            float(np.median(last)) if len(last) else 0.0,
+            ls="--",
+            lw=0.8,
+            c="tab:red",
+            label="median of final steps (the #### answer line)",
+        )
+        ax.legend(fontsize=7)
+    ax.axhline(0.0, lw=0.5, c="k")
+    ax.set_xlabel("step position in the response (0 = first)")
+    ax.set_ylabel("step score (L_ref - L_base) / L_base")
+    ax.set_title(title or f"AIR step scores by position ({s.height} steps)", fontsize=9)
+    return _save(fig, Path(path))

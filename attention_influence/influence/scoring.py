@@ -131,15 +131,17 @@ def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
     return batch_tokens_for_memory(free, lm.config, lm.dtype, max_tokens)
 
 
-def token_nll_sums(
+def token_nlls(
     lm_head: torch.nn.Module,
     hidden: torch.Tensor,
     ids: torch.Tensor,
     lengths: torch.Tensor | None,
     packed: Packed | None = None,
-) -> torch.Tensor:
-    """Sum of next-token NLL per row, in float32, over real tokens only: (B, T, C) -> (B,). With `packed`
-    (B = 1): per piece, (1, N, C) -> (P,), and no loss crosses from one piece into the next."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Next-token NLL of every real predicting position, float32: (B, T, C) -> (N,), with the row (or, with
+    `packed`, the piece) of each position (N,) and the number of rows B (pieces P). Positions come row after
+    row, in order: row b contributes lengths[b] - 1 values (token t + 1 predicted from tokens 0..t); with
+    `packed` no loss crosses from one piece into the next."""
     B, T, _ = hidden.shape
     if packed is None:
         valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
@@ -155,7 +157,25 @@ def token_nll_sums(
     for i in range(0, h.shape[0], step):
         logits = lm_head(h[i : i + step]).float()  # (n, V)
         nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
+    return nll, rows, B
+
+
+def token_nll_sums(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    packed: Packed | None = None,
+) -> torch.Tensor:
+    """Sum of next-token NLL per row, in float32, over real tokens only: (B, T, C) -> (B,). With `packed`
+    (B = 1): per piece, (1, N, C) -> (P,)."""
+    nll, rows, B = token_nlls(lm_head, hidden, ids, lengths, packed)
     return torch.zeros(B, dtype=torch.float32, device=ids.device).index_add_(0, rows, nll)
+
+
+def token_losses_or_sums(per_token: bool, *args) -> torch.Tensor:
+    """`token_nlls`' flat (N,) losses with per_token, else `token_nll_sums`' (B,)."""
+    return token_nlls(*args)[0] if per_token else token_nll_sums(*args)
 
 
 def decoder_parts(model: torch.nn.Module):
@@ -215,16 +235,18 @@ def pair_nll(
     masked: dict[int, torch.Tensor],
     compile: bool = False,
     packed: Packed | None = None,
+    per_token: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL sums per row for the base and the masked model: (B, T) -> (B,), (B,); with `packed`, per piece of
-    the one packed row: (1, N) -> (P,), (P,)."""
+    the one packed row: (1, N) -> (P,), (P,). With `per_token`, every predicting position's NLL instead, row
+    after row (`token_nlls`): (N,), (N,)."""
     model = lm.model
     control = enable_head_masking(model)
     inner = decoder_parts(model)
     if inner is None:  # generic path: two full forwards through the attention interface
         if packed is not None:
             raise ValueError(f"packed batches need a Llama-family decoder, not {type(model).__name__}")
-        return generic_pair_nll(model, control, ids, lengths, masked)
+        return generic_pair_nll(model, control, ids, lengths, masked, per_token)
     n_layers = len(inner.layers)
     first = min(masked) if masked else n_layers
     pos = packed.pos if packed is not None else torch.arange(ids.shape[1], device=ids.device)[None, :]
@@ -241,7 +263,7 @@ def pair_nll(
                 if first < n_layers
                 else x
             )
-            out.append(token_nll_sums(model.lm_head, inner.norm(h), ids, lengths, packed))
+            out.append(token_losses_or_sums(per_token, model.lm_head, inner.norm(h), ids, lengths, packed))
             del h
     finally:
         control.masked = previous
@@ -249,7 +271,7 @@ def pair_nll(
 
 
 @torch.inference_mode()
-def generic_pair_nll(model, control, ids, lengths, masked):
+def generic_pair_nll(model, control, ids, lengths, masked, per_token=False):
     attn = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()
     head = model.get_output_embeddings()
     previous, out = control.masked, []
@@ -257,7 +279,7 @@ def generic_pair_nll(model, control, ids, lengths, masked):
         for heads in ({}, masked):
             control.masked = heads
             hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-            out.append(token_nll_sums(head, hidden, ids, lengths))
+            out.append(token_losses_or_sums(per_token, head, hidden, ids, lengths))
     finally:
         control.masked = previous
     return out[0], out[1]
@@ -329,6 +351,88 @@ def use_packing(lm: LoadedModel, packed: bool | None, compile: bool = False) -> 
     return packed
 
 
+def pair_runs(
+    lm: LoadedModel,
+    pieces: list[Piece],
+    masked: dict[int, torch.Tensor],
+    batch_tokens: int,
+    max_tokens: int,
+    failed: dict[int, str],
+    progress: Progress = None,
+    compile: bool = False,
+    packed: bool | None = None,
+    per_token: bool = False,
+) -> Iterator[tuple[list[Piece], torch.Tensor, torch.Tensor]]:
+    """(pieces, base, reference) per batch that ran: `pair_nll` over length buckets (or packed rows), a batch
+    that runs out of memory split in halves (`split_on_oom`, a piece that fails alone marked in `failed`)."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    packing = use_packing(lm, packed, compile)
+
+    extra = {"per_token": True} if per_token else {}  # the document path calls pair_nll as it always did
+
+    def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
+        if packing:
+            ids, rows = pack_batch(batch, lm.device)  # (1, N)
+            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows, **extra)
+        ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T)
+        return pair_nll(lm, ids, lengths, masked, compile=compile, **extra)
+
+    batches = (
+        pack_batches(pieces, max(batch_tokens, max_tokens))
+        if packing
+        else length_buckets(pieces, max(batch_tokens, max_tokens))
+    )
+    done, total = 0, sum(len(p.ids) for p in pieces)
+    for batch in batches:
+        for part, (nll_base, nll_ref) in split_on_oom(run, batch, failed, lm.device):
+            yield part, nll_base, nll_ref
+        done += sum(len(p.ids) for p in batch)
+        if progress:
+            progress(done, total)
+
+
+@dataclass
+class TokenLosses:
+    """Per-token next-token NLL of each sequence: base[i][t] is the loss of token t + 1 given tokens 0..t."""
+
+    base: list[np.ndarray | None]  # (T_i - 1,) float64 per sequence; None where it failed or has < 2 tokens
+    ref: list[np.ndarray | None]  # the same with the heads masked
+    failed: dict[int, str] = field(default_factory=dict)  # sequence index -> why it has no losses
+
+
+def score_token_losses(
+    lm: LoadedModel,
+    token_lists: list[list[int]],
+    heads: Iterable,
+    batch_tokens: int | None = 8192,
+    progress: Progress = None,
+    compile: bool = False,
+    packed: bool | None = None,
+) -> TokenLosses:
+    """Every token's loss under the base and the head-masked model, one base and one masked forward per
+    sequence over the whole sequence (no truncation here: the caller cuts to its budget). The same batching,
+    masking and out-of-memory handling as `score_tokens`; what post-training step scores are made of."""
+    pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
+    masked = heads_by_layer(pairs, lm.device)
+    longest = max((len(t) for t in token_lists), default=2)
+    pieces = [Piece(i, list(ids)) for i, ids in enumerate(token_lists) if len(ids) >= 2]
+    if batch_tokens is None or batch_tokens <= 0:
+        batch_tokens = auto_batch_tokens(lm, longest)
+    n = len(token_lists)
+    out = TokenLosses(base=[None] * n, ref=[None] * n)
+    runs = pair_runs(
+        lm, pieces, masked, batch_tokens, longest, out.failed, progress, compile, packed, per_token=True
+    )
+    for part, nll_base, nll_ref in runs:
+        sizes = [len(p.ids) - 1 for p in part]
+        for p, b, r in zip(
+            part, nll_base.double().cpu().split(sizes), nll_ref.double().cpu().split(sizes), strict=True
+        ):
+            out.base[p.doc] = b.numpy()
+            out.ref[p.doc] = b.numpy().copy() if not pairs else r.numpy()
+    return out
+
+
 def score_tokens(
     lm: LoadedModel,
     token_lists: list[list[int]],
@@ -354,31 +458,14 @@ def score_tokens(
     pieces, n_tokens = split_pieces(token_lists, max_tokens, windows)
     if batch_tokens is None or batch_tokens <= 0:
         batch_tokens = auto_batch_tokens(lm, max_tokens)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    packing = use_packing(lm, packed, compile)
-
-    def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        if packing:
-            ids, rows = pack_batch(batch, lm.device)  # (1, N)
-            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows)
-        ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T)
-        return pair_nll(lm, ids, lengths, masked, compile=compile)
-
-    batches = (
-        pack_batches(pieces, max(batch_tokens, max_tokens))
-        if packing
-        else length_buckets(pieces, max(batch_tokens, max_tokens))
-    )
-    done, total, failed = 0, sum(len(p.ids) for p in pieces), {}
     order, sums_base, sums_ref = [], [], []  # per-piece results stay on the device until the end
-    for batch in batches:
-        for part, (nll_base, nll_ref) in split_on_oom(run, batch, failed, lm.device):
-            order.extend(part)
-            sums_base.append(nll_base)
-            sums_ref.append(nll_ref)
-        done += sum(len(p.ids) for p in batch)
-        if progress:
-            progress(done, total)
+    failed: dict[int, str] = {}
+    for part, nll_base, nll_ref in pair_runs(
+        lm, pieces, masked, batch_tokens, max_tokens, failed, progress, compile, packed
+    ):
+        order.extend(part)
+        sums_base.append(nll_base)
+        sums_ref.append(nll_ref)
     n = len(token_lists)
     base, ref, predicted = np.zeros(n), np.zeros(n), np.zeros(n)
     if order:

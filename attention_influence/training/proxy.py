@@ -206,6 +206,34 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def training_arguments(out_dir, profile, seed: int, weight_decay: float, logging_steps: int, **extra):
+    """The Trainer settings every proxy run shares (cosine schedule, clipping at 1, no checkpoints, the seed
+    for initialization and data order); `profile` has max_steps, batch_size, grad_accum, learning_rate,
+    warmup_steps and bf16. Also used by the post-training fine-tune."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(Path(out_dir) / "trainer"),
+        max_steps=profile.max_steps,
+        per_device_train_batch_size=profile.batch_size,
+        gradient_accumulation_steps=profile.grad_accum,
+        learning_rate=profile.learning_rate,
+        warmup_steps=profile.warmup_steps,
+        lr_scheduler_type="cosine",
+        weight_decay=weight_decay,
+        max_grad_norm=1.0,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=profile.bf16,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **extra,
+    )
+
+
 def train_proxy(
     blocks: torch.Tensor,
     tokenizer,
@@ -216,7 +244,7 @@ def train_proxy(
 ):
     """A Llama initialized from `seed` and trained with transformers' Trainer for profile.max_steps steps on
     `blocks` (cycled; shuffled with `seed`); returns (model, [(step, loss), ...])."""
-    from transformers import LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import LlamaForCausalLM, Trainer, TrainerCallback, set_seed
 
     set_seed(seed)
     model = LlamaForCausalLM(proxy_config(tokenizer, profile))
@@ -230,25 +258,8 @@ def train_proxy(
             if on_log and logs:
                 on_log(state.global_step, logs)
 
-    args = TrainingArguments(
-        output_dir=str(Path(out_dir) / "trainer"),
-        max_steps=profile.max_steps,
-        per_device_train_batch_size=profile.batch_size,
-        gradient_accumulation_steps=profile.grad_accum,
-        learning_rate=profile.learning_rate,
-        warmup_steps=profile.warmup_steps,
-        lr_scheduler_type="cosine",
-        weight_decay=profile.weight_decay,
-        max_grad_norm=1.0,
-        logging_steps=profile.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        bf16=profile.bf16,
-        dataloader_drop_last=True,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
+    args = training_arguments(
+        out_dir, profile, seed, profile.weight_decay, profile.logging_steps, dataloader_drop_last=True
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=Blocks(blocks), data_collator=collate, callbacks=[Curve()]

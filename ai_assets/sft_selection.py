@@ -1,0 +1,71 @@
+"""`sft_selection`: the top fraction of SFT samples by AIR sample score, over every scored shard."""
+
+import dagster as dg
+
+from ai_assets.metadata import markdown_table, version_hash
+from ai_assets.sft_partitions import SFT_PARTITIONS
+from ai_assets.sft_step_scores import sft_scores_dir, sft_step_scores
+from attention_influence.io.atomic import atomic_write_parquet
+from resources import PostTraining, Workdir
+
+CODE_VERSION = "1"
+
+
+def read_scored(context, workdir: Workdir, kind: str):
+    """The `kind` table (samples or steps) of every registered SFT partition, with its shard key."""
+    import polars as pl
+
+    frames = []
+    for key in sorted(context.instance.get_dynamic_partitions(SFT_PARTITIONS)):
+        path = sft_scores_dir(workdir) / f"{key}.{kind}.parquet"
+        if not workdir.pull(path).exists():  # pull: pods that share outputs through AI_OUTPUT_URI
+            raise dg.Failure(f"{path} does not exist: materialize sft_step_scores[{key}] first")
+        frames.append(pl.read_parquet(path).with_columns(pl.lit(key).alias("shard")))
+    if not frames:
+        raise dg.Failure("no SFT shards are registered (AI_SFT_INPUT; the sft_shard_sensor registers them)")
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def selection_path(workdir: Workdir):
+    return workdir.inside("sft", "selection.parquet")
+
+
+@dg.asset(
+    deps=[sft_step_scores],
+    code_version=CODE_VERSION,
+    group_name="post_training",
+    kinds={"parquet"},
+    description="Sample-level AIR selection: the top AI_SFT_TOP_FRAC of samples by AI_SFT_SELECT_BY, "
+    "globally or within AI_SFT_SELECT_WITHIN; one row per scored sample with rank and selected.",
+)
+def sft_selection(
+    context: dg.AssetExecutionContext, post_training: PostTraining, workdir: Workdir
+) -> dg.MaterializeResult:
+    from attention_influence.post_training.selection import select_samples
+
+    samples = read_scored(context, workdir, "samples")
+    try:
+        ranked = select_samples(
+            samples, post_training.top_frac, post_training.select_by, post_training.select_within
+        )
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    table = ranked.select(
+        "id", "shard", "source", "score", "step_score_mean", "step_score_max", "rank", "selected"
+    )
+    atomic_write_parquet(table, selection_path(workdir))
+    n_sel = int(table["selected"].sum())
+    return dg.MaterializeResult(
+        metadata={
+            "samples": table.height,
+            "selected": n_sel,
+            "top_frac": post_training.top_frac,
+            "select_by": post_training.select_by,
+            "select_within": post_training.select_within or "(global)",
+            "path": dg.MetadataValue.path(str(selection_path(workdir))),
+            "top": dg.MetadataValue.md(markdown_table(table.sort("rank").head(5).drop("source").to_dicts())),
+        },
+        data_version=dg.DataVersion(
+            version_hash(ids=table.filter("selected")["id"].to_list(), code=CODE_VERSION)
+        ),
+    )
