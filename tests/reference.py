@@ -39,6 +39,11 @@ def rope_theta(cfg) -> float:
 
 def reference_losses(model, ids: list[int], heads=()) -> float:
     """Mean next-token NLL of one sequence, float64, with `heads` [(layer, head)] masked uniformly."""
+    return float(reference_token_nll(model, ids, heads).mean())
+
+
+def reference_token_nll(model, ids: list[int], heads=()) -> torch.Tensor:
+    """(T-1,) next-token NLL of each target token of one sequence, float64, `heads` masked uniformly."""
     cfg = model.config
     sd = {k: v.detach().to(torch.float64) for k, v in model.state_dict().items()}
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -79,7 +84,7 @@ def reference_losses(model, ids: list[int], heads=()) -> float:
     logits = x @ head.T  # (T, V)
     logp = torch.log_softmax(logits[:-1], dim=-1)
     tgt = torch.tensor(ids[1:])
-    return float(-logp[torch.arange(T - 1), tgt].mean())
+    return -logp[torch.arange(T - 1), tgt]
 
 
 def reference_score(model, ids, heads):
