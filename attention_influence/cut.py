@@ -225,8 +225,7 @@ def quality_view(
         for name, var in ((column, setting), (id_column, "AI_ID_COLUMN")):
             if name not in rel.columns:
                 raise CutPolicyError(
-                    f"{var}={name!r}: shard {key} ({uri}) has no such column; "
-                    f"it has {', '.join(rel.columns)}"
+                    f"{var}={name!r}: shard {key} ({uri}) has no such column; it has {', '.join(rel.columns)}"
                 )
         rels.append(
             rel.select(
