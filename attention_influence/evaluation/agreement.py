@@ -287,3 +287,36 @@ def extremes_markdown(
 
 def _num(v) -> str:
     return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def control_scores(
+    lm,
+    heads: Sequence[Sequence[int]],
+    sample: pl.DataFrame,
+    draws: int,
+    max_tokens: int | None,
+    batch_tokens: int = 8192,
+    windows: bool = False,
+    seed: int = 0,
+    log=None,
+) -> tuple[pl.DataFrame, list[list[tuple[int, int]]]]:
+    """`sample` (id, domain, text, loss_base) with `random_heads_<d>` for each draw d: the score with as many
+    random non-retrieval heads masked (seed + d), from one masked forward per document and the sample's own
+    base losses. Returns the frame and the head sets drawn."""
+    from attention_influence.influence.scoring import score_tokens, tokenize
+    from attention_influence.shards.job import clip_long_texts
+
+    max_tokens = max_tokens or lm.max_context
+    texts = sample.get_column("text").to_list()
+    token_lists = tokenize(lm, texts if windows else clip_long_texts(texts, lm.tokenizer, max_tokens))
+    base = sample.get_column("loss_base").to_numpy()
+    out, drawn = sample, []
+    for d in range(draws):
+        control = random_control_heads(lm.num_layers, lm.num_heads, heads, seed + d)
+        drawn.append(control)
+        s = score_tokens(lm, token_lists, control, max_tokens, batch_tokens, windows, base=False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = out.with_columns(pl.Series(f"{CONTROL_PREFIX}{d}", (s.loss_ref - base) / base))
+        if log:
+            log(f"random-heads control {d + 1}/{draws}: {sample.height} documents, heads {control}")
+    return out, drawn
