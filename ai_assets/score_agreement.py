@@ -24,18 +24,6 @@ from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
 CODE_VERSION = "1"
 CONTROL_SEED = 0
 GATE_PCT = 50.0  # the base-loss gate shown next to the plain score (AI_GATE_BASE_LOSS_PCT when that is set)
-SHOWN = [
-    "domain",
-    "quality",
-    "metric",
-    "predictor",
-    "value",
-    "low",
-    "high",
-    "n",
-    "top_precision",
-    "base_rate",
-]
 
 
 def scored_documents(corpus: Corpus, workdir: Workdir, shards: list[dict], quality: list[str]):
@@ -157,8 +145,12 @@ def score_agreement(
         run_id = run.info.run_id
     return dg.MaterializeResult(
         metadata={
-            "agreement": dg.MetadataValue.md(markdown_table(everything.select(SHOWN).to_dicts())),
-            "random_heads_control": dg.MetadataValue.md(markdown_table(control.select(SHOWN).to_dicts())),
+            "agreement": dg.MetadataValue.md(
+                markdown_table(everything.select(ag.SUMMARY_COLUMNS).to_dicts())
+            ),
+            "random_heads_control": dg.MetadataValue.md(
+                markdown_table(control.select(ag.SUMMARY_COLUMNS).to_dicts())
+            ),
             "feature_correlations": dg.MetadataValue.md(markdown_table(features.to_dicts())),
             "top_and_bottom": dg.MetadataValue.md(extremes),
             "quality_columns": dg.MetadataValue.json(quality),

@@ -28,6 +28,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention_influence.evaluation.agreement import (  # noqa: E402
+    SUMMARY_COLUMNS,
     agreement_table,
     base_loss_gate,
     extremes_markdown,
@@ -114,22 +115,7 @@ def analyze(args) -> None:
     ]
     agree = agreement_table(frame, ["edu_score"], [n for n in names if n in with_predictors(frame).columns])
     report["agreement"] = agree.to_dicts()
-    print(
-        table_text(
-            agree.select(
-                "domain",
-                "predictor",
-                "value",
-                "low",
-                "high",
-                "n",
-                "top_precision",
-                "top_precision_low",
-                "top_precision_high",
-                "base_rate",
-            )
-        )
-    )
+    print(table_text(agree.select(*SUMMARY_COLUMNS, "top_precision_low", "top_precision_high")))
     for pct in gates:  # within the gated documents only (the "lower-perplexity half")
         inside = agreement_table(frame.filter(base_loss_gate(pct)), ["edu_score"], ["score", "score_norep"])
         report[f"within_gate_p{pct:g}"] = inside.to_dicts()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import random
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 
@@ -23,23 +23,23 @@ FRAC = 0.2
 def corpus(tmp_path):
     """Two shards of score tables (ties in score and base loss, a duplicate id, a NaN score) and their
     corpus files (edu_score with nulls and a NaN)."""
-    rng = random.Random(11)
-    rows = []
-    for d, n in DOMAINS.items():
-        for i in range(n):
-            rows.append(
-                {
-                    "id": f"{d}{i:02d}",
-                    "domain": d,
-                    "score": round(rng.uniform(-0.2, 0.4), 2),
-                    "loss_base": round(rng.uniform(1.0, 4.0), 1),  # one decimal: ties
-                    "n_tokens": rng.randint(5, 300),
-                    "edu_score": None if i % 6 == 2 else round(rng.uniform(0, 5), 1),
-                }
-            )
-    rows[5]["edu_score"] = float("nan")
-    shards = {"s0": rows[::2], "s1": rows[1::2] + [dict(rows[0], score=0.99, loss_base=0.5)]}
-    shards["s1"].append(
+    rng = np.random.default_rng(11)
+    ids = [f"{d}{i:02d}" for d, k in DOMAINS.items() for i in range(k)]
+    n, row = len(ids), pl.int_range(pl.len())
+    docs = pl.DataFrame(
+        {
+            "id": ids,
+            "domain": [i[0] for i in ids],
+            "score": rng.uniform(-0.2, 0.4, n).round(2),
+            "loss_base": rng.uniform(1.0, 4.0, n).round(1),  # one decimal: ties
+            "n_tokens": rng.integers(5, 300, n),
+            "edu_score": rng.uniform(0, 5, n).round(1),
+        }
+    ).with_columns(
+        edu_score=pl.when(row % 6 == 2).then(None).when(row == 5).then(float("nan")).otherwise("edu_score")
+    )
+    later = [
+        dict(docs.row(0, named=True), score=0.99, loss_base=0.5),  # the same id in the second shard
         {
             "id": "nan0",
             "domain": "a",
@@ -47,26 +47,23 @@ def corpus(tmp_path):
             "loss_base": 0.1,
             "n_tokens": 9,
             "edu_score": 5.0,
-        }
-    )
+        },
+    ]
+    shards = {
+        "s0": docs.gather_every(2),
+        "s1": pl.concat([docs.gather_every(2, 1), pl.DataFrame(later, docs.schema)]),
+    }
     files, sources = [], []
-    for key, part in shards.items():
-        df = pl.DataFrame(part, schema_overrides={"edu_score": pl.Float64})
-        score_file, corpus_file = tmp_path / f"{key}.parquet", tmp_path / f"corpus_{key}.parquet"
-        df.select(
-            "id",
-            "domain",
-            "n_tokens",
-            "loss_base",
-            (pl.col("loss_base") * (1 + pl.col("score"))).alias("loss_ref"),
-            "score",
-            pl.lit("h1").alias("head_set_id"),
-            pl.lit(key).alias("shard"),
-            pl.lit("m").alias("model"),
-        ).write_parquet(score_file)
-        df.select("id", pl.lit("text").alias("text"), "edu_score").write_parquet(corpus_file)
-        files.append(str(score_file))
-        sources.append((key, str(corpus_file)))
+    for key, df in shards.items():
+        files.append(str(tmp_path / f"{key}.parquet"))
+        sources.append((key, str(tmp_path / f"corpus_{key}.parquet")))
+        df.drop("edu_score").with_columns(
+            loss_ref=pl.col("loss_base") * (1 + pl.col("score")),
+            head_set_id=pl.lit("h1"),
+            shard=pl.lit(key),
+            model=pl.lit("m"),
+        ).write_parquet(files[-1])
+        df.select("id", "edu_score", text=pl.lit("text")).write_parquet(sources[-1][1])
     return files, sources
 
 

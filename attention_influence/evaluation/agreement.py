@@ -47,35 +47,54 @@ def random_control_heads(
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based; ties share their mean rank)."""
+    """Average ranks along the last axis (1-based; ties share their mean rank)."""
     from scipy.stats import rankdata
 
-    return rankdata(x, method="average")
+    return rankdata(x, method="average", axis=-1)
+
+
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman of each row pair: (B, n), (B, n) -> (B,); NaN where a row is constant."""
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
+    denom = np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, (rx * ry).sum(-1) / denom, np.nan)
+
+
+def auc_rows(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row pair: (B, n), (B, n) bool -> (B,); NaN where a row lacks a class."""
+    label = np.asarray(label, dtype=bool)
+    n1 = label.sum(-1).astype(np.float64)
+    n0 = label.shape[-1] - n1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = ((ranks(pred) * label).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of average ranks; NaN when either side is constant."""
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    return float(spearman_rows(np.asarray(x, np.float64)[None], np.asarray(y, np.float64)[None])[0])
 
 
 def roc_auc(pred: np.ndarray, label: np.ndarray) -> float:
     """P(pred of a positive > pred of a negative), ties counted half (Mann-Whitney); NaN without both."""
-    label = np.asarray(label, dtype=bool)
-    n1, n0 = int(label.sum()), int((~label).sum())
-    if not n1 or not n0:
-        return float("nan")
-    return float((ranks(pred)[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float(auc_rows(np.asarray(pred, np.float64)[None], np.asarray(label, bool)[None])[0])
+
+
+ROWS = {spearman: spearman_rows, roc_auc: auc_rows}
 
 
 def bootstrap(stat, x: np.ndarray, y: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, ...]:
-    """(stat(x, y), low, high): percentile interval over documents resampled with replacement (resamples
-    where the statistic is undefined, e.g. one class only, are left out)."""
+    """(stat(x, y), low, high) for stat `spearman` or `roc_auc`: percentile interval over documents
+    resampled with replacement, all resamples at once (those where the statistic is undefined, e.g. one
+    class only, are left out)."""
+    x, y = np.asarray(x), np.asarray(y)
     value = stat(x, y)
+    if not len(x):
+        return value, float("nan"), float("nan")
     idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))  # (n_boot, n)
-    draws = np.array([stat(x[i], y[i]) for i in idx])
+    draws = ROWS[stat](x[idx], y[idx])  # (n_boot,)
     draws = draws[np.isfinite(draws)]
     if not draws.size:
         return value, float("nan"), float("nan")
@@ -185,6 +204,17 @@ def agreement_table(
     return pl.DataFrame(rows, schema=AGREEMENT_SCHEMA)
 
 
+SUMMARY_COLUMNS = [
+    "domain",
+    "quality",
+    "predictor",
+    "value",
+    "low",
+    "high",
+    "n",
+    "top_precision",
+    "base_rate",
+]
 AGREEMENT_SCHEMA = {
     "domain": pl.String,
     "quality": pl.String,
