@@ -185,3 +185,16 @@ def test_a_gate_column_missing_from_a_shard_names_the_setting_and_file(tmp_path,
     files, sources = corpus
     with pytest.raises(CutPolicyError, match=r"AI_GATE_COLUMN='label'.*corpus_s0"):
         run(tmp_path, files, sources, gate_column="label", gate_min=1.0)
+
+
+def test_cli_cut_with_a_gate_equals_the_library(tmp_path, corpus, capsys):
+    from attention_influence.cli import main
+
+    files, sources = corpus
+    lib = run(tmp_path, files, sources, "lib", gate_base_loss_pct=30.0)
+    assert (
+        main(["cut", "--scores", *files, "--out", str(tmp_path / "cli"), "--gate-base-loss-pct", "30"]) == 0
+    )
+    cli = pl.read_parquet(tmp_path / "cli" / "cut.parquet")
+    assert cli.equals(pl.read_parquet(lib.cut_path))
+    assert "gated_out" in capsys.readouterr().out
