@@ -80,7 +80,9 @@ def score(args) -> None:
                 pl.Series(f"random_heads_{d}", (c.loss_ref - s.loss_base) / s.loss_base, dtype=pl.Float64)
             )
             seconds.append(time.time() - t0 - sum(seconds))
-        frame = frame.with_columns(*chunk.select("edu_score", "text").get_columns(), pl.lit(k).alias("chunk"))
+        frame = frame.with_columns(
+            *chunk.select("edu_score", "source", "text").get_columns(), pl.lit(k).alias("chunk")
+        )
         frame.write_parquet(path)
         last = time.time() - t0
         print(
@@ -95,14 +97,39 @@ def table_text(df: pl.DataFrame) -> str:
         return str(df)
 
 
+def structure_residual(frame: pl.DataFrame) -> pl.DataFrame:
+    """`score_resid`: per domain, the score's rank minus its least-squares fit on the ranks of the three
+    structure features (repeat3_share, repeated_line_share, markup_share): the score with the part the
+    structure features explain taken out."""
+    parts = []
+    for domain in sorted(frame["domain"].unique().to_list()):
+        d = frame.filter(pl.col("domain") == domain)
+        cols = ["score", "repeat3_share", "repeated_line_share", "markup_share"]
+        r = d.select(pl.col(c).rank("average") / d.height for c in cols).to_numpy()  # (n, 4)
+        x = np.column_stack([np.ones(d.height), r[:, 1:]])
+        beta, *_ = np.linalg.lstsq(x, r[:, 0], rcond=None)
+        parts.append(d.with_columns(pl.Series("score_resid", r[:, 0] - x @ beta)))
+    return pl.concat(parts)
+
+
 def analyze(args) -> None:
     root = Path(args.out)
     frames = [pl.read_parquet(p) for p in sorted(root.glob("*/chunk-*.parquet"))]
     frame = pl.concat(frames, how="diagonal_relaxed")
     report: dict = {"documents": frame.group_by("domain").len().sort("domain").to_dicts()}
     gates = [float(g) for g in args.gate_pct.split(",")]
-    for pct in gates:
-        frame = gated_predictor(gated_predictor(frame, pct), pct, "score_norep")
+    frame = with_predictors(frame)
+    for pct in gates:  # the gate alone, then what ranks inside it: the score, its variants, the control
+        for column in ("score", "score_norep", "random_heads_mean", "neg_loss_base"):
+            frame = gated_predictor(frame, pct, column) if column in frame.columns else frame
+    frame = structure_residual(frame).with_columns(  # rank average of the score and the perplexity baseline
+        fused_ppl=(pl.col("score").rank().over("domain") + (-pl.col("loss_base")).rank().over("domain")) / 2
+    )
+    if "source" in frame.columns:  # each source of a domain on its own too (their labels differ in kind)
+        by_source = frame.filter(pl.col("source").is_not_null()).with_columns(
+            pl.format("{}:{}", "domain", pl.col("source").str.split(" ").list.first()).alias("domain")
+        )
+        frame = pl.concat([frame, by_source])
     names = [
         "score",
         "random_heads_0",
@@ -111,7 +138,13 @@ def analyze(args) -> None:
         "neg_loss_base",
         "n_tokens",
         "score_norep",
-        *[f"gated_{c}_p{p:g}" for p in gates for c in ("score", "score_norep")],
+        "score_resid",
+        "fused_ppl",
+        *[
+            f"gated_{c}_p{p:g}"
+            for p in gates
+            for c in ("score", "score_norep", "random_heads_mean", "neg_loss_base")
+        ],
     ]
     agree = agreement_table(frame, ["edu_score"], [n for n in names if n in with_predictors(frame).columns])
     report["agreement"] = agree.to_dicts()
@@ -125,7 +158,9 @@ def analyze(args) -> None:
     report["features"] = feats.to_dicts()
     print(table_text(feats))
     (root / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    (root / "extremes.md").write_text(extremes_markdown(frame, ["edu_score"]))
+    (root / "extremes.md").write_text(
+        extremes_markdown(frame.filter(~pl.col("domain").str.contains(":")), ["edu_score"])
+    )
     print(f"wrote {root / 'report.json'} and {root / 'extremes.md'}")
 
 
