@@ -12,6 +12,7 @@ score with each structure feature, and the top and bottom five documents per dom
 the tables as artifacts and the values as metrics.
 """
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -86,7 +87,7 @@ def score_agreement(
     extra = [c for c in ("score_norep", f"gated_score_p{pct:g}") if c in frame.columns]
     frac = float(profile.domain_top_frac)
     everything = ag.agreement_table(frame, quality, ["score", "neg_loss_base", "n_tokens", *extra], frac)
-    sample = ag.control_sample(frame, profile.control_docs, CONTROL_SEED)
+    sample = ag.control_sample(frame.filter(pl.col("text").is_not_null()), profile.control_docs, CONTROL_SEED)
     drawn = []
     if quality and sample.height and profile.control_draws > 0:  # without labels a control says nothing
         sample, drawn = ag.control_scores(
@@ -139,7 +140,7 @@ def score_agreement(
             for r in features.iter_rows(named=True)
             if r["spearman"] == r["spearman"]
         }
-        mlflow_lib.log_metrics({k.replace(" ", "_"): float(v) for k, v in metrics.items()})
+        mlflow_lib.log_metrics({re.sub(r"[^\w\-./]", "_", k): float(v) for k, v in metrics.items()})
         for path in sorted(Path(out).iterdir()):
             mlflow_lib.log_artifact(str(path), artifact_path="agreement")
         run_id = run.info.run_id
