@@ -207,6 +207,7 @@ def agreement_table(
 SUMMARY_COLUMNS = [
     "domain",
     "quality",
+    "metric",
     "predictor",
     "value",
     "low",
