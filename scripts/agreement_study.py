@@ -17,6 +17,7 @@ the feature correlations and the same for the gated configuration, and writes th
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 import time
@@ -164,6 +165,33 @@ def analyze(args) -> None:
     print(f"wrote {root / 'report.json'} and {root / 'extremes.md'}")
 
 
+def text_features_of_scores(args) -> None:
+    """For score tables made without the feature columns (e.g. by an older run): the features that need no
+    losses (repeat3_share, repeated_line_share, markup_share) recomputed from the text's first --doc-tokens
+    tokens, and their Spearman with the table's score per domain (repeat3_gap_share needs the losses)."""
+    from attention_influence.influence.models import load_model
+    from attention_influence.influence.structure import repeat3_flags, text_features
+    from attention_influence.shards.job import clip_long_texts
+
+    lm = load_model(args.model)
+    scores = pl.concat([pl.read_parquet(f) for f in sorted(glob.glob(args.scores))], how="diagonal_relaxed")
+    texts = []
+    for shard in scores["shard"].unique().sort().to_list():
+        domain, name = shard.split("__", 1)
+        texts.append(pl.read_parquet(Path(args.corpus, domain, f"{name}.parquet")).select("id", "text"))
+    frame = scores.join(pl.concat(texts).unique("id"), on="id", how="left")
+    clipped = clip_long_texts(frame["text"].to_list(), lm.tokenizer, args.doc_tokens)
+    ids = [i[: args.doc_tokens] for i in lm.tokenizer(clipped, add_special_tokens=True).input_ids]
+    share = [float(repeat3_flags(i)[1:].mean()) if len(i) > 1 else float("nan") for i in ids]
+    feats = text_features(lm.tokenizer.batch_decode(ids, skip_special_tokens=True))
+    frame = frame.with_columns(
+        pl.Series("repeat3_share", share), *[pl.Series(k, v) for k, v in feats.items()]
+    )
+    table = feature_correlations(frame, ["repeat3_share", "repeated_line_share", "markup_share", "n_tokens"])
+    print(table_text(table))
+    Path(args.out).write_text(json.dumps(table.to_dicts(), indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,8 +213,14 @@ def main() -> None:
     a = sub.add_parser("analyze")
     a.add_argument("--out", required=True)
     a.add_argument("--gate-pct", default="30,50", help="comma-separated base-loss gate percentiles")
+    f = sub.add_parser("features")
+    f.add_argument("--scores", required=True, help="glob of score tables")
+    f.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared/corpus/sample"))
+    f.add_argument("--model", default="smollm2-135m")
+    f.add_argument("--doc-tokens", type=int, default=128)
+    f.add_argument("--out", required=True)
     args = ap.parse_args()
-    score(args) if args.cmd == "score" else analyze(args)
+    {"score": score, "analyze": analyze, "features": text_features_of_scores}[args.cmd](args)
 
 
 if __name__ == "__main__":
