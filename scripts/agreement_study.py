@@ -58,10 +58,13 @@ def score(args) -> None:
     lm = load_model(args.model)
     out = Path(args.out) / args.domain
     out.mkdir(parents=True, exist_ok=True)
-    n_chunks = min(args.chunks, -(-docs.height // args.chunk_docs))
+    order = order[args.skip_docs :]  # a continuation in smaller chunks: the permutation from there on
+    n_chunks = min(args.chunks, -(-len(order) // args.chunk_docs))
     last = 0.0
     for k in range(n_chunks):
-        path = out / f"chunk-{k:03d}.parquet"
+        path = out / (
+            f"chunk-{k:03d}.parquet" if not args.skip_docs else f"chunk-{args.skip_docs}+{k:03d}.parquet"
+        )
         if path.exists():
             continue
         t0 = time.time()
@@ -207,6 +210,7 @@ def main() -> None:
     s.add_argument("--doc-tokens", type=int, default=1024)
     s.add_argument("--batch-tokens", type=int, default=8192)
     s.add_argument("--draws", type=int, default=2)
+    s.add_argument("--skip-docs", type=int, default=0, help="start this far into the permutation")
     s.add_argument(
         "--stop-at", type=float, default=0.0, help="unix time: no chunk is started that would end later"
     )
