@@ -1,7 +1,7 @@
 """The Dagster code location: the selection graph, its sensors and resources configured from the environment.
 
     selector_model, corpus_shard (observed)
-      -> retrieval_probe_set -> retrieval_heads -> document_scores[shard] -> domain_cut
+      -> retrieval_probe_set -> retrieval_heads -> document_scores[shard] -> domain_cut -> score_agreement
       -> pretraining_manifest -> selection_evaluation
                               -> mixed_corpus -> proxy_pretraining
     retrieval_heads -> sft_step_scores[sft shard] -> sft_selection -> sft_training_set -> sft_evaluation
@@ -23,6 +23,7 @@ from ai_assets.pretraining_manifest import pretraining_manifest
 from ai_assets.proxy_pretraining import proxy_pretraining
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.retrieval_probe_set import retrieval_probe_set
+from ai_assets.score_agreement import score_agreement
 from ai_assets.selection_evaluation import selection_evaluation
 from ai_assets.selector_model import selector_model
 from ai_assets.sensors import corpus_shard_sensor
@@ -43,6 +44,7 @@ ASSETS = [
     domain_cut,
     pretraining_manifest,
     selection_evaluation,
+    score_agreement,
     mixed_corpus,
     proxy_pretraining,
     sft_step_scores,

@@ -23,7 +23,7 @@ from resources import Corpus, SelectionProfile, SelectorModel, Workdir
 
 GPU_POOL = "gpu"  # the concurrency pool scoring steps share: `dagster instance concurrency set gpu <N GPUs>`
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: structure feature columns (repeat3_share, ..., score_norep)
 STAGED_DOMAIN = "__ai_domain__"
 
 

@@ -41,6 +41,18 @@ def scored_shards(instance: dg.DagsterInstance, workdir: Workdir) -> tuple[list[
     return scored, unscored
 
 
+def gate_metadata(policy, summary) -> dict:
+    """The quality gate and its gated-out counts per domain (gated-out documents stay in the base copy)."""
+    if not policy.gate:
+        return {}
+    rows = summary.select("domain", "documents", "gated_out", "gate_passed", "selected").to_dicts()
+    return {
+        "gate": dg.MetadataValue.json(policy.describe()["gate"]),
+        "gated_out_by_domain": dg.MetadataValue.md(markdown_table(rows)),
+        "gated_out": int(summary["gated_out"].sum()),
+    }
+
+
 @dg.asset(
     deps=[document_scores],
     automation_condition=dg.AutomationCondition.eager(),
@@ -82,7 +94,8 @@ def domain_cut(
     files = [str(workdir.score_path(s["key"])) for s in shards]
     provenance = {"asset": "domain_cut", **cut_provenance(heads_doc, shards, frac, profile.name, policy)}
     provenance["code_versions"]["domain_cut"] = CODE_VERSION
-    quality_sources = [(s["key"], s["uri"]) for s in shards] if policy.name == "fused" else []
+    reads_corpus = policy.name == "fused" or policy.gate_column
+    quality_sources = [(s["key"], s["uri"]) for s in shards] if reads_corpus else []
     try:
         with duckdb.connect() as con:
             cut = run_cut(
@@ -130,6 +143,7 @@ def domain_cut(
             "cut_policy": policy.name,
             "cut_rule": policy.describe()["rule"],
             **({"fusion": dg.MetadataValue.json(policy.describe())} if policy.name == "fused" else {}),
+            **gate_metadata(policy, summary),
             "excluded": dg.MetadataValue.md(markdown_table([{"reason": r, "rows": n} for r, n in excluded])),
             "shards": dg.MetadataValue.json([s["key"] for s in shards]),
             "shards_not_scored": dg.MetadataValue.json(unscored),

@@ -34,6 +34,7 @@ SELECT_ASSETS = (
     "domain_cut",
     "pretraining_manifest",
     "selection_evaluation",
+    "score_agreement",
     "mixed_corpus",
     "proxy_pretraining",
 )

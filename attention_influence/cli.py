@@ -138,10 +138,16 @@ def cmd_cut(args) -> int:
     from attention_influence.io.corpus import list_shards
 
     files = expand_score_files(args.scores)
-    policy = CutPolicy(args.policy, args.fusion_column, args.fusion_weight)
-    sources = (
-        [(s.key, s.uri) for s in list_shards(args.corpus)] if policy.name == "fused" and args.corpus else []
+    policy = CutPolicy(
+        args.policy,
+        args.fusion_column,
+        args.fusion_weight,
+        args.gate_column,
+        args.gate_min,
+        args.gate_base_loss_pct,
     )
+    reads_corpus = policy.name == "fused" or policy.gate_column
+    sources = [(s.key, s.uri) for s in list_shards(args.corpus)] if reads_corpus and args.corpus else []
     try:
         result = cut_score_files(
             files,
@@ -366,8 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fusion-weight", type=float, default=0.5, help="fused: weight of the quality rank, [0, 1]"
     )
-    p.add_argument("--corpus", default="", help="fused: the corpus shards (glob/folder) holding that column")
-    p.add_argument("--id-column", default="id", help="fused: the corpus id column")
+    p.add_argument("--gate-column", default="", help="quality gate: rank only documents with this column...")
+    p.add_argument("--gate-min", type=float, default=None, help="...at least this value (e.g. edu_score 3)")
+    p.add_argument(
+        "--gate-base-loss-pct", type=float, default=None, help="gate: rank only the lowest P%% base loss"
+    )
+    p.add_argument("--corpus", default="", help="fused/gate: the corpus shards (glob/folder) with the column")
+    p.add_argument("--id-column", default="id", help="fused/gate: the corpus id column")
     p.set_defaults(func=cmd_cut)
 
     p = sub.add_parser("audit", help="what produced a manifest or cut file: model, heads, probes, shards")

@@ -10,6 +10,14 @@ Four policies (`CutPolicy`, AI_CUT_POLICY), with their ranking statements in `sq
 - `fused`: within-domain rank average of the score and a corpus quality column such as `edu_score`
   (AI_FUSION_COLUMN, AI_FUSION_WEIGHT; documents without a value rank last on quality).
 
+Any policy can run behind a quality gate (`domain_cut_gate_quality`: a corpus column AI_GATE_COLUMN at least
+AI_GATE_MIN; or `domain_cut_gate_base_loss`: base loss among the lowest AI_GATE_BASE_LOSS_PCT percent of the
+domain): only the documents that pass are ranked, k is still computed from every eligible document of the
+domain (capped by how many pass), and the gated-out documents stay eligible, so the manifest keeps them in its
+base copy; the cut table then has `gated_out` and `gate_value`, the summary `gated_out` and `gate_passed`.
+The score rewards repeated structure (templated pages) on raw web text; a gate is meant for such corpora
+(README, "What the score measures").
+
 Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (nearest integer, halves up; 100
 documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
 several shards is ranked once (in the first shard by the score table's `shard` column) and its other copies
@@ -27,6 +35,7 @@ the `attention-influence cut` command calls `cut_score_files`.
 from __future__ import annotations
 
 import glob
+import math
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +44,7 @@ from pathlib import Path
 from attention_influence.audit import write_parquet_with_provenance
 from attention_influence.io.sql import load_sql
 
-CODE_VERSION = "1"
+CODE_VERSION = "1"  # the quality gate is in the policy record; an ungated cut is unchanged
 ROUNDING = "k = floor(n * frac + 0.5) per domain (nearest integer, halves up); ties broken by id"
 CUT_FILE = "cut.parquet"
 CUT_SUMMARY_FILE = "cut_by_domain.parquet"
@@ -98,6 +107,9 @@ class CutPolicy:
     fusion_weight: float = (
         0.5  # AI_FUSION_WEIGHT / SelectionProfile.fusion_weight: weight of the quality rank
     )
+    gate_column: str = ""  # AI_GATE_COLUMN / SelectionProfile.gate_column: corpus quality column to gate on
+    gate_min: float | None = None  # AI_GATE_MIN / SelectionProfile.gate_min: pass when the column >= this
+    gate_base_loss_pct: float | None = None  # AI_GATE_BASE_LOSS_PCT: pass within the lowest P% base loss
 
     def __post_init__(self):
         if self.name not in POLICIES:
@@ -115,6 +127,44 @@ class CutPolicy:
                 "AI_FUSION_WEIGHT (SelectionProfile.fusion_weight) must be in [0, 1], "
                 f"got {self.fusion_weight}"
             )
+        self._check_gate()
+
+    def _check_gate(self) -> None:
+        column, low, pct = self.gate_column, self.gate_min, self.gate_base_loss_pct
+        if column and low is None:
+            raise CutPolicyError(
+                f"AI_GATE_COLUMN={column!r} needs AI_GATE_MIN (SelectionProfile.gate_min), the lowest "
+                "quality value that passes the gate"
+            )
+        if low is not None and not column:
+            raise CutPolicyError(
+                f"AI_GATE_MIN={low} needs AI_GATE_COLUMN (SelectionProfile.gate_column), the corpus quality "
+                "column to gate on, e.g. edu_score"
+            )
+        if low is not None and not math.isfinite(float(low)):
+            raise CutPolicyError(
+                f"AI_GATE_MIN (SelectionProfile.gate_min) must be a finite number, got {low}"
+            )
+        if column and pct is not None:
+            raise CutPolicyError(
+                "AI_GATE_COLUMN and AI_GATE_BASE_LOSS_PCT (SelectionProfile.gate_column, "
+                "gate_base_loss_pct) are two gates: set one of them"
+            )
+        if pct is not None and not 0.0 < float(pct) <= 100.0:
+            raise CutPolicyError(
+                f"AI_GATE_BASE_LOSS_PCT (SelectionProfile.gate_base_loss_pct) must be in (0, 100], got {pct}"
+            )
+
+    @property
+    def gate(self) -> str | None:
+        """The gate statement, or None without a gate."""
+        if self.gate_column:
+            return "domain_cut_gate_quality"
+        return "domain_cut_gate_base_loss" if self.gate_base_loss_pct is not None else None
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == "docs" and self.gate is None
 
     @property
     def statement(self) -> str:
@@ -125,6 +175,21 @@ class CutPolicy:
         out = {"name": self.name, "rule": POLICY_RULES[self.name]}
         if self.name == "fused":
             out.update(fusion_column=self.fusion_column, fusion_weight=float(self.fusion_weight))
+        if self.gate_column:
+            out["gate"] = {
+                "column": self.gate_column,
+                "min": float(self.gate_min),
+                "rule": f"only documents with {self.gate_column} >= {self.gate_min} are ranked (no value: "
+                "gated out); k from every eligible document, capped by those that pass; gated-out "
+                "documents stay in the manifest's base copy",
+            }
+        elif self.gate_base_loss_pct is not None:
+            out["gate"] = {
+                "base_loss_pct": float(self.gate_base_loss_pct),
+                "rule": "only documents whose base-loss rank in their domain (lowest first, ties: id) is at "
+                f"most floor(n * {self.gate_base_loss_pct:g} / 100 + 0.5) are ranked; k from every eligible "
+                "document, capped by those that pass; gated-out documents stay in the manifest's base copy",
+            }
         return out
 
 
@@ -138,22 +203,29 @@ def check_frac(frac: float) -> float:
     return frac
 
 
-def quality_view(con, sources: Sequence[tuple[str, str]], column: str, id_column: str = "id") -> None:
-    """DuckDB view `cut_quality(shard, id, quality)` over the corpus shards [(shard key, uri)] for the fused
-    cut. Column names are identifiers, not values, so they go through DuckDB's expression API (quoted), never
-    into SQL text; a shard without the column is an error naming the setting and the file."""
+def quality_view(
+    con,
+    sources: Sequence[tuple[str, str]],
+    column: str,
+    id_column: str = "id",
+    setting: str = "AI_FUSION_COLUMN",
+    view: str = "cut_quality",
+) -> None:
+    """DuckDB view `cut_quality(shard, id, quality)` (or `view`) over the corpus shards [(shard key, uri)]
+    for the fused cut and the quality gate (`setting` names the column's variable in errors). Column names
+    are identifiers, not values, so they go through DuckDB's expression API (quoted), never into SQL text; a
+    shard without the column is an error naming the setting and the file."""
     import duckdb
 
     if not sources:
-        raise CutPolicyError("AI_CUT_POLICY=fused: no corpus shards to read AI_FUSION_COLUMN from")
+        raise CutPolicyError(f"{setting}={column!r}: no corpus shards to read the column from")
     rels = []
     for key, uri in sources:
         rel = con.read_parquet(str(uri))
-        for name, setting in ((column, "AI_FUSION_COLUMN"), (id_column, "AI_ID_COLUMN")):
+        for name, var in ((column, setting), (id_column, "AI_ID_COLUMN")):
             if name not in rel.columns:
                 raise CutPolicyError(
-                    f"{setting}={name!r}: shard {key} ({uri}) has no such column; "
-                    f"it has {', '.join(rel.columns)}"
+                    f"{var}={name!r}: shard {key} ({uri}) has no such column; it has {', '.join(rel.columns)}"
                 )
         rels.append(
             rel.select(
@@ -165,7 +237,7 @@ def quality_view(con, sources: Sequence[tuple[str, str]], column: str, id_column
     union = rels[0]
     for rel in rels[1:]:
         union = union.union(rel)
-    union.create_view("cut_quality", replace=True)
+    union.create_view(view, replace=True)
 
 
 def run_statement(con, name: str, params: dict | list | None = None):
@@ -195,8 +267,17 @@ def create_cut_table(
         quality_view(con, quality_sources, policy.fusion_column, id_column)
         params["weight"] = float(policy.fusion_weight)
     run_statement(con, "domain_cut_scores", {"files": [str(f) for f in files]})
+    if policy.gate_column:
+        quality_view(
+            con, quality_sources, policy.gate_column, id_column, "AI_GATE_COLUMN", "cut_gate_quality"
+        )
+        run_statement(con, policy.gate, {"min": float(policy.gate_min)})
+    elif policy.gate:
+        run_statement(con, policy.gate, {"pct": float(policy.gate_base_loss_pct)})
     run_statement(con, policy.statement, params)
     run_statement(con, "domain_cut")
+    if policy.gate:
+        run_statement(con, "domain_cut_gate_columns")
 
 
 def run_cut(
@@ -218,6 +299,9 @@ def run_cut(
     frac = check_frac(frac)
     create_cut_table(con, files, frac, policy, quality_sources, id_column)
     summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
+    if policy.gate:
+        gate = pl.from_arrow(query_statement(con, "domain_cut_gate_summary").to_arrow_table())
+        summary = summary.join(gate, on="domain", how="left")
     rows = query_statement(con, "domain_cut_rows").to_arrow_reader()
     write_parquet_with_provenance(rows, Path(cut_path), provenance)
     write_parquet_with_provenance(summary, Path(summary_path), provenance)
@@ -254,8 +338,8 @@ def cut_provenance(
 
 
 def policy_record(policy: CutPolicy) -> dict:
-    """{"cut_policy": ...} for provenance and data versions; empty for the default `docs` policy."""
-    return {} if policy.name == "docs" else {"cut_policy": policy.describe()}
+    """{"cut_policy": ...} for provenance and data versions; empty for the default `docs` policy, ungated."""
+    return {} if policy.is_default else {"cut_policy": policy.describe()}
 
 
 def expand_score_files(patterns: Iterable[str]) -> list[str]:

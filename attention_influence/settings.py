@@ -23,11 +23,13 @@ run can override it. Environment variables:
 Each profile knob is overridable by its own variable (see PROFILE_ENV): AI_N_PROBES, AI_PROBE_TOKENS,
 AI_DOC_TOKENS, AI_WINDOWS, AI_MAX_DOCS, AI_HEAD_TOP_FRAC, AI_DOMAIN_TOP_FRAC, AI_PROBE_SEED, AI_BATCH_TOKENS,
 AI_CHECKPOINT_EVERY. `0` or `none` for AI_DOC_TOKENS / AI_MAX_DOCS means "no limit".
-The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN, AI_FUSION_WEIGHT (see
-`attention_influence.cut.CutPolicy`). The training data and the proxy runs: AI_MIX_ROWS_PER_FILE,
-AI_MIX_SHUFFLE_SEED (`none`: no shuffle), AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS,
-AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS (training steps per run; see
-`attention_influence.training.proxy`).
+The cut policy: AI_CUT_POLICY (docs | tokens | global | fused), AI_FUSION_COLUMN, AI_FUSION_WEIGHT, and a
+quality gate before it: AI_GATE_COLUMN with AI_GATE_MIN, or AI_GATE_BASE_LOSS_PCT (see
+`attention_influence.cut.CutPolicy`). The agreement evaluation: AI_QUALITY_COLUMNS (comma-separated, default
+edu_score), AI_CONTROL_DOCS (documents per domain for the random-heads control), AI_CONTROL_DRAWS. The
+training data and the proxy runs: AI_MIX_ROWS_PER_FILE, AI_MIX_SHUFFLE_SEED (`none`: no shuffle),
+AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS, AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS
+(training steps per run; see `attention_influence.training.proxy`).
 Post-training data (AIR, `SFTSettings`): AI_SFT_INPUT (SFT shard glob; unset: the demo's GSM8K shard under
 the work dir), AI_SFT_MAX_SAMPLES, AI_SFT_MAX_TOKENS, AI_SFT_STEP_RULE (lines | blank_lines), AI_SFT_TOP_FRAC,
 AI_SFT_SELECT_BY (score | step_score_mean | step_score_max), AI_SFT_SELECT_WITHIN (a column, e.g. source),
@@ -66,6 +68,12 @@ class Profile:
     cut_policy: str = "docs"  # docs | tokens | global | fused (attention_influence.cut.CutPolicy)
     fusion_column: str = ""  # corpus quality column fused with the score (fused policy), e.g. edu_score
     fusion_weight: float = 0.5  # weight of the quality rank in the fused rank, in [0, 1]
+    gate_column: str = ""  # quality gate: corpus column a document needs >= gate_min of to be ranked
+    gate_min: float | None = None
+    gate_base_loss_pct: float | None = None  # or: only the lowest P% base loss of each domain is ranked
+    quality_columns: str = "edu_score"  # agreement evaluation: corpus quality columns, comma-separated
+    control_docs: int = 200  # documents per domain in the random-heads control (one masked forward each)
+    control_draws: int = 3  # random head sets drawn (seeds 0..draws-1)
     mix_rows_per_file: int = 50_000  # rows per mixed-corpus Parquet file
     mix_shuffle_seed: int | None = 0  # seeded shuffle of the mixed corpus; None: manifest order
     proxy_profile: str = "cpu"  # proxy pretraining size (attention_influence.training.proxy.PROXY_PROFILES)
@@ -84,6 +92,8 @@ PROFILES: dict[str, Profile] = {
         max_docs_per_shard=100,
         head_top_frac=0.05,
         domain_top_frac=0.2,
+        control_docs=16,  # the demo's control: 16 documents x 4 domains x 1 draw, a few seconds on a CPU
+        control_draws=1,
     ),
     # the paper's setting (section 4 / appendix A): GPU-sized
     "paper": Profile(
@@ -112,6 +122,12 @@ PROFILE_ENV = {
     "cut_policy": "AI_CUT_POLICY",
     "fusion_column": "AI_FUSION_COLUMN",
     "fusion_weight": "AI_FUSION_WEIGHT",
+    "gate_column": "AI_GATE_COLUMN",
+    "gate_min": "AI_GATE_MIN",
+    "gate_base_loss_pct": "AI_GATE_BASE_LOSS_PCT",
+    "quality_columns": "AI_QUALITY_COLUMNS",
+    "control_docs": "AI_CONTROL_DOCS",
+    "control_draws": "AI_CONTROL_DRAWS",
     "mix_rows_per_file": "AI_MIX_ROWS_PER_FILE",
     "mix_shuffle_seed": "AI_MIX_SHUFFLE_SEED",
     "proxy_profile": "AI_PROXY_PROFILE",
@@ -141,6 +157,13 @@ def _parse(name: str, raw: str, kind: str):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(raw)
             return value
+        if kind == "optional_float":
+            if raw.lower() in ("", "none", "off"):
+                return None
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(raw)
+            return value
         if kind == "optional_seed":
             return None if raw.lower() in ("", "none", "off") else int(raw)
         if kind == "optional_int":
@@ -166,9 +189,13 @@ def profile_from_env(name: str, env: Mapping[str, str]) -> Profile:
     overrides = {}
     for field_name, var in PROFILE_ENV.items():
         if env.get(var, "") != "":
-            kind = {"bool": "bool", "float": "float", "int | None": "optional_int", "str": "str"}.get(
-                kinds[field_name], "int"
-            )
+            kind = {
+                "bool": "bool",
+                "float": "float",
+                "int | None": "optional_int",
+                "float | None": "optional_float",
+                "str": "str",
+            }.get(kinds[field_name], "int")
             kind = {"fusion_weight": "weight", "mix_shuffle_seed": "optional_seed"}.get(field_name, kind)
             overrides[field_name] = _parse(var, env[var], kind)
     return replace(profile, **overrides)

@@ -62,6 +62,29 @@ class SelectionProfile(dg.ConfigurableResource):
         default=_DEMO.fusion_weight,
         description="Weight of the quality rank in the fused rank, in [0, 1] (AI_FUSION_WEIGHT).",
     )
+    gate_column: str = Field(
+        default=_DEMO.gate_column,
+        description="Quality gate (AI_GATE_COLUMN): rank only documents whose corpus column is >= gate_min.",
+    )
+    gate_min: float | None = Field(
+        default=_DEMO.gate_min, description="Quality gate threshold (AI_GATE_MIN)."
+    )
+    gate_base_loss_pct: float | None = Field(
+        default=_DEMO.gate_base_loss_pct,
+        description="Base-loss gate (AI_GATE_BASE_LOSS_PCT): rank only the lowest P% base loss per domain.",
+    )
+    quality_columns: str = Field(
+        default=_DEMO.quality_columns,
+        description="Corpus quality columns to evaluate the score against, comma-separated "
+        "(AI_QUALITY_COLUMNS).",
+    )
+    control_docs: int = Field(
+        default=_DEMO.control_docs,
+        description="Documents per domain in the random-heads control (AI_CONTROL_DOCS); 0: no control.",
+    )
+    control_draws: int = Field(
+        default=_DEMO.control_draws, description="Random head sets in the control (AI_CONTROL_DRAWS)."
+    )
     mix_rows_per_file: int = Field(
         default=_DEMO.mix_rows_per_file,
         description="Rows per mixed-corpus Parquet file (AI_MIX_ROWS_PER_FILE).",
@@ -95,13 +118,22 @@ class SelectionProfile(dg.ConfigurableResource):
         knobs = asdict(profile or PROFILES[name])
         if knobs.get("mix_shuffle_seed", 0) is None:
             knobs["mix_shuffle_seed"] = -1  # no shuffle
-        return cls(name=name, **{k: 0 if v is None else v for k, v in knobs.items()}, **fields)
+        optional = ("gate_min", "gate_base_loss_pct")  # None: no gate, not 0
+        knobs = {k: v if v is not None or k in optional else 0 for k, v in knobs.items()}
+        return cls(name=name, **knobs, **fields)
 
     def cut_policy_config(self):
         """The `CutPolicy` these fields name; a bad value is an error naming its setting."""
         from attention_influence.cut import CutPolicy
 
-        return CutPolicy(self.cut_policy, self.fusion_column, self.fusion_weight)
+        return CutPolicy(
+            self.cut_policy,
+            self.fusion_column,
+            self.fusion_weight,
+            self.gate_column,
+            self.gate_min,
+            self.gate_base_loss_pct,
+        )
 
     def scoring_knobs(self) -> dict:
         """What changes a score table besides model, heads and shard: part of its data version."""

@@ -18,12 +18,14 @@ def sentence(rng: random.Random) -> str:
 
 
 def write_shard(path: Path, domain: str | None, n_docs: int, seed: int, prefix: str) -> Path:
-    """n_docs documents of 2-8 generated sentences; without `domain` the shard has no domain column."""
+    """n_docs documents of 2-8 generated sentences with a random `edu_score` (0-5, for the agreement
+    evaluation); without `domain` the shard has no domain column."""
     rng = random.Random(seed)
     rows = {
         "id": [f"{prefix}-{i:03d}" for i in range(n_docs)],
         "text": [" ".join(sentence(rng) for _ in range(rng.randint(2, 8))) for _ in range(n_docs)],
     }
+    rows["edu_score"] = [round(rng.uniform(0, 5), 2) for _ in range(n_docs)]
     if domain is not None:
         rows["domain"] = [domain] * n_docs
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,10 @@ def test_definitions_load():
     ]
     training = ["pretraining_manifest", "mixed_corpus", "proxy_pretraining"]
     post = ["retrieval_heads", "sft_step_scores", "sft_selection", "sft_training_set", "sft_evaluation"]
-    assert set(chain) | set(training) | set(post) | {"selector_model", "corpus_shard"} == keys
+    assert (
+        set(chain) | set(training) | set(post) | {"selector_model", "corpus_shard", "score_agreement"} == keys
+    )
+    assert dg.AssetKey("domain_cut") in graph.get(dg.AssetKey("score_agreement")).parent_keys
     for links in (chain, training, post):
         for upstream, downstream in zip(links, links[1:], strict=False):
             assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
@@ -153,7 +156,7 @@ def test_whole_graph_materializes(graph, capsys):
     assert prov["head_set_id"] == heads["head_set_id"]
     assert [s["key"] for s in prov["shards"]] == keys
     report = format_report(prov)
-    assert heads_meta.metadata["heads"].value in report and "document_scores: 1" in report
+    assert heads_meta.metadata["heads"].value in report and "document_scores: 2" in report
     from attention_influence.cli import main as cli_main
 
     assert cli_main(["audit", str(work / "cut" / "cut.parquet")]) == 0
@@ -164,6 +167,18 @@ def test_whole_graph_materializes(graph, capsys):
     )
     evaluation = instance.get_latest_materialization_event(dg.AssetKey("selection_evaluation"))
     assert evaluation.asset_materialization.metadata["mlflow_run_id"].value
+    agreement = instance.get_latest_materialization_event(
+        dg.AssetKey("score_agreement")
+    ).asset_materialization
+    assert (
+        agreement.metadata["mlflow_run_id"].value
+        and "### alpha (" in agreement.metadata["top_and_bottom"].value
+    )
+    assert "| alpha | repeat3_share |" in agreement.metadata["feature_correlations"].value
+    assert "| alpha | edu_score | spearman | score |" in agreement.metadata["agreement"].value
+    assert agreement.metadata["control_documents"].value == 16 * 3  # the demo cap per domain (22 each)
+    table = pl.read_parquet(work / "agreement" / "agreement.parquet")
+    assert set(table.filter(pl.col("sample") == "control")["predictor"]) >= {"random_heads_0", "score"}
 
     # the training data: exactly the manifest's rows, each with its corpus text
     mixed = pl.read_parquet(sorted((work / "mixed").glob("mixed-*.parquet")))

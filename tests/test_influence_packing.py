@@ -91,7 +91,7 @@ def failing_forward(monkeypatch, max_rows: int, fails_alone=(), error=torch.OutO
     a piece whose first token id is in `fails_alone` (too big even alone). Returns the batch sizes seen."""
     real, sizes = scoring.pair_nll, []
 
-    def forward(lm, ids, lengths, masked, compile=False, packed=None):
+    def forward(lm, ids, lengths, masked, compile=False, packed=None, **kwargs):
         rows = packed.n if packed is not None else ids.shape[0]
         sizes.append(rows)
         first = [int(ids[0, a]) for a, _ in packed.spans] if packed is not None else ids[:, 0].tolist()
@@ -101,7 +101,7 @@ def failing_forward(monkeypatch, max_rows: int, fails_alone=(), error=torch.OutO
                 if error is not RuntimeError
                 else "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4294967296 bytes"
             )
-        return real(lm, ids, lengths, masked, compile=compile, packed=packed)
+        return real(lm, ids, lengths, masked, compile=compile, packed=packed, **kwargs)
 
     monkeypatch.setattr(scoring, "pair_nll", forward)
     return sizes

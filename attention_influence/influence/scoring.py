@@ -38,6 +38,7 @@ from attention_influence.influence.masking import (
 )
 from attention_influence.influence.models import LoadedModel
 from attention_influence.influence.packing import Packed, pack_batch, pack_batches
+from attention_influence.influence.structure import repeat3_flags, text_features
 
 Progress = Callable[[int, int], None] | None
 # float32 logits per chunk. CPU: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunk is reused
@@ -52,6 +53,7 @@ MIN_FILL = 0.85  # real tokens per padded row, at least (batches of one piece ar
 class Piece:
     doc: int  # index of the document in the input list
     ids: list[int]  # one window of token ids (>= 2 tokens)
+    flags: np.ndarray | None = None  # (len(ids),) bool: the token continues an earlier 3-gram of the document
 
 
 def tokenize(lm: LoadedModel, texts: list[str]) -> list[list[int]]:
@@ -61,18 +63,17 @@ def tokenize(lm: LoadedModel, texts: list[str]) -> list[list[int]]:
 def split_pieces(
     token_lists: list[list[int]], max_tokens: int, windows: bool
 ) -> tuple[list[Piece], np.ndarray]:
-    """Truncate (or window) each document; returns the pieces and each document's scored token count."""
+    """Truncate (or window) each document; returns the pieces and each document's scored token count. Each
+    piece carries the repeat-3-gram flags of its tokens, found over the document's scored tokens."""
     pieces, n_tokens = [], np.zeros(len(token_lists), dtype=np.int64)
     for doc, ids in enumerate(token_lists):
-        spans = (
-            [ids[i : i + max_tokens] for i in range(0, len(ids), max_tokens)]
-            if windows
-            else [ids[:max_tokens]]
-        )
-        for span in spans:
+        starts = range(0, len(ids), max_tokens) if windows else [0]
+        flags = repeat3_flags(ids if windows else ids[:max_tokens])
+        spans = [(ids[i : i + max_tokens], flags[i : i + max_tokens]) for i in starts]
+        for span, span_flags in spans:
             if len(span) >= 2:  # a window of one token predicts nothing
-                pieces.append(Piece(doc, span))
-        n_tokens[doc] = sum(len(s) for s in spans) if windows else min(len(ids), max_tokens)
+                pieces.append(Piece(doc, span, span_flags))
+        n_tokens[doc] = sum(len(s) for s, _ in spans) if windows else min(len(ids), max_tokens)
     return pieces, n_tokens
 
 
@@ -107,6 +108,14 @@ def pad_batch(batch: list[Piece], pad_id: int, device: torch.device) -> tuple[to
     return ids.to(device), lengths.to(device)
 
 
+def batch_flags(batch: list[Piece], device: torch.device, packed: bool) -> torch.Tensor:
+    """The pieces' repeat flags laid out like their ids: (B, T) right-padded with False, or (1, N) packed."""
+    rows = [torch.as_tensor(p.flags if p.flags is not None else np.zeros(len(p.ids), bool)) for p in batch]
+    if packed:
+        return torch.cat(rows)[None].to(device)  # (1, N)
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)  # (B, T)
+
+
 def batch_tokens_for_memory(
     free_bytes: int, config, dtype: torch.dtype, max_tokens: int, fraction: float = 0.5, cap: int = 2**20
 ) -> int:
@@ -137,11 +146,13 @@ def token_nlls(
     ids: torch.Tensor,
     lengths: torch.Tensor | None,
     packed: Packed | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+    flags: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
     """Next-token NLL of every real predicting position, float32: (B, T, C) -> (N,), with the row (or, with
-    `packed`, the piece) of each position (N,) and the number of rows B (pieces P). Positions come row after
-    row, in order: row b contributes lengths[b] - 1 values (token t + 1 predicted from tokens 0..t); with
-    `packed` no loss crosses from one piece into the next."""
+    `packed`, the piece) of each position (N,), the number of rows B (pieces P) and, with `flags` (bool,
+    shaped like ids), each position's target flag (N,) (else None). Positions come row after row, in order:
+    row b contributes lengths[b] - 1 values (token t + 1 predicted from tokens 0..t); with `packed` no loss
+    crosses from one piece into the next."""
     B, T, _ = hidden.shape
     if packed is None:
         valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
@@ -157,7 +168,7 @@ def token_nlls(
     for i in range(0, h.shape[0], step):
         logits = lm_head(h[i : i + step]).float()  # (n, V)
         nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
-    return nll, rows, B
+    return nll, rows, B, (flags[:, 1:][valid] if flags is not None else None)
 
 
 def token_nll_sums(
@@ -166,16 +177,22 @@ def token_nll_sums(
     ids: torch.Tensor,
     lengths: torch.Tensor | None,
     packed: Packed | None = None,
+    flags: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum of next-token NLL per row, in float32, over real tokens only: (B, T, C) -> (B,). With `packed`
-    (B = 1): per piece, (1, N, C) -> (P,)."""
-    nll, rows, B = token_nlls(lm_head, hidden, ids, lengths, packed)
-    return torch.zeros(B, dtype=torch.float32, device=ids.device).index_add_(0, rows, nll)
+    (B = 1): per piece, (1, N, C) -> (P,). With `flags` (bool, shaped like ids), also the sum over the
+    flagged target tokens: -> (2, B), [all, flagged]."""
+    nll, rows, B, target_flags = token_nlls(lm_head, hidden, ids, lengths, packed, flags)
+    sums = torch.zeros(B, dtype=torch.float32, device=ids.device).index_add_(0, rows, nll)
+    if target_flags is None:
+        return sums
+    flagged = torch.zeros(B, dtype=torch.float32, device=ids.device).index_add_(0, rows, nll * target_flags)
+    return torch.stack([sums, flagged])  # (2, B)
 
 
-def token_losses_or_sums(per_token: bool, *args) -> torch.Tensor:
-    """`token_nlls`' flat (N,) losses with per_token, else `token_nll_sums`' (B,)."""
-    return token_nlls(*args)[0] if per_token else token_nll_sums(*args)
+def token_losses_or_sums(per_token: bool, *args, flags: torch.Tensor | None = None) -> torch.Tensor:
+    """`token_nlls`' flat (N,) losses with per_token, else `token_nll_sums`' (B,) (or (2, B) with flags)."""
+    return token_nlls(*args)[0] if per_token else token_nll_sums(*args, flags=flags)
 
 
 def decoder_parts(model: torch.nn.Module):
@@ -236,17 +253,20 @@ def pair_nll(
     compile: bool = False,
     packed: Packed | None = None,
     per_token: bool = False,
+    flags: torch.Tensor | None = None,
+    base: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL sums per row for the base and the masked model: (B, T) -> (B,), (B,); with `packed`, per piece of
     the one packed row: (1, N) -> (P,), (P,). With `per_token`, every predicting position's NLL instead, row
-    after row (`token_nlls`): (N,), (N,)."""
+    after row (`token_nlls`): (N,), (N,). With `flags`, each sum is (2, B): [all, flagged] (token_nll_sums).
+    base=False skips the base pass (a control that only needs another reference): both are the reference."""
     model = lm.model
     control = enable_head_masking(model)
     inner = decoder_parts(model)
     if inner is None:  # generic path: two full forwards through the attention interface
         if packed is not None:
             raise ValueError(f"packed batches need a Llama-family decoder, not {type(model).__name__}")
-        return generic_pair_nll(model, control, ids, lengths, masked, per_token)
+        return generic_pair_nll(model, control, ids, lengths, masked, per_token, flags)
     n_layers = len(inner.layers)
     first = min(masked) if masked else n_layers
     pos = packed.pos if packed is not None else torch.arange(ids.shape[1], device=ids.device)[None, :]
@@ -257,13 +277,17 @@ def pair_nll(
         if first > 0:  # shared prefix: identical for base and reference
             x = layer_stack(inner, control, 0, first, compile)(x, pos, cos, sin, {}, packed)
         out = []
-        for heads in ({}, masked) if masked else ({},):
+        for heads in ({}, masked) if masked and base else (masked,):
             h = (
                 layer_stack(inner, control, first, n_layers, compile)(x, pos, cos, sin, heads, packed)
                 if first < n_layers
                 else x
             )
-            out.append(token_losses_or_sums(per_token, model.lm_head, inner.norm(h), ids, lengths, packed))
+            out.append(
+                token_losses_or_sums(
+                    per_token, model.lm_head, inner.norm(h), ids, lengths, packed, flags=flags
+                )
+            )
             del h
     finally:
         control.masked = previous
@@ -271,7 +295,7 @@ def pair_nll(
 
 
 @torch.inference_mode()
-def generic_pair_nll(model, control, ids, lengths, masked, per_token=False):
+def generic_pair_nll(model, control, ids, lengths, masked, per_token=False, flags=None):
     attn = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()
     head = model.get_output_embeddings()
     previous, out = control.masked, []
@@ -279,7 +303,7 @@ def generic_pair_nll(model, control, ids, lengths, masked, per_token=False):
         for heads in ({}, masked):
             control.masked = heads
             hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-            out.append(token_losses_or_sums(per_token, head, hidden, ids, lengths))
+            out.append(token_losses_or_sums(per_token, head, hidden, ids, lengths, flags=flags))
     finally:
         control.masked = previous
     return out[0], out[1]
@@ -291,6 +315,7 @@ class Scores:
     loss_base: np.ndarray  # (N,) mean NLL, base model
     loss_ref: np.ndarray  # (N,) mean NLL, heads masked
     failed: dict[int, str] = field(default_factory=dict)  # document index -> why it has no loss (NaN)
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,): FEATURE_COLUMNS
 
     @property
     def score(self) -> np.ndarray:
@@ -362,20 +387,26 @@ def pair_runs(
     compile: bool = False,
     packed: bool | None = None,
     per_token: bool = False,
+    with_flags: bool = False,
+    base: bool = True,
 ) -> Iterator[tuple[list[Piece], torch.Tensor, torch.Tensor]]:
     """(pieces, base, reference) per batch that ran: `pair_nll` over length buckets (or packed rows), a batch
-    that runs out of memory split in halves (`split_on_oom`, a piece that fails alone marked in `failed`)."""
+    that runs out of memory split in halves (`split_on_oom`, a piece that fails alone marked in `failed`).
+    per_token: every position's loss (post-training steps); with_flags: [all, repeat-3-gram] sums per piece
+    from the pieces' flags (documents); base=False: the masked pass only."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     packing = use_packing(lm, packed, compile)
-
-    extra = {"per_token": True} if per_token else {}  # the document path calls pair_nll as it always did
+    extra = {"per_token": True} if per_token else {}
+    if not base:
+        extra["base"] = False
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
+        flags = batch_flags(batch, lm.device, packing) if with_flags else None
         if packing:
             ids, rows = pack_batch(batch, lm.device)  # (1, N)
-            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows, **extra)
+            return pair_nll(lm, ids, None, masked, compile=compile, packed=rows, flags=flags, **extra)
         ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T)
-        return pair_nll(lm, ids, lengths, masked, compile=compile, **extra)
+        return pair_nll(lm, ids, lengths, masked, compile=compile, flags=flags, **extra)
 
     batches = (
         pack_batches(pieces, max(batch_tokens, max_tokens))
@@ -443,12 +474,15 @@ def score_tokens(
     progress: Progress = None,
     compile: bool = False,
     packed: bool | None = None,
+    base: bool = True,
 ) -> Scores:
     """`score_texts` on already tokenized documents (what a background worker prepares while the model runs).
 
     packed=True lays the documents end to end in rows of batch_tokens (no padding; `packing`); None packs on
     a GPU only. A batch that runs out of memory is split in halves and retried (`split_on_oom`); a document
-    that fails alone gets NaN losses and its reason in `Scores.failed`.
+    that fails alone gets NaN losses and its reason in `Scores.failed`. base=False runs the masked model only
+    (loss_base NaN): a control that reuses the base losses of another run. `Scores.features` holds the
+    structure features (`structure`) and `score_norep`, the score without the repeat-3-gram tokens.
     """
     max_tokens = max_tokens or lm.max_context
     if max_tokens < 2:
@@ -458,28 +492,64 @@ def score_tokens(
     pieces, n_tokens = split_pieces(token_lists, max_tokens, windows)
     if batch_tokens is None or batch_tokens <= 0:
         batch_tokens = auto_batch_tokens(lm, max_tokens)
-    order, sums_base, sums_ref = [], [], []  # per-piece results stay on the device until the end
     failed: dict[int, str] = {}
+    order, sums_base, sums_ref = [], [], []  # per-piece (2, P) results stay on the device until the end
     for part, nll_base, nll_ref in pair_runs(
-        lm, pieces, masked, batch_tokens, max_tokens, failed, progress, compile, packed
+        lm,
+        pieces,
+        masked,
+        batch_tokens,
+        max_tokens,
+        failed,
+        progress,
+        compile,
+        packed,
+        with_flags=True,
+        base=base,
     ):
         order.extend(part)
         sums_base.append(nll_base)
         sums_ref.append(nll_ref)
     n = len(token_lists)
-    base, ref, predicted = np.zeros(n), np.zeros(n), np.zeros(n)
+    base_sums, ref_sums, counts = np.zeros((2, n)), np.zeros((2, n)), np.zeros((2, n))  # [all, repeat3]
     if order:
         docs = np.array([p.doc for p in order])
-        np.add.at(base, docs, torch.cat(sums_base).double().cpu().numpy())
-        np.add.at(ref, docs, torch.cat(sums_ref).double().cpu().numpy())
-        np.add.at(predicted, docs, np.array([len(p.ids) - 1 for p in order]))
-    predicted[list(failed)] = 0  # a document with a piece that never fit has no loss at all
-    with np.errstate(divide="ignore", invalid="ignore"):
-        loss_base = np.where(predicted > 0, base / predicted, np.nan)
-        loss_ref = np.where(predicted > 0, ref / predicted, np.nan)
+        np.add.at(base_sums.T, docs, torch.cat(sums_base, 1).double().cpu().numpy().T)
+        np.add.at(ref_sums.T, docs, torch.cat(sums_ref, 1).double().cpu().numpy().T)
+        per_piece = np.array([[len(p.ids) - 1, int(p.flags[1:].sum())] for p in order], dtype=np.float64)
+        np.add.at(counts.T, docs, per_piece)
+    counts[:, list(failed)] = 0  # a document with a piece that never fit has no loss at all
+    if not base:
+        base_sums[:] = np.nan
     if not pairs:  # no head masked: the reference *is* the base model, exactly
-        loss_ref = loss_base.copy()
-    return Scores(n_tokens=n_tokens, loss_base=loss_base, loss_ref=loss_ref, failed=failed)
+        ref_sums = base_sums.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss_base = np.where(counts[0] > 0, base_sums[0] / counts[0], np.nan)
+        loss_ref = np.where(counts[0] > 0, ref_sums[0] / counts[0], np.nan)
+    features = loss_features(base_sums, ref_sums, counts)
+    features.update(text_features(scored_texts(lm, token_lists, max_tokens, windows)))
+    return Scores(n_tokens, loss_base, loss_ref, failed, {k: features[k] for k in FEATURE_COLUMNS})
+
+
+FEATURE_COLUMNS = ("repeat3_share", "repeat3_gap_share", "repeated_line_share", "markup_share", "score_norep")
+
+
+def loss_features(base: np.ndarray, ref: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """From NLL sums and token counts, (2, N) each as [all tokens, repeat-3-gram tokens]: the repeat share,
+    the share of the loss gap the repeat tokens carry and the score over the other tokens (`score_norep`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(counts[0] > 0, counts[1] / counts[0], np.nan)
+        gap = ref[0] - base[0]
+        gap_share = np.where((counts[0] > 0) & (gap != 0), (ref[1] - base[1]) / gap, np.nan)
+        rest_base, rest_ref = base[0] - base[1], ref[0] - ref[1]
+        norep = np.where(counts[0] - counts[1] > 0, (rest_ref - rest_base) / rest_base, np.nan)
+    return {"repeat3_share": share, "repeat3_gap_share": gap_share, "score_norep": norep}
+
+
+def scored_texts(lm: LoadedModel, token_lists: list[list[int]], max_tokens: int, windows: bool) -> list[str]:
+    """The text of the tokens each document is scored on (what the line features look at)."""
+    scored = [ids if windows else ids[:max_tokens] for ids in token_lists]
+    return lm.tokenizer.batch_decode(scored, skip_special_tokens=True)
 
 
 def score_texts(lm: LoadedModel, texts: list[str], heads: Iterable, *args, **kwargs) -> Scores:
@@ -520,6 +590,10 @@ def scores_frame(df, s: Scores, head_set_id: str, with_errors: bool = False):
         pl.Series("loss_ref", s.loss_ref, dtype=pl.Float64),
         pl.Series("score", s.score, dtype=pl.Float64),
         pl.lit(head_set_id).alias("head_set_id"),
+        *(
+            pl.Series(name, s.features.get(name, np.full(df.height, np.nan)), dtype=pl.Float64)
+            for name in FEATURE_COLUMNS
+        ),
     )
     if with_errors:
         errors = [s.failed.get(i) for i in range(df.height)]

@@ -54,7 +54,7 @@ __all__ = [  # InputError and OutputBusyError too: what the CLI catches from a j
     "score_shard",
 ]
 
-JOB_VERSION = 3  # bump when a change here alters the scores of a chunk: old part files are then discarded
+JOB_VERSION = 4  # bump when a change here alters the scores of a chunk: old part files are then discarded
 CHARS_PER_TOKEN = 64  # first character bound per kept token before tokenising a long text (grown as needed)
 CLIP_MARGIN_TOKENS = 16  # the cut text must have this many tokens beyond max_tokens: the cut is far from them
 SCORE_SCHEMA = {
@@ -65,6 +65,12 @@ SCORE_SCHEMA = {
     "loss_ref": pl.Float64,
     "score": pl.Float64,
     "head_set_id": pl.String,
+    # structure features, the score without repeat-3-gram tokens (influence.structure, scoring.loss_features)
+    "repeat3_share": pl.Float64,
+    "repeat3_gap_share": pl.Float64,
+    "repeated_line_share": pl.Float64,
+    "markup_share": pl.Float64,
+    "score_norep": pl.Float64,
 }
 
 Progress = Callable[[int, int], None] | None

@@ -1,0 +1,231 @@
+"""The closing-note measurement of issue 17: does the score agree with `edu_score` on web text?
+
+    .venv/bin/python scripts/agreement_study.py score --corpus ../shared/corpus/sample --domain web_edu \
+        --heads heads.json --out study/ [--chunks 6] [--chunk-docs 100] [--doc-tokens 1024] [--draws 2] \
+        [--stop-at UNIX_TIME]
+    .venv/bin/python scripts/agreement_study.py analyze --out study/ [--gate-pct 30,50]
+
+`score` draws a seeded permutation (numpy default_rng(--seed) over the domain's documents sorted by id) and
+scores it in chunks of --chunk-docs, in order, each chunk resumable (`study/<domain>/chunk-NNN.parquet`):
+base and masked losses with the structure features (one shared-prefix pass), then --draws random-heads
+controls (`agreement.random_control_heads`, seeds 0..draws-1: as many random non-retrieval heads masked, one
+masked forward each, the same base losses). The first K chunks are a uniform random sample of K x chunk-docs
+documents. `analyze` reads the finished chunks and prints the agreement tables (`agreement.agreement_table`),
+the feature correlations and the same for the gated configuration, and writes them as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attention_influence.evaluation.agreement import (  # noqa: E402
+    SUMMARY_COLUMNS,
+    agreement_table,
+    base_loss_gate,
+    extremes_markdown,
+    feature_correlations,
+    gated_predictor,
+    random_control_heads,
+    with_predictors,
+)
+from attention_influence.influence.structure import FEATURES  # noqa: E402
+
+
+def load_domain(corpus: str, domain: str) -> pl.DataFrame:
+    files = sorted(Path(corpus, domain).glob("*.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files]).sort("id")
+
+
+def score(args) -> None:
+    from attention_influence.influence.heads import load_head_set
+    from attention_influence.influence.models import load_model
+    from attention_influence.influence.scoring import score_tokens, scores_frame
+    from attention_influence.shards.job import clip_long_texts
+
+    heads, meta = load_head_set(args.heads)
+    docs = load_domain(args.corpus, args.domain)
+    order = np.random.default_rng(args.seed).permutation(docs.height)
+    lm = load_model(args.model)
+    out = Path(args.out) / args.domain
+    out.mkdir(parents=True, exist_ok=True)
+    order = order[args.skip_docs :]  # a continuation in smaller chunks: the permutation from there on
+    n_chunks = min(args.chunks, -(-len(order) // args.chunk_docs))
+    last = 0.0
+    for k in range(n_chunks):
+        path = out / (
+            f"chunk-{k:03d}.parquet" if not args.skip_docs else f"chunk-{args.skip_docs}+{k:03d}.parquet"
+        )
+        if path.exists():
+            continue
+        t0 = time.time()
+        if args.stop_at and t0 + last > args.stop_at:
+            print(f"{args.domain}: stopping before chunk {k + 1} (the last took {last:.0f} s)", flush=True)
+            break
+        chunk = docs[order[k * args.chunk_docs : (k + 1) * args.chunk_docs].tolist()]
+        texts = clip_long_texts(chunk["text"].to_list(), lm.tokenizer, args.doc_tokens)
+        token_lists = lm.tokenizer(texts, add_special_tokens=True).input_ids
+        s = score_tokens(lm, token_lists, heads, max_tokens=args.doc_tokens, batch_tokens=args.batch_tokens)
+        frame = scores_frame(chunk, s, meta.get("head_set_id", "heads"))
+        seconds = [time.time() - t0]
+        for d in range(args.draws):
+            control = random_control_heads(lm.num_layers, lm.num_heads, heads, seed=d)
+            c = score_tokens(lm, token_lists, control, args.doc_tokens, args.batch_tokens, base=False)
+            frame = frame.with_columns(
+                pl.Series(f"random_heads_{d}", (c.loss_ref - s.loss_base) / s.loss_base, dtype=pl.Float64)
+            )
+            seconds.append(time.time() - t0 - sum(seconds))
+        frame = frame.with_columns(
+            *chunk.select("edu_score", "source", "text").get_columns(), pl.lit(k).alias("chunk")
+        )
+        frame.write_parquet(path)
+        last = time.time() - t0
+        print(
+            f"{args.domain} chunk {k + 1}/{n_chunks}: {chunk.height} docs, {int(s.n_tokens.sum())} tokens, "
+            f"{time.time() - t0:.0f} s (scores, then each draw: {', '.join(f'{x:.0f}' for x in seconds)})",
+            flush=True,
+        )
+
+
+def table_text(df: pl.DataFrame) -> str:
+    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=200, float_precision=3):
+        return str(df)
+
+
+def structure_residual(frame: pl.DataFrame) -> pl.DataFrame:
+    """`score_resid`: per domain, the score's rank minus its least-squares fit on the ranks of the three
+    structure features (repeat3_share, repeated_line_share, markup_share): the score with the part the
+    structure features explain taken out."""
+    parts = []
+    for domain in sorted(frame["domain"].unique().to_list()):
+        d = frame.filter(pl.col("domain") == domain)
+        cols = ["score", "repeat3_share", "repeated_line_share", "markup_share"]
+        r = d.select(pl.col(c).rank("average") / d.height for c in cols).to_numpy()  # (n, 4)
+        x = np.column_stack([np.ones(d.height), r[:, 1:]])
+        beta, *_ = np.linalg.lstsq(x, r[:, 0], rcond=None)
+        parts.append(d.with_columns(pl.Series("score_resid", r[:, 0] - x @ beta)))
+    return pl.concat(parts)
+
+
+def analyze(args) -> None:
+    root = Path(args.out)
+    frames = [pl.read_parquet(p) for p in sorted(root.glob("*/chunk-*.parquet"))]
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    report: dict = {"documents": frame.group_by("domain").len().sort("domain").to_dicts()}
+    gates = [float(g) for g in args.gate_pct.split(",")]
+    frame = with_predictors(frame)
+    for pct in gates:  # the gate alone, then what ranks inside it: the score, its variants, the control
+        for column in ("score", "score_norep", "random_heads_mean", "neg_loss_base"):
+            frame = gated_predictor(frame, pct, column) if column in frame.columns else frame
+    frame = structure_residual(frame).with_columns(  # rank average of the score and the perplexity baseline
+        fused_ppl=(pl.col("score").rank().over("domain") + (-pl.col("loss_base")).rank().over("domain")) / 2
+    )
+    if "source" in frame.columns:  # each source of a domain on its own too (their labels differ in kind)
+        by_source = frame.filter(pl.col("source").is_not_null()).with_columns(
+            pl.format("{}:{}", "domain", pl.col("source").str.split(" ").list.first()).alias("domain")
+        )
+        frame = pl.concat([frame, by_source])
+    names = [
+        "score",
+        "random_heads_0",
+        "random_heads_1",
+        "random_heads_mean",
+        "neg_loss_base",
+        "n_tokens",
+        "score_norep",
+        "score_resid",
+        "fused_ppl",
+        *[
+            f"gated_{c}_p{p:g}"
+            for p in gates
+            for c in ("score", "score_norep", "random_heads_mean", "neg_loss_base")
+        ],
+    ]
+    agree = agreement_table(frame, ["edu_score"], [n for n in names if n in with_predictors(frame).columns])
+    report["agreement"] = agree.to_dicts()
+    print(table_text(agree.select(*SUMMARY_COLUMNS, "top_precision_low", "top_precision_high")))
+    for pct in gates:  # within the gated documents only (the issue's "lower-perplexity half")
+        inside = agreement_table(frame.filter(base_loss_gate(pct)), ["edu_score"], ["score", "score_norep"])
+        report[f"within_gate_p{pct:g}"] = inside.to_dicts()
+        print(f"within the lowest {pct:g}% base loss:")
+        print(table_text(inside.select("domain", "predictor", "value", "low", "high", "n")))
+    feats = feature_correlations(frame, [*FEATURES, "n_tokens", "loss_base"], seed=0)
+    report["features"] = feats.to_dicts()
+    print(table_text(feats))
+    (root / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (root / "extremes.md").write_text(
+        extremes_markdown(frame.filter(~pl.col("domain").str.contains(":")), ["edu_score"])
+    )
+    print(f"wrote {root / 'report.json'} and {root / 'extremes.md'}")
+
+
+def text_features_of_scores(args) -> None:
+    """For score tables made without the feature columns (e.g. by an older run): the features that need no
+    losses (repeat3_share, repeated_line_share, markup_share) recomputed from the text's first --doc-tokens
+    tokens, and their Spearman with the table's score per domain (repeat3_gap_share needs the losses)."""
+    from attention_influence.influence.models import load_model
+    from attention_influence.influence.structure import repeat3_flags, text_features
+    from attention_influence.shards.job import clip_long_texts
+
+    lm = load_model(args.model)
+    scores = pl.concat([pl.read_parquet(f) for f in sorted(glob.glob(args.scores))], how="diagonal_relaxed")
+    texts = []
+    for shard in scores["shard"].unique().sort().to_list():
+        domain, name = shard.split("__", 1)
+        texts.append(pl.read_parquet(Path(args.corpus, domain, f"{name}.parquet")).select("id", "text"))
+    frame = scores.join(pl.concat(texts).unique("id"), on="id", how="left")
+    clipped = clip_long_texts(frame["text"].to_list(), lm.tokenizer, args.doc_tokens)
+    ids = [i[: args.doc_tokens] for i in lm.tokenizer(clipped, add_special_tokens=True).input_ids]
+    share = [float(repeat3_flags(i)[1:].mean()) if len(i) > 1 else float("nan") for i in ids]
+    feats = text_features(lm.tokenizer.batch_decode(ids, skip_special_tokens=True))
+    frame = frame.with_columns(
+        pl.Series("repeat3_share", share), *[pl.Series(k, v) for k, v in feats.items()]
+    )
+    table = feature_correlations(frame, ["repeat3_share", "repeated_line_share", "markup_share", "n_tokens"])
+    print(table_text(table))
+    Path(args.out).write_text(json.dumps(table.to_dicts(), indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared/corpus/sample"))
+    s.add_argument("--domain", default="web_edu")
+    s.add_argument("--heads", required=True)
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--chunks", type=int, default=6)
+    s.add_argument("--chunk-docs", type=int, default=100)
+    s.add_argument("--doc-tokens", type=int, default=1024)
+    s.add_argument("--batch-tokens", type=int, default=8192)
+    s.add_argument("--draws", type=int, default=2)
+    s.add_argument("--skip-docs", type=int, default=0, help="start this far into the permutation")
+    s.add_argument(
+        "--stop-at", type=float, default=0.0, help="unix time: no chunk is started that would end later"
+    )
+    a = sub.add_parser("analyze")
+    a.add_argument("--out", required=True)
+    a.add_argument("--gate-pct", default="30,50", help="comma-separated base-loss gate percentiles")
+    f = sub.add_parser("features")
+    f.add_argument("--scores", required=True, help="glob of score tables")
+    f.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared/corpus/sample"))
+    f.add_argument("--model", default="smollm2-135m")
+    f.add_argument("--doc-tokens", type=int, default=128)
+    f.add_argument("--out", required=True)
+    args = ap.parse_args()
+    {"score": score, "analyze": analyze, "features": text_features_of_scores}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
