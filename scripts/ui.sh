@@ -36,10 +36,12 @@ trap 'stop; exit 130' INT
 trap 'stop; exit 143' TERM
 trap 'stop' EXIT
 
-start "$BIN/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
-start "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
+# the experiment's runs link, looked up before the UIs start: a signal that arrives while a foreground
+# command runs waits for it, and the stop must not wait for a Python start-up
 MLFLOW_RUNS=$("$PY" -m attention_influence.evaluation.tracking "$MLFLOW_TRACKING_URI" attention-influence \
   "http://127.0.0.1:$MLFLOW_PORT" 2>/dev/null || echo "http://127.0.0.1:$MLFLOW_PORT")
+start "$BIN/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
+start "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
 echo "MLflow UI:  $MLFLOW_RUNS"
 echo "            (store: $MLFLOW_TRACKING_URI; this link opens the runs in the model-training view)"
 echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   (DAGSTER_HOME=$DAGSTER_HOME)"
