@@ -231,7 +231,7 @@ class SFTSettings:
     """The post-training group (`attention_influence.post_training`); env names in SFT_ENV."""
 
     input: str = ""  # SFT shard glob; "" : the demo shard (`post_training.sft_demo`) under the work dir
-    max_samples: int = 200  # rows read per shard (the demo: 200 GSM8K training solutions, ~38K tokens)
+    max_samples: int = 100  # rows read per shard (the demo: 100 GSM8K training solutions, ~19K tokens)
     max_tokens: int = 512  # a rendered sample is cut here (what is cut is reported)
     step_rule: str = "lines"
     top_frac: float = 0.2
