@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ai_assets.metadata import heads_text, markdown_table
+from ai_assets.metadata import heads_text, markdown_table, mlflow_figure
 from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
 from attention_influence.audit import read_provenance
 from attention_influence.evaluation import tracking
@@ -167,18 +167,13 @@ def selection_evaluation(
             ui_base_url=mlflow.ui_url,
         )
     metadata = {}
-    # the figures first, inline: a short markdown image served by the MLflow UI (Dagster shows markdown under
-    # 1,000 characters in place, at the picture's natural size: a thumbnail that fits the column, linking to
-    # the full figure; an embedded PNG would hide behind "[Show Markdown]"), and the local file
+    # the figures first, inline (`mlflow_figure`: an MLflow-served thumbnail linking to the full figure), and
+    # the local file
     for name in KEY_FIGURES:
         path = result.figures.get(name)
         if path and Path(path).exists():
-            full = tracking.artifact_url(result.run_id, f"figures/{Path(path).name}", mlflow.ui_url)
-            thumb = tracking.artifact_url(
-                result.run_id, f"figures/thumbnails/{Path(path).name}", mlflow.ui_url
-            )
-            metadata[f"figure_{name}"] = dg.MetadataValue.md(
-                f"[![{name.replace('_', ' ')}]({thumb})]({full})"
+            metadata[f"figure_{name}"] = mlflow_figure(
+                result.run_id, f"figures/{Path(path).name}", name.replace("_", " "), mlflow.ui_url
             )
             metadata[f"figure_{name}_png"] = dg.MetadataValue.path(path)
     metadata.update(
