@@ -55,7 +55,7 @@ def sft_step_scores(
             heads,
             hid,
             post_training.sft_format(),
-            post_training.max_samples,
+            post_training.max_samples or None,  # 0: every row
             profile.batch_tokens,
             progress=_log_progress(context, f"scoring {key}"),
         )

@@ -31,8 +31,9 @@ training data and the proxy runs: AI_MIX_ROWS_PER_FILE, AI_MIX_SHUFFLE_SEED (`no
 AI_PROXY_PROFILE (cpu | cpu_study | gpu), AI_PROXY_SEEDS, AI_PROXY_ARMS (comma-separated), AI_PROXY_STEPS
 (training steps per run; see `attention_influence.training.proxy`).
 Post-training data (AIR, `SFTSettings`): AI_SFT_INPUT (SFT shard glob; unset: the demo's GSM8K shard under
-the work dir), AI_SFT_MAX_SAMPLES, AI_SFT_MAX_TOKENS, AI_SFT_STEP_RULE (lines | blank_lines), AI_SFT_TOP_FRAC,
-AI_SFT_SELECT_BY (score | step_score_mean | step_score_max), AI_SFT_SELECT_WITHIN (a column, e.g. source),
+the work dir), AI_SFT_MAX_SAMPLES (rows read per shard, 0: all; the demo writes this many, 300 unset),
+AI_SFT_MAX_TOKENS, AI_SFT_STEP_RULE (lines | blank_lines), AI_SFT_TOP_FRAC, AI_SFT_SELECT_BY (score |
+step_score_mean | step_score_max), AI_SFT_SELECT_WITHIN (a column, e.g. source),
 AI_SFT_WEIGHT_TEMPERATURE, AI_SFT_WEIGHT_MIN, AI_SFT_WEIGHT_MAX, AI_SFT_FINETUNE (demo | study | gpu),
 AI_SFT_MESSAGES_COLUMN, AI_SFT_PROMPT_COLUMN, AI_SFT_RESPONSE_COLUMN, AI_SFT_ID_COLUMN, AI_SFT_SOURCE_COLUMN.
 """
@@ -231,7 +232,7 @@ class SFTSettings:
     """The post-training group (`attention_influence.post_training`); env names in SFT_ENV."""
 
     input: str = ""  # SFT shard glob; "" : the demo shard (`post_training.sft_demo`) under the work dir
-    max_samples: int = 100  # rows read per shard (the demo: 100 GSM8K training solutions, ~19K tokens)
+    max_samples: int = 0  # rows read per shard, 0: all (the demo writes 300 GSM8K solutions, ~57K tokens)
     max_tokens: int = 512  # a rendered sample is cut here (what is cut is reported)
     step_rule: str = "lines"
     top_frac: float = 0.2

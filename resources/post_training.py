@@ -16,7 +16,9 @@ class PostTraining(dg.ConfigurableResource):
     """AI_SFT_* (see `attention_influence.settings.SFTSettings`); every field can be overridden per run."""
 
     input: str = Field(description="SFT shard glob (Parquet / JSON lines) (AI_SFT_INPUT).")
-    max_samples: int = Field(default=_D.max_samples, description="Rows read per shard (AI_SFT_MAX_SAMPLES).")
+    max_samples: int = Field(
+        default=_D.max_samples, description="Rows read per shard, 0: all (AI_SFT_MAX_SAMPLES)."
+    )
     max_tokens: int = Field(
         default=_D.max_tokens, description="Rendered samples cut here (AI_SFT_MAX_TOKENS)."
     )

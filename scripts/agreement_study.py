@@ -3,6 +3,8 @@
     .venv/bin/python scripts/agreement_study.py score --corpus ../shared/corpus/sample --domain web_edu \
         --heads heads.json --out study/ [--chunks 6] [--chunk-docs 100] [--doc-tokens 1024] [--draws 2] \
         [--stop-at UNIX_TIME]
+    .venv/bin/python scripts/agreement_study.py controls --domain web_edu --heads heads.json --out study/ \
+        [--chunks 10] [--draws 2]
     .venv/bin/python scripts/agreement_study.py analyze --out study/ [--gate-pct 30,50]
 
 `score` draws a seeded permutation (numpy default_rng(--seed) over the domain's documents sorted by id) and
@@ -10,8 +12,12 @@ scores it in chunks of --chunk-docs, in order, each chunk resumable (`study/<dom
 base and masked losses with the structure features (one shared-prefix pass), then --draws random-heads
 controls (`agreement.random_control_heads`, seeds 0..draws-1: as many random non-retrieval heads masked, one
 masked forward each, the same base losses). The first K chunks are a uniform random sample of K x chunk-docs
-documents. `analyze` reads the finished chunks and prints the agreement tables (`agreement.agreement_table`),
-the feature correlations and the same for the gated configuration, and writes them as JSON and Markdown.
+documents. `controls` adds the random-heads columns afterwards to the first --chunks chunks of a run made with
+`score --draws 0` (a chunk is rewritten once it has them; a rerun skips those that have them), so the score of
+a whole domain can come first and the controls on as many chunks as time allows. `analyze` reads the finished
+chunks and prints the agreement tables (`agreement.agreement_table`; each predictor over the documents that
+have it), the feature correlations and the same for the gated configuration, and writes them as JSON and
+Markdown.
 """
 
 from __future__ import annotations
@@ -78,10 +84,8 @@ def score(args) -> None:
         frame = scores_frame(chunk, s, meta.get("head_set_id", "heads"))
         seconds = [time.time() - t0]
         for d in range(args.draws):
-            control = random_control_heads(lm.num_layers, lm.num_heads, heads, seed=d)
-            c = score_tokens(lm, token_lists, control, args.doc_tokens, args.batch_tokens, base=False)
             frame = frame.with_columns(
-                pl.Series(f"random_heads_{d}", (c.loss_ref - s.loss_base) / s.loss_base, dtype=pl.Float64)
+                pl.Series(f"random_heads_{d}", control_scores(lm, heads, token_lists, s.loss_base, d, args))
             )
             seconds.append(time.time() - t0 - sum(seconds))
         frame = frame.with_columns(
@@ -92,6 +96,50 @@ def score(args) -> None:
         print(
             f"{args.domain} chunk {k + 1}/{n_chunks}: {chunk.height} docs, {int(s.n_tokens.sum())} tokens, "
             f"{time.time() - t0:.0f} s (scores, then each draw: {', '.join(f'{x:.0f}' for x in seconds)})",
+            flush=True,
+        )
+
+
+def control_scores(lm, heads, token_lists, loss_base: np.ndarray, draw: int, args) -> np.ndarray:
+    """The score with `draw`'s random non-retrieval heads masked instead, against the same base losses."""
+    from attention_influence.influence.scoring import score_tokens
+
+    control = random_control_heads(lm.num_layers, lm.num_heads, heads, seed=draw)
+    c = score_tokens(lm, token_lists, control, args.doc_tokens, args.batch_tokens, base=False)
+    return (c.loss_ref - loss_base) / loss_base
+
+
+def controls(args) -> None:
+    from attention_influence.influence.heads import load_head_set
+    from attention_influence.influence.models import load_model
+    from attention_influence.shards.job import clip_long_texts
+
+    heads, _ = load_head_set(args.heads)
+    lm = load_model(args.model)
+    paths = sorted(Path(args.out, args.domain).glob("chunk-[0-9][0-9][0-9].parquet"))[: args.chunks]
+    for k, path in enumerate(paths):
+        frame = pl.read_parquet(path)
+        missing = [d for d in range(args.draws) if f"random_heads_{d}" not in frame.columns]
+        if not missing:
+            continue
+        t0 = time.time()
+        if args.stop_at and t0 + args.last_seconds > args.stop_at:
+            print(f"{args.domain}: stopping before chunk {k + 1}", flush=True)
+            break
+        texts = clip_long_texts(frame["text"].to_list(), lm.tokenizer, args.doc_tokens)
+        token_lists = lm.tokenizer(texts, add_special_tokens=True).input_ids
+        base = frame["loss_base"].to_numpy()
+        frame = frame.with_columns(
+            pl.Series(f"random_heads_{d}", control_scores(lm, heads, token_lists, base, d, args))
+            for d in missing
+        )
+        tmp = path.with_suffix(".tmp")
+        frame.write_parquet(tmp)
+        tmp.replace(path)
+        args.last_seconds = time.time() - t0
+        print(
+            f"{args.domain} controls {k + 1}/{len(paths)} ({path.name}): draws {missing}, "
+            f"{int(frame['n_tokens'].sum())} tokens, {args.last_seconds:.0f} s",
             flush=True,
         )
 
@@ -116,43 +164,61 @@ def structure_residual(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def analyze(args) -> None:
-    root = Path(args.out)
-    frames = [pl.read_parquet(p) for p in sorted(root.glob("*/chunk-*.parquet"))]
-    frame = pl.concat(frames, how="diagonal_relaxed")
-    report: dict = {"documents": frame.group_by("domain").len().sort("domain").to_dicts()}
-    gates = [float(g) for g in args.gate_pct.split(",")]
+GATED = ("score", "score_norep", "random_heads_mean", "neg_loss_base")
+
+
+def prepared(frame: pl.DataFrame, gates: list[float]) -> pl.DataFrame:
+    """Every predictor `analyze` compares: the perplexity baseline and control mean, the gated orders, the
+    structure residual, the fused rank average; with `source`, each source of a domain as its own domain too
+    (their labels differ in kind). Ranks are within the frame given, so a subset gets its own gate."""
     frame = with_predictors(frame)
     for pct in gates:  # the gate alone, then what ranks inside it: the score, its variants, the control
-        for column in ("score", "score_norep", "random_heads_mean", "neg_loss_base"):
+        for column in GATED:
             frame = gated_predictor(frame, pct, column) if column in frame.columns else frame
     frame = structure_residual(frame).with_columns(  # rank average of the score and the perplexity baseline
         fused_ppl=(pl.col("score").rank().over("domain") + (-pl.col("loss_base")).rank().over("domain")) / 2
     )
-    if "source" in frame.columns:  # each source of a domain on its own too (their labels differ in kind)
+    if "source" in frame.columns:
         by_source = frame.filter(pl.col("source").is_not_null()).with_columns(
             pl.format("{}:{}", "domain", pl.col("source").str.split(" ").list.first()).alias("domain")
         )
         frame = pl.concat([frame, by_source])
+    return frame
+
+
+def agreement_of(frame: pl.DataFrame, gates: list[float]) -> pl.DataFrame:
+    draws = sorted(c for c in frame.columns if c.startswith("random_heads_") and c != "random_heads_mean")
     names = [
         "score",
-        "random_heads_0",
-        "random_heads_1",
+        *draws,
         "random_heads_mean",
         "neg_loss_base",
         "n_tokens",
         "score_norep",
         "score_resid",
         "fused_ppl",
-        *[
-            f"gated_{c}_p{p:g}"
-            for p in gates
-            for c in ("score", "score_norep", "random_heads_mean", "neg_loss_base")
-        ],
+        *[f"gated_{c}_p{p:g}" for p in gates for c in GATED],
     ]
-    agree = agreement_table(frame, ["edu_score"], [n for n in names if n in with_predictors(frame).columns])
-    report["agreement"] = agree.to_dicts()
+    agree = agreement_table(frame, ["edu_score"], [n for n in names if n in frame.columns])
     print(table_text(agree.select(*SUMMARY_COLUMNS, "top_precision_low", "top_precision_high")))
+    return agree
+
+
+def analyze(args) -> None:
+    root = Path(args.out)
+    frames = [pl.read_parquet(p) for p in sorted(root.glob("*/chunk-*.parquet"))]
+    raw = pl.concat(frames, how="diagonal_relaxed")
+    gates = [float(g) for g in args.gate_pct.split(",")]
+    draws = [c for c in raw.columns if c.startswith("random_heads_")]
+    report: dict = {"documents": raw.group_by("domain").len().sort("domain").to_dicts()}
+    frame = prepared(raw.drop(draws), gates)  # every document: no control columns
+    print(f"all {raw.height} documents:")
+    report["agreement"] = agreement_of(frame, gates).to_dicts()
+    if draws:  # the documents that have every control draw: the comparison with the control, same documents
+        subset = raw.filter(pl.all_horizontal(pl.col(draws).is_not_null()))
+        print(f"the {subset.height} documents with {len(draws)} random-heads draws:")
+        report["controls_subset_documents"] = subset.group_by("domain").len().sort("domain").to_dicts()
+        report["agreement_controls_subset"] = agreement_of(prepared(subset, gates), gates).to_dicts()
     for pct in gates:  # within the gated documents only (the issue's "lower-perplexity half")
         inside = agreement_table(frame.filter(base_loss_gate(pct)), ["edu_score"], ["score", "score_norep"])
         report[f"within_gate_p{pct:g}"] = inside.to_dicts()
@@ -214,6 +280,17 @@ def main() -> None:
     s.add_argument(
         "--stop-at", type=float, default=0.0, help="unix time: no chunk is started that would end later"
     )
+    c = sub.add_parser("controls")
+    c.add_argument("--domain", default="web_edu")
+    c.add_argument("--heads", required=True)
+    c.add_argument("--model", default="smollm2-135m")
+    c.add_argument("--out", required=True)
+    c.add_argument("--chunks", type=int, default=10, help="the first N chunks (a uniform random sample)")
+    c.add_argument("--doc-tokens", type=int, default=1024)
+    c.add_argument("--batch-tokens", type=int, default=8192)
+    c.add_argument("--draws", type=int, default=2)
+    c.add_argument("--stop-at", type=float, default=0.0, help="unix time: no chunk is started after it")
+    c.set_defaults(last_seconds=0.0)
     a = sub.add_parser("analyze")
     a.add_argument("--out", required=True)
     a.add_argument("--gate-pct", default="30,50", help="comma-separated base-loss gate percentiles")
@@ -224,7 +301,8 @@ def main() -> None:
     f.add_argument("--doc-tokens", type=int, default=128)
     f.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"score": score, "analyze": analyze, "features": text_features_of_scores}[args.cmd](args)
+    commands = {"score": score, "controls": controls, "analyze": analyze, "features": text_features_of_scores}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ fi
 
 if [ -z "${AI_SFT_INPUT:-}" ]; then
   echo "== AI_SFT_INPUT unset: writing the demo's SFT shard (GSM8K train solutions) to $AI_WORKDIR/sft_input"
-  "$PY" -m attention_influence.post_training.sft_demo --out "$AI_WORKDIR/sft_input" --samples "${AI_SFT_MAX_SAMPLES:-100}"
+  "$PY" -m attention_influence.post_training.sft_demo --out "$AI_WORKDIR/sft_input" --samples "${AI_SFT_MAX_SAMPLES:-300}"
 fi
 
 echo "== materializing the selection graph (profile $AI_PROFILE, DAGSTER_HOME=$DAGSTER_HOME)"

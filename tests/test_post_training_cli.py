@@ -42,7 +42,7 @@ def test_sft_settings_from_the_environment(tmp_path):
     s = load_settings(
         {"AI_WORKDIR": str(tmp_path), "AI_SFT_TOP_FRAC": "0.1", "AI_SFT_STEP_RULE": "blank_lines"}
     )
-    assert (s.sft.top_frac, s.sft.step_rule, s.sft.max_samples) == (0.1, "blank_lines", 100)
+    assert (s.sft.top_frac, s.sft.step_rule, s.sft.max_samples) == (0.1, "blank_lines", 0)
     assert sft_input_glob(s) == str(tmp_path.resolve() / "sft_input" / "*.jsonl")
     assert sft_input_glob(load_settings({"AI_SFT_INPUT": "/data/*.parquet"})) == "/data/*.parquet"
     with pytest.raises(SettingsError, match="AI_SFT_TOP_FRAC"):

@@ -53,8 +53,9 @@ class FinetuneProfile:
 
 FINETUNE_PROFILES: dict[str, FinetuneProfile] = {
     # inside `make demo`: 1 seed, 3 steps of 2 x 256 tokens per run, 16 GSM8K items (a smoke run: its table
-    # is not evidence of anything). bf16 autocast where the hardware has fast bf16 (`has_fast_bf16`): on
-    # this CPU the LM head's forward + backward ran 8x faster than in float32
+    # is not evidence of anything). bf16 autocast where the hardware has fast bf16 (`has_fast_bf16`): on an
+    # AMX host the LM head's forward + backward ran 8x faster than in float32; on an AVX512-BF16-only host
+    # 1.7x slower (0.93 s vs 1.62 s for 512 tokens), so it is off there
     "demo": FinetuneProfile(2, 256, 2, 3, 1e-4, 0, 1, 16, eval_batch_tokens=2048, bf16=True),
     # the closing-note experiment on 2 shared CPU cores: 3 seeds, 12 steps of 4 samples (<= 256 tokens),
     # 40 GSM8K test items, bf16 autocast (this CPU has bf16 matrix units; sized to ~1 minute per run while

@@ -6,7 +6,7 @@ removed, as the GSM8K evaluation does). Without it, N generated word problems in
 solution lines, `#### <answer>` last) are written instead (`gsm8k_standin.jsonl`), so a clone without
 ../shared still demos. The file is rewritten only when its content changes (its partition stays current).
 
-    python -m attention_influence.post_training.sft_demo --out work/sft_input --samples 100
+    python -m attention_influence.post_training.sft_demo --out work/sft_input --samples 300
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def build(out: Path, samples: int, eval_dir: Path = DEFAULT_EVAL_DIR) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--samples", type=int, default=300)
     p.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
     args = p.parse_args(argv)
     print(build(args.out, args.samples, args.eval_dir))
