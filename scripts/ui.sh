@@ -46,5 +46,10 @@ echo "MLflow UI:  $MLFLOW_RUNS"
 echo "            (store: $MLFLOW_TRACKING_URI; this link opens the runs in the model-training view)"
 echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   (DAGSTER_HOME=$DAGSTER_HOME)"
 echo "Ctrl-C stops both."
-# returns when either UI exits, or when a signal arrives (the trap then stops both)
-wait -n
+# returns when either UI exits, or when a signal arrives (the trap then stops both). A short `wait` on a
+# sleep, not `wait -n`: a signal interrupts it at once, and a CI run saw SIGTERM / SIGINT left unhandled
+# for more than 10 s during `wait -n` (both UIs left running)
+while kill -0 "${groups[0]}" 2>/dev/null && kill -0 "${groups[1]}" 2>/dev/null; do
+  sleep 0.5 &
+  wait $!
+done
