@@ -52,11 +52,18 @@ def load_domain(corpus: str, domain: str) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files]).sort("id")
 
 
+def tokenize(lm, texts: list[str], doc_tokens: int) -> list[list[int]]:
+    """Each text clipped to its first `doc_tokens` tokens, as the shard job clips it (so `score` and
+    `controls` see the same tokens)."""
+    from attention_influence.shards.job import clip_long_texts
+
+    return lm.tokenizer(clip_long_texts(texts, lm.tokenizer, doc_tokens), add_special_tokens=True).input_ids
+
+
 def score(args) -> None:
     from attention_influence.influence.heads import load_head_set
     from attention_influence.influence.models import load_model
     from attention_influence.influence.scoring import score_tokens, scores_frame
-    from attention_influence.shards.job import clip_long_texts
 
     heads, meta = load_head_set(args.heads)
     docs = load_domain(args.corpus, args.domain)
@@ -78,8 +85,7 @@ def score(args) -> None:
             print(f"{args.domain}: stopping before chunk {k + 1} (the last took {last:.0f} s)", flush=True)
             break
         chunk = docs[order[k * args.chunk_docs : (k + 1) * args.chunk_docs].tolist()]
-        texts = clip_long_texts(chunk["text"].to_list(), lm.tokenizer, args.doc_tokens)
-        token_lists = lm.tokenizer(texts, add_special_tokens=True).input_ids
+        token_lists = tokenize(lm, chunk["text"].to_list(), args.doc_tokens)
         s = score_tokens(lm, token_lists, heads, max_tokens=args.doc_tokens, batch_tokens=args.batch_tokens)
         frame = scores_frame(chunk, s, meta.get("head_set_id", "heads"))
         seconds = [time.time() - t0]
@@ -112,7 +118,6 @@ def control_scores(lm, heads, token_lists, loss_base: np.ndarray, draw: int, arg
 def controls(args) -> None:
     from attention_influence.influence.heads import load_head_set
     from attention_influence.influence.models import load_model
-    from attention_influence.shards.job import clip_long_texts
 
     heads, _ = load_head_set(args.heads)
     lm = load_model(args.model)
@@ -126,8 +131,7 @@ def controls(args) -> None:
         if args.stop_at and t0 + args.last_seconds > args.stop_at:
             print(f"{args.domain}: stopping before chunk {k + 1}", flush=True)
             break
-        texts = clip_long_texts(frame["text"].to_list(), lm.tokenizer, args.doc_tokens)
-        token_lists = lm.tokenizer(texts, add_special_tokens=True).input_ids
+        token_lists = tokenize(lm, frame["text"].to_list(), args.doc_tokens)
         base = frame["loss_base"].to_numpy()
         frame = frame.with_columns(
             pl.Series(f"random_heads_{d}", control_scores(lm, heads, token_lists, base, d, args))
