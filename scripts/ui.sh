@@ -3,6 +3,16 @@
 # used. Ctrl-C or SIGTERM stops both and everything they started (webserver, daemon, code server, uvicorn
 # workers): each UI runs in its own process group, which gets SIGTERM, then SIGKILL after UI_STOP_SECONDS.
 set -uo pipefail
+# A shell cannot trap a signal it started ignoring (bash(1), `trap`), and the stop below needs both: ui.sh
+# inherits SIGINT ignored from a script's `make ui &`, and SIGTERM ignored from a process whose in-process
+# Dagster runs mapped SIGTERM onto that ignored SIGINT (dagster._utils.interrupts). Start over (same pid)
+# with both at their defaults.
+if [ -z "${UI_SIGNALS_RESET:-}" ] && [ -r "/proc/$$/status" ]; then
+  ignored=$(awk '/^SigIgn:/ {print $2}' "/proc/$$/status")
+  if (((16#${ignored:-0} & 0x4002) != 0)) && env --default-signal=INT true 2>/dev/null; then  # bits of 2, 15
+    UI_SIGNALS_RESET=1 exec env --default-signal=INT,TERM bash "${BASH_SOURCE[0]}" "$@"
+  fi
+fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 source "$REPO/scripts/stores.sh"
@@ -46,10 +56,5 @@ echo "MLflow UI:  $MLFLOW_RUNS"
 echo "            (store: $MLFLOW_TRACKING_URI; this link opens the runs in the model-training view)"
 echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   (DAGSTER_HOME=$DAGSTER_HOME)"
 echo "Ctrl-C stops both."
-# returns when either UI exits, or when a signal arrives (the trap then stops both). A short `wait` on a
-# sleep, not `wait -n`: a signal interrupts it at once, and a CI run saw SIGTERM / SIGINT left unhandled
-# for more than 10 s during `wait -n` (both UIs left running)
-while kill -0 "${groups[0]}" 2>/dev/null && kill -0 "${groups[1]}" 2>/dev/null; do
-  sleep 0.5 &
-  wait $!
-done
+# returns when either UI exits, or when a signal arrives (the trap then stops both)
+wait -n

@@ -1,4 +1,5 @@
-"""`make ui` (scripts/ui.sh): both UIs come up, and Ctrl-C or SIGTERM leaves no process of theirs behind."""
+"""`make ui` (scripts/ui.sh): both UIs come up, and Ctrl-C or SIGTERM leaves no process of theirs behind, also
+when ui.sh inherits both signals ignored (a shell cannot trap those: ui.sh then starts itself over)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
-def test_ui_stops_cleanly(tmp_path, how):
+@pytest.mark.parametrize(
+    "how, ignoring",
+    [("SIGTERM", ""), ("Ctrl-C", ""), ("SIGTERM", "INT TERM"), ("Ctrl-C", "INT TERM")],
+    ids=["SIGTERM", "Ctrl-C", "SIGTERM-inherited-ignored", "Ctrl-C-inherited-ignored"],
+)
+def test_ui_stops_cleanly(tmp_path, how, ignoring):
     dagster_port, mlflow_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -34,7 +39,7 @@ def test_ui_stops_cleanly(tmp_path, how):
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}",
     }
-    ui = start_ui(env, dagster_port, mlflow_port)
+    ui = start_ui(env, dagster_port, mlflow_port, ignoring=ignoring)
     procs: list[psutil.Process] = []
     try:
         time.sleep(3)  # the daemon and the code server start after the webserver answers

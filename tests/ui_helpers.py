@@ -18,10 +18,16 @@ def answers(url: str) -> bool:
         return False
 
 
-def start_ui(env: dict, dagster_port: int, mlflow_port: int, timeout: float = 240) -> subprocess.Popen:
-    """scripts/ui.sh in its own session (as a terminal starts it), returned once both UIs answer."""
+def start_ui(
+    env: dict, dagster_port: int, mlflow_port: int, timeout: float = 240, ignoring: str = ""
+) -> subprocess.Popen:
+    """scripts/ui.sh in its own session (as a terminal starts it), returned once both UIs answer. `ignoring`
+    ("INT TERM"): signals it inherits as ignored, as from a script's `make ui &` (SIGINT) or from a process
+    whose in-process Dagster runs mapped SIGTERM to that ignored SIGINT; `exec` keeps the pid."""
+    ui_sh = str(REPO / "scripts" / "ui.sh")
+    cmd = ["bash", "-c", f'trap "" {ignoring}; exec bash "$0"', ui_sh] if ignoring else ["bash", ui_sh]
     ui = subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "ui.sh")],
+        cmd,
         cwd=REPO,
         env={**env, "DAGSTER_PORT": str(dagster_port), "MLFLOW_PORT": str(mlflow_port)},
         start_new_session=True,
