@@ -58,8 +58,8 @@ FINETUNE_PROFILES: dict[str, FinetuneProfile] = {
     # 1.7x slower (0.93 s vs 1.62 s for 512 tokens), so it is off there
     "demo": FinetuneProfile(2, 256, 2, 3, 1e-4, 0, 1, 16, eval_batch_tokens=2048, bf16=True),
     # the closing-note experiment on 2 shared CPU cores: 3 seeds, 12 steps of 4 samples (<= 256 tokens),
-    # 40 GSM8K test items, bf16 autocast (this CPU has bf16 matrix units; sized to ~1 minute per run while
-    # two other jobs held the cores)
+    # 40 GSM8K test items, bf16 autocast where fast (sized to ~1 minute per run while two other jobs held the
+    # cores; 11-21 s per run in float32 on an idle AVX512-BF16-only host)
     "study": FinetuneProfile(2, 256, 4, 12, 2e-4, 1, 3, 40, bf16=True),
     # a GPU: every parameter, 1,024-token sequences, 16 x 4 samples per step, 500 steps, all 1,319 items
     "gpu": FinetuneProfile(
