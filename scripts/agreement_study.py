@@ -52,12 +52,13 @@ def load_domain(corpus: str, domain: str) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files]).sort("id")
 
 
-def tokenize(lm, texts: list[str], doc_tokens: int) -> list[list[int]]:
-    """Each text clipped to its first `doc_tokens` tokens, as the shard job clips it (so `score` and
-    `controls` see the same tokens)."""
+def clipped_tokens(lm, texts: list[str], doc_tokens: int) -> list[list[int]]:
+    """The token ids of each text clipped as the shard job clips it (at least its first `doc_tokens` tokens,
+    not megabytes more), so every subcommand sees the same tokens."""
+    from attention_influence.influence.scoring import tokenize
     from attention_influence.shards.job import clip_long_texts
 
-    return lm.tokenizer(clip_long_texts(texts, lm.tokenizer, doc_tokens), add_special_tokens=True).input_ids
+    return tokenize(lm, clip_long_texts(texts, lm.tokenizer, doc_tokens))
 
 
 def score(args) -> None:
@@ -85,7 +86,7 @@ def score(args) -> None:
             print(f"{args.domain}: stopping before chunk {k + 1} (the last took {last:.0f} s)", flush=True)
             break
         chunk = docs[order[k * args.chunk_docs : (k + 1) * args.chunk_docs].tolist()]
-        token_lists = tokenize(lm, chunk["text"].to_list(), args.doc_tokens)
+        token_lists = clipped_tokens(lm, chunk["text"].to_list(), args.doc_tokens)
         s = score_tokens(lm, token_lists, heads, max_tokens=args.doc_tokens, batch_tokens=args.batch_tokens)
         frame = scores_frame(chunk, s, meta.get("head_set_id", "heads"))
         seconds = [time.time() - t0]
@@ -131,7 +132,7 @@ def controls(args) -> None:
         if args.stop_at and t0 + args.last_seconds > args.stop_at:
             print(f"{args.domain}: stopping before chunk {k + 1}", flush=True)
             break
-        token_lists = tokenize(lm, frame["text"].to_list(), args.doc_tokens)
+        token_lists = clipped_tokens(lm, frame["text"].to_list(), args.doc_tokens)
         base = frame["loss_base"].to_numpy()
         frame = frame.with_columns(
             pl.Series(f"random_heads_{d}", control_scores(lm, heads, token_lists, base, d, args))
@@ -244,7 +245,6 @@ def text_features_of_scores(args) -> None:
     tokens, and their Spearman with the table's score per domain (repeat3_gap_share needs the losses)."""
     from attention_influence.influence.models import load_model
     from attention_influence.influence.structure import repeat3_flags, text_features
-    from attention_influence.shards.job import clip_long_texts
 
     lm = load_model(args.model)
     scores = pl.concat([pl.read_parquet(f) for f in sorted(glob.glob(args.scores))], how="diagonal_relaxed")
@@ -253,8 +253,7 @@ def text_features_of_scores(args) -> None:
         domain, name = shard.split("__", 1)
         texts.append(pl.read_parquet(Path(args.corpus, domain, f"{name}.parquet")).select("id", "text"))
     frame = scores.join(pl.concat(texts).unique("id"), on="id", how="left")
-    clipped = clip_long_texts(frame["text"].to_list(), lm.tokenizer, args.doc_tokens)
-    ids = [i[: args.doc_tokens] for i in lm.tokenizer(clipped, add_special_tokens=True).input_ids]
+    ids = [i[: args.doc_tokens] for i in clipped_tokens(lm, frame["text"].to_list(), args.doc_tokens)]
     share = [float(repeat3_flags(i)[1:].mean()) if len(i) > 1 else float("nan") for i in ids]
     feats = text_features(lm.tokenizer.batch_decode(ids, skip_special_tokens=True))
     frame = frame.with_columns(
