@@ -1,4 +1,6 @@
 # attention-influence: `make setup && make demo`, `make test`, `make ui`.
+# Run settings: one configuration file, `AI_CONFIG=my-run.toml make demo` (default: the demo profile);
+# `.venv/bin/attention-influence config show` prints the effective values (docs/configuration.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv

@@ -7,7 +7,7 @@
     retrieval_heads -> sft_step_scores[sft shard] -> sft_selection -> sft_training_set -> sft_evaluation
                                                                      (group post_training)
 
-See `attention_influence/settings.py` for the environment variables and the `demo` / `paper` profiles.
+Settings: one configuration (`attention_influence.config`); AI_CONFIG names its file (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ai_assets.sft_partitions import sft_shard_sensor_for
 from ai_assets.sft_selection import sft_selection
 from ai_assets.sft_step_scores import sft_step_scores
 from ai_assets.sft_training_set import sft_training_set
-from attention_influence.settings import Settings, load_settings, sft_input_glob
+from attention_influence.config import Config, load_config
 from resources import Corpus, DuckDB, MLflow, PostTraining, SelectionProfile, SelectorModel, Workdir
 
 ASSETS = [
@@ -63,37 +63,34 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
-def build_resources(settings: Settings) -> dict:
+def build_resources(config: Config) -> dict:
+    """One resource per section of the configuration (paths resolved); the launchpad overrides any field."""
+    workdir = config.workdir
     return {
-        "model": SelectorModel(
-            spec=settings.model,
-            dtype=settings.dtype,
-            device=settings.device,
-            cache_dir=str(settings.model_cache),
-        ),
-        "corpus": Corpus(
-            uri=settings.corpus,
-            text_column=settings.text_column,
-            id_column=settings.id_column,
-            domain_column=settings.domain_column,
-        ),
-        "profile": SelectionProfile.from_profile(
-            settings.profile_name, settings.profile, eval_dir=str(settings.eval_dir)
-        ),
-        "workdir": Workdir(path=str(settings.workdir)),
-        "duckdb": DuckDB(database=str(settings.workdir / "selection.duckdb")),
-        "mlflow": MLflow(tracking_uri=settings.mlflow_tracking_uri, ui_url=settings.mlflow_ui_url),
-        "post_training": PostTraining.from_settings(settings.sft, sft_input_glob(settings)),
+        "model": SelectorModel(**{**config.model.model_dump(), "cache_dir": str(config.model_cache)}),
+        "corpus": Corpus(**{**config.corpus.model_dump(), "uri": config.corpus_uri}),
+        "profile": SelectionProfile.from_config(config),
+        "workdir": Workdir(path=str(workdir)),
+        "duckdb": DuckDB(database=str(workdir / "selection.duckdb")),
+        "mlflow": MLflow(**{**config.mlflow.model_dump(), "tracking_uri": config.mlflow_tracking_uri}),
+        "post_training": PostTraining(**{**config.post_training.model_dump(), "input": config.sft_input}),
     }
 
 
-def build_definitions(settings: Settings | None = None, resources: dict | None = None) -> dg.Definitions:
-    settings = settings or load_settings()
+SENSORS = [corpus_shard_sensor, automation_sensor, sft_shard_sensor]
+
+
+def build_definitions(
+    config: Config | None = None, resources: dict | None = None, executor=None
+) -> dg.Definitions:
+    """The one list of definitions every code location (local, Kubernetes) builds from."""
+    config = config or load_config().config
     return dg.Definitions(
         assets=ASSETS,
         jobs=JOBS,
-        sensors=[corpus_shard_sensor, automation_sensor, sft_shard_sensor],
-        resources={**build_resources(settings), **(resources or {})},
+        sensors=SENSORS,
+        resources={**build_resources(config), **(resources or {})},
+        executor=executor,
     )
 
 

@@ -13,25 +13,21 @@ from __future__ import annotations
 import dagster as dg
 from dagster_k8s import k8s_job_executor
 
-from ai_assets.definitions import ASSETS, automation_sensor, build_resources
-from ai_assets.jobs import JOBS
+from ai_assets.definitions import build_definitions
 from ai_assets.k8s import executor_config
-from ai_assets.sensors import corpus_shard_sensor
-from attention_influence.settings import Settings, load_settings
+from attention_influence.config import Config, load_config
 from resources.workdir import RemoteWorkdir
 
 
-def build_k8s_definitions(settings: Settings | None = None) -> dg.Definitions:
-    settings = settings or load_settings()
-    resources = build_resources(settings)
-    if settings.output_uri:  # steps in different pods share their outputs through the object store
-        resources["workdir"] = RemoteWorkdir(path=str(settings.workdir), remote=settings.output_uri)
-    return dg.Definitions(
-        assets=ASSETS,
-        jobs=JOBS,
-        sensors=[corpus_shard_sensor, automation_sensor],
+def build_k8s_definitions(config: Config | None = None) -> dg.Definitions:
+    config = config or load_config().config
+    resources = {}
+    if config.deploy.output_uri:  # steps in different pods share their outputs through the object store
+        resources["workdir"] = RemoteWorkdir(path=str(config.workdir), remote=config.deploy.output_uri)
+    return build_definitions(
+        config,
         resources=resources,
-        executor=k8s_job_executor.configured(executor_config(settings.k8s), name="k8s"),
+        executor=k8s_job_executor.configured(executor_config(config.deploy), name="k8s"),
     )
 
 

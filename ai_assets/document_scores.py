@@ -5,26 +5,27 @@ checkpointed and the table is written atomically to `$AI_WORKDIR/scores/<shard_k
 file next to it (`<shard_key>.json`) records what produced it; its `data_version` hashes the shard
 fingerprint, the model, the head set, the scoring knobs and this code version, so a re-run with nothing
 changed is recognised (and reused without recomputation), while a new model or head set makes every partition
-stale.
+stale. Staging, the record and the reuse check are `attention_influence.shards.record`.
 """
 
-import time
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import polars as pl
 
-from ai_assets.metadata import heads_text, markdown_table, read_head_set, version_hash
+from ai_assets.metadata import heads_text, markdown_table, read_head_set
 from ai_assets.partitions import corpus_shard, shard_partitions
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
-from attention_influence.io.atomic import atomic_write_json, atomic_write_parquet
+from attention_influence.head_selection import HeadSetError, require_model
 from attention_influence.io.corpus import CorpusError, Shard
 from resources import Corpus, SelectionProfile, SelectorModel, Workdir
+
+if TYPE_CHECKING:  # attention_influence.shards imports torch: the code location loads without it
+    from attention_influence.shards.record import ShardScoring
 
 GPU_POOL = "gpu"  # the concurrency pool scoring steps share: `dagster instance concurrency set gpu <N GPUs>`
 
 CODE_VERSION = "2"  # 2: structure feature columns (repeat3_share, ..., score_norep)
-STAGED_DOMAIN = "__ai_domain__"
 
 
 class ScoreConfig(dg.Config):
@@ -32,27 +33,11 @@ class ScoreConfig(dg.Config):
 
 
 def stage_shard(shard: Shard, corpus: Corpus, max_docs: int, path) -> tuple[str, str, int]:
-    """The first `max_docs` rows as a local Parquet file, the domain resolved into its own column.
+    """The first `max_docs` rows of a corpus shard as a local Parquet file, the domain resolved
+    (`attention_influence.shards.staging.stage_shard` with the corpus's domain column)."""
+    from attention_influence.shards.staging import stage_shard as stage_shard_at
 
-    Returns (input path, domain column, rows in the whole shard). Without a row limit the shard is read in
-    place.
-    """
-    from attention_influence.shards import InputError
-
-    try:
-        lazy = pl.scan_parquet(shard.uri)
-        total = int(lazy.select(pl.len()).collect().item())
-        if not max_docs:
-            return shard.uri, corpus.domain_column, total
-        frame = lazy.head(max_docs).collect()
-    except Exception as exc:  # noqa: BLE001 - corrupt or unreachable shard: name it
-        raise InputError(f"{shard.uri}: cannot read Parquet shard: {exc}") from exc
-    if corpus.domain_column and corpus.domain_column in frame.columns:
-        domain = pl.col(corpus.domain_column).cast(pl.String)
-    else:
-        domain = pl.lit(shard.folder, dtype=pl.String)
-    atomic_write_parquet(frame.with_columns(domain.alias(STAGED_DOMAIN)), path)
-    return str(path), STAGED_DOMAIN, total
+    return stage_shard_at(shard.uri, shard.folder, corpus.domain_column, max_docs, path)
 
 
 def _progress(context: dg.AssetExecutionContext, key: str):
@@ -60,6 +45,52 @@ def _progress(context: dg.AssetExecutionContext, key: str):
         context.log.info(f"{key}: {done}/{total} chunks scored")
 
     return progress
+
+
+def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: Workdir) -> "ShardScoring":
+    """The shard's scoring request from the resources: columns, scoring section and work-dir paths."""
+    from attention_influence.shards.record import ShardScoring
+
+    return ShardScoring(
+        shard=shard,
+        output_path=workdir.score_path(shard.key),
+        staging_path=workdir.staging_path(shard.key),
+        provenance_path=workdir.score_provenance_path(shard.key),
+        text_column=corpus.text_column,
+        id_column=corpus.id_column,
+        domain_column=corpus.domain_column,
+        scoring=profile.scoring,
+        knobs=profile.scoring_knobs(),
+        profile=profile.name,
+        code_version=CODE_VERSION,
+    )
+
+
+def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) -> dict:
+    """The partition's page: counts that reconcile, quarantine reasons, throughput, score stats, lineage."""
+    from attention_influence.shards.record import quarantine_rows, score_stats, tokens_per_second
+
+    return {
+        "shard": request.shard.key,
+        "uri": record["uri"],
+        "path": dg.MetadataValue.path(str(request.output_path)),
+        "documents_in_shard": record["documents_in_shard"],
+        "documents_considered": record["documents_considered"],
+        "scored": record["scored"],
+        "quarantined": record["quarantined"],
+        "quarantine_reasons": dg.MetadataValue.md(markdown_table(quarantine_rows(record))),
+        "quarantine_path": dg.MetadataValue.path(record["quarantine"]),
+        "tokens_scored": record["tokens_scored"],
+        "tokens_per_second": tokens_per_second(record),
+        "score_stats": dg.MetadataValue.md(markdown_table(score_stats(request.output_path))),
+        "head_set_id": record["head_set_id"],
+        "heads": heads_text(record["heads"]),
+        "model": record["model"],
+        "device": device,
+        "probe_set_version": str(record.get("probe_set_version")),
+        "reused_unchanged": reused,
+        "data_version": record["data_version"],
+    }
 
 
 @dg.asset(
@@ -80,123 +111,29 @@ def document_scores(
     profile: SelectionProfile,
     workdir: Workdir,
 ) -> dg.MaterializeResult:
-    from attention_influence.shards import HeadSet, ShardJob, score_shard
+    from attention_influence.shards.record import is_unchanged, score_and_record
 
     key = context.partition_key
     try:
         shard = corpus.shard(key)
-    except CorpusError as exc:
+        lm = model.lm
+        heads_doc = read_head_set(workdir.pull(workdir.heads_path))
+        require_model(heads_doc, lm.identity, workdir.heads_path)
+    except (CorpusError, HeadSetError) as exc:
         raise dg.Failure(str(exc)) from exc
-    lm = model.lm
-    heads_doc = read_head_set(workdir.pull(workdir.heads_path))
-    if heads_doc["model"] != lm.identity:
-        raise dg.Failure(
-            f"{workdir.heads_path} was ranked on {heads_doc['model']} but the selector model is "
-            f"{lm.identity}: re-materialize retrieval_probe_set and retrieval_heads"
-        )
-    heads, hsid = heads_doc["heads"], heads_doc["head_set_id"]
-    out, prov_path = workdir.score_path(key), workdir.score_provenance_path(key)
-    data_version = version_hash(
-        shard=shard.fingerprint,
-        model=lm.identity,
-        head_set_id=hsid,
-        knobs=profile.scoring_knobs(),
-        columns=[corpus.text_column, corpus.id_column, corpus.domain_column],
-        code_version=CODE_VERSION,
-    )
+    request = _scoring(shard, corpus, profile, workdir)
+    data_version = request.data_version(lm.identity, heads_doc["head_set_id"])
     previous = workdir.score_record(key)
-    reused = not config.force and previous is not None and previous.get("data_version") == data_version
+    reused = is_unchanged(previous, data_version, config.force)
     if reused:
         context.log.info(
             f"{key}: unchanged since {previous['scored_at']} (data version {data_version}); reused"
         )
-        summary = previous
+        record = previous
     else:
-        t0 = time.time()
-        input_path, domain_column, total = stage_shard(
-            shard, corpus, profile.max_docs_per_shard, workdir.staging_path(key)
-        )
-        considered = min(total, profile.max_docs_per_shard) if profile.max_docs_per_shard else total
-        context.log.info(
-            f"{key}: scoring {considered} of {total} documents from {shard.uri} with "
-            f"{len(heads)} heads masked ({hsid}) on {lm.device}"
-        )
-        job = ShardJob(
-            input_path=input_path,
-            output_path=out,
-            shard=key,
-            text_column=corpus.text_column,
-            id_column=corpus.id_column,
-            domain_column=domain_column,
-            max_tokens=profile.doc_max_tokens or None,
-            batch_tokens=profile.batch_tokens,
-            windows=profile.windows,
-            checkpoint_every=profile.checkpoint_every,
-        )
-        result = score_shard(
-            lm, HeadSet(heads, hsid), job, progress=_progress(context, key), log=context.log.info
-        )
-        if input_path != shard.uri:
-            workdir.staging_path(key).unlink(missing_ok=True)
-        summary = {
-            **result,
-            "input": shard.uri,
-            "key": key,
-            "uri": shard.uri,
-            "shard_fingerprint": shard.fingerprint,
-            "documents_in_shard": total,
-            "documents_considered": considered,
-            "documents_not_considered": total - considered,
-            "data_version": data_version,
-            "head_set_id": hsid,
-            "heads": [list(h) for h in heads],
-            "model": lm.identity,
-            "model_spec": lm.spec,
-            "probe_set_version": heads_doc.get("probe_set_version"),
-            "probe_digest": heads_doc.get("probe_digest"),
-            "knobs": profile.scoring_knobs(),
-            "profile": profile.name,
-            "code_versions": {**heads_doc.get("code_versions", {}), "document_scores": CODE_VERSION},
-            "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "wall_seconds": round(time.time() - t0, 2),
-        }
-        atomic_write_json(prov_path, summary)
-
-    scores = pl.read_parquet(out, columns=["score", "n_tokens"])
-    stats = (
-        scores.select(
-            pl.col("score").mean().alias("mean"),
-            pl.col("score").std().alias("std"),
-            pl.col("score").min().alias("min"),
-            pl.col("score").median().alias("median"),
-            pl.col("score").max().alias("max"),
-        ).to_dicts()
-        if scores.height
-        else []
-    )
-    reasons = [{"reason": r, "rows": n} for r, n in sorted(summary.get("quarantine_reasons", {}).items())]
-    seconds = summary.get("seconds") or 0
+        progress, log = _progress(context, key), context.log.info
+        record = score_and_record(lm, request, heads_doc, data_version, progress=progress, log=log)
     return dg.MaterializeResult(
-        metadata={
-            "shard": key,
-            "uri": summary["uri"],
-            "path": dg.MetadataValue.path(str(out)),
-            "documents_in_shard": summary["documents_in_shard"],
-            "documents_considered": summary["documents_considered"],
-            "scored": summary["scored"],
-            "quarantined": summary["quarantined"],
-            "quarantine_reasons": dg.MetadataValue.md(markdown_table(reasons)),
-            "quarantine_path": dg.MetadataValue.path(summary["quarantine"]),
-            "tokens_scored": summary["tokens_scored"],
-            "tokens_per_second": round(summary["tokens_scored"] / seconds, 1) if seconds else 0.0,
-            "score_stats": dg.MetadataValue.md(markdown_table(stats)),
-            "head_set_id": summary["head_set_id"],
-            "heads": heads_text(summary["heads"]),
-            "model": summary["model"],
-            "device": str(lm.device),
-            "probe_set_version": str(summary.get("probe_set_version")),
-            "reused_unchanged": reused,
-            "data_version": summary["data_version"],
-        },
-        data_version=dg.DataVersion(summary["data_version"]),
+        metadata=_metadata(record, request, str(lm.device), reused),
+        data_version=dg.DataVersion(record["data_version"]),
     )

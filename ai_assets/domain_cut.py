@@ -1,6 +1,6 @@
 """`domain_cut`: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
 
-The policy (SelectionProfile.cut_policy / AI_CUT_POLICY) picks the statement: `docs` (this default), `tokens`
+The policy (SelectionProfile.cut_policy / cut.policy) picks the statement: `docs` (this default), `tokens`
 (top fraction of each domain's tokens; the boundary document is selected), `global` (one ranking across
 domains) or `fused` (rank average with a corpus quality column); see `attention_influence.cut`. Non-default
 policies are part of the data version, the provenance (`cut_policy`) and the metadata.
@@ -9,21 +9,24 @@ Rounding: a domain with n eligible documents keeps k = floor(n * frac + 0.5) (ne
 documents at 20% keep 20, 7 keep 1, 2 keep 0); ties in score are broken by id. A document id that appears in
 several shards is ranked once (in the first shard by key) and its other copies are excluded with a reason.
 The cut reads only score Parquet files and is the only writer of the DuckDB file. The cut itself (statements,
-files, provenance) is `attention_influence.cut`; this asset picks the scored shards and reports metadata.
+files, provenance, data version) is `attention_influence.cut`; this asset picks the scored shards and
+reports metadata.
 """
 
 import dagster as dg
 
 from ai_assets.document_scores import document_scores
-from ai_assets.metadata import heads_text, markdown_table, read_head_set, version_hash
+from ai_assets.metadata import heads_text, markdown_table, read_head_set
 from ai_assets.partitions import SHARD_PARTITIONS
 from attention_influence.cut import (
     CODE_VERSION,
     ROUNDING,
+    CutInputError,
     CutPolicyError,
-    cut_provenance,
-    policy_record,
-    run_cut,
+    CutResult,
+    check_scored_shards,
+    cut_data_version,
+    cut_shards,
 )
 from resources import Corpus, DuckDB, SelectionProfile, Workdir
 
@@ -53,6 +56,44 @@ def gate_metadata(policy, summary) -> dict:
     }
 
 
+def _metadata(
+    cut: CutResult, policy, frac: float, shards, unscored, heads_doc: dict, workdir: Workdir
+) -> dict:
+    """The cut's page: per-domain counts (two narrow tables instead of one that the metadata column clips),
+    totals, the policy and its gate, exclusions, shards and the head set."""
+    summary, totals = cut.summary, cut.totals
+    return {
+        "path": dg.MetadataValue.path(str(workdir.cut_path)),
+        "duckdb": dg.MetadataValue.path(str(workdir.duckdb_path)),
+        "by_domain": dg.MetadataValue.md(
+            markdown_table(
+                summary.select("domain", "documents", "selected", "keep_target", "excluded").to_dicts()
+            )
+        ),
+        "tokens_by_domain": dg.MetadataValue.md(
+            markdown_table(
+                summary.select("domain", "threshold_score", "tokens", "selected_tokens").to_dicts()
+            )
+        ),
+        "documents": int(totals["documents"]),
+        "selected": int(totals["selected"]),
+        "selected_tokens": int(totals["selected_tokens"] or 0),
+        "domain_top_frac": frac,
+        "rounding": ROUNDING,
+        "cut_policy": policy.name,
+        "cut_rule": policy.describe()["rule"],
+        **({"fusion": dg.MetadataValue.json(policy.describe())} if policy.name == "fused" else {}),
+        **gate_metadata(policy, summary),
+        "excluded": dg.MetadataValue.md(markdown_table([{"reason": r, "rows": n} for r, n in cut.excluded])),
+        "shards": dg.MetadataValue.json([s["key"] for s in shards]),
+        "shards_not_scored": dg.MetadataValue.json(unscored),
+        "head_set_id": heads_doc["head_set_id"],
+        "model": heads_doc["model"],
+        "heads": heads_text(heads_doc["heads"]),
+        "probe_set_version": str(heads_doc.get("probe_set_version")),
+    }
+
+
 @dg.asset(
     deps=[document_scores],
     automation_condition=dg.AutomationCondition.eager(),
@@ -72,85 +113,27 @@ def domain_cut(
 ) -> dg.MaterializeResult:
     try:
         policy = profile.cut_policy_config()
-    except CutPolicyError as exc:
-        raise dg.Failure(str(exc)) from exc
-    heads_doc = read_head_set(workdir.pull(workdir.heads_path))
-    shards, unscored = scored_shards(context.instance, workdir)
-    if not shards:
-        raise dg.Failure("no shard has been scored yet: materialize document_scores partitions first")
-    if unscored:
-        context.log.warning(
-            f"{len(unscored)} registered shard(s) are not scored and are left out: {unscored}"
-        )
-    stale = [s["key"] for s in shards if s["head_set_id"] != heads_doc["head_set_id"]]
-    if stale:
-        raise dg.Failure(
-            f"{len(stale)} shard(s) were scored with another head set than the current retrieval_heads "
-            f"({heads_doc['head_set_id']}); re-materialize document_scores for: {', '.join(stale)}"
-        )
-    frac = float(profile.domain_top_frac)
-    if not 0.0 < frac <= 1.0:
-        raise dg.Failure(f"domain_top_frac must be in (0, 1], got {frac} (AI_DOMAIN_TOP_FRAC)")
-    files = [str(workdir.score_path(s["key"])) for s in shards]
-    provenance = {"asset": "domain_cut", **cut_provenance(heads_doc, shards, frac, profile.name, policy)}
-    provenance["code_versions"]["domain_cut"] = CODE_VERSION
-    reads_corpus = policy.name == "fused" or policy.gate_column
-    quality_sources = [(s["key"], s["uri"]) for s in shards] if reads_corpus else []
-    try:
+        heads_doc = read_head_set(workdir.pull(workdir.heads_path))
+        shards, unscored = scored_shards(context.instance, workdir)
+        hsid, warn = heads_doc["head_set_id"], context.log.warning
+        frac = check_scored_shards(shards, unscored, hsid, profile.cut.top_frac, warn=warn)
+        files = [str(workdir.score_path(s["key"])) for s in shards]
         with duckdb.connect() as con:
-            cut = run_cut(
+            cut = cut_shards(
                 con,
+                shards,
                 files,
+                heads_doc,
                 frac,
+                profile.name,
                 workdir.cut_path,
                 workdir.cut_summary_path,
-                provenance,
                 policy=policy,
-                quality_sources=quality_sources,
                 id_column=corpus.id_column,
             )
-    except CutPolicyError as exc:
+    except (CutInputError, CutPolicyError) as exc:
         raise dg.Failure(str(exc)) from exc
-    summary, excluded = cut.summary, cut.excluded
-    data_version = version_hash(
-        head_set_id=heads_doc["head_set_id"],
-        frac=frac,
-        code_version=CODE_VERSION,
-        shards=sorted((s["key"], s["data_version"]) for s in shards),
-        **policy_record(policy),  # nothing for `docs`: its data version is the one cuts had before policies
-    )
-    totals = cut.totals
     return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(workdir.cut_path)),
-            "duckdb": dg.MetadataValue.path(str(workdir.duckdb_path)),
-            # two narrow tables instead of one that the metadata column clips
-            "by_domain": dg.MetadataValue.md(
-                markdown_table(
-                    summary.select("domain", "documents", "selected", "keep_target", "excluded").to_dicts()
-                )
-            ),
-            "tokens_by_domain": dg.MetadataValue.md(
-                markdown_table(
-                    summary.select("domain", "threshold_score", "tokens", "selected_tokens").to_dicts()
-                )
-            ),
-            "documents": int(totals["documents"]),
-            "selected": int(totals["selected"]),
-            "selected_tokens": int(totals["selected_tokens"] or 0),
-            "domain_top_frac": frac,
-            "rounding": ROUNDING,
-            "cut_policy": policy.name,
-            "cut_rule": policy.describe()["rule"],
-            **({"fusion": dg.MetadataValue.json(policy.describe())} if policy.name == "fused" else {}),
-            **gate_metadata(policy, summary),
-            "excluded": dg.MetadataValue.md(markdown_table([{"reason": r, "rows": n} for r, n in excluded])),
-            "shards": dg.MetadataValue.json([s["key"] for s in shards]),
-            "shards_not_scored": dg.MetadataValue.json(unscored),
-            "head_set_id": heads_doc["head_set_id"],
-            "model": heads_doc["model"],
-            "heads": heads_text(heads_doc["heads"]),
-            "probe_set_version": str(heads_doc.get("probe_set_version")),
-        },
-        data_version=dg.DataVersion(data_version),
+        metadata=_metadata(cut, policy, frac, shards, unscored, heads_doc, workdir),
+        data_version=dg.DataVersion(cut_data_version(hsid, frac, shards, policy)),
     )

@@ -17,7 +17,8 @@ IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 observe_selector_model = dg.define_asset_job(
     "observe_selector_model",
     selection=["selector_model"],
-    description="Observe the selector model (identity, dtype, layers x heads): run after changing AI_MODEL.",
+    description="Observe the selector model (identity, dtype, layers x heads): run after changing "
+    "model.spec.",
 )
 rank_heads_job = dg.define_asset_job(
     "rank_retrieval_heads",

@@ -188,23 +188,33 @@ def materialize_post_training(instance: dg.DagsterInstance, resources: dict, ste
 
 def main(argv: list[str] | None = None) -> int:
     from ai_assets.definitions import build_resources
-    from attention_influence.settings import load_settings
+    from attention_influence.config import load_config
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--register-only", action="store_true", help="only register the corpus shards")
+    parser.add_argument("--register-sft", action="store_true", help="only register the SFT shards")
+    parser.add_argument("--config", default=None, help="configuration file (default: AI_CONFIG)")
     args = parser.parse_args(argv)
-    settings = load_settings()
-    resources = build_resources(settings)
+    if args.config:  # the runs launched through the code location load the same file
+        os.environ["AI_CONFIG"] = os.path.abspath(args.config)
+    config = load_config(args.config).config
+    resources = build_resources(config)
     with dg.DagsterInstance.get() as instance:
         if args.register_only:
             new = register_shards(instance, resources["corpus"].shards())
             print("\n".join(new))
             return 0
+        if args.register_sft:
+            from ai_assets.sft_partitions import SFT_PARTITIONS, register_sft_shards
+
+            register_sft_shards(instance, resources["post_training"].shards())
+            print("\n".join(sorted(instance.get_dynamic_partitions(SFT_PARTITIONS))))
+            return 0
         print(
-            f"corpus {settings.corpus} | model {settings.model} | profile {settings.profile_name} | "
-            f"work dir {settings.workdir}",
+            f"corpus {config.corpus_uri} | model {config.model.spec} | profile {config.profile} | "
+            f"work dir {config.workdir}",
             flush=True,
         )
         launch = CodeLocationLauncher(instance, tags={"dagster/from": "make demo"})

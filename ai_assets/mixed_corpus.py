@@ -3,18 +3,36 @@ size (`$AI_WORKDIR/mixed/mixed-NNNNN.parquet`; uploaded with the work dir when A
 
 Columns text, id, domain, shard, score, selected_copy, head_set_id, n_tokens; every eligible document once
 plus the selected ones again; read as is by `datasets.load_dataset("parquet", data_files=...)` and DataTrove's
-ParquetReader. The join and the streaming are `attention_influence.mixed_corpus`; rows and per-domain counts
-are reconciled with the manifest before the asset succeeds.
+ParquetReader. The join, the streaming and the reconciliation of rows and per-domain counts with the manifest
+are `attention_influence.mixed_corpus` (`mix_manifest`).
 """
 
 import dagster as dg
-import polars as pl
 
-from ai_assets.metadata import markdown_table, version_hash
-from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
+from ai_assets.metadata import markdown_table
+from ai_assets.pretraining_manifest import pretraining_manifest
 from attention_influence.audit import read_provenance
-from attention_influence.mixed_corpus import CODE_VERSION, MixError, write_mixed_corpus
+from attention_influence.manifest import MANIFEST_FILE
+from attention_influence.mixed_corpus import CODE_VERSION, MixError, MixResult, mix_data_version, mix_manifest
 from resources import Corpus, SelectionProfile, Workdir
+
+
+def _metadata(mix: MixResult, manifest_prov: dict, profile: SelectionProfile, workdir: Workdir) -> dict:
+    """The mix's page: files, rows and tokens per domain, the shuffle, the head set, how to load it."""
+    by_domain = mix.by_domain
+    return {
+        "path": dg.MetadataValue.path(str(workdir.mixed_dir)),
+        "files": dg.MetadataValue.json([f.name for f in mix.files]),
+        "rows": mix.rows,
+        "documents": int(by_domain["documents"].sum()),
+        "selected_copies": int(by_domain["selected_copies"].sum()),
+        "total_tokens": int(by_domain["total_tokens"].sum()),
+        "by_domain": dg.MetadataValue.md(markdown_table(by_domain.to_dicts())),
+        "shuffle_seed": str(profile.mix.shuffle_seed),
+        "rows_per_file": int(profile.mix.rows_per_file),
+        "head_set_id": manifest_prov["head_set_id"],
+        "load": f"datasets.load_dataset('parquet', data_files='{workdir.mixed_dir}/mixed-*.parquet')",
+    }
 
 
 @dg.asset(
@@ -33,55 +51,22 @@ def mixed_corpus(
     if not manifest.exists():
         raise dg.Failure(f"{manifest} does not exist: materialize pretraining_manifest first")
     manifest_prov = read_provenance(manifest)
-    seed = None if profile.mix_shuffle_seed < 0 else int(profile.mix_shuffle_seed)
-    provenance = {
-        **manifest_prov,
-        "asset": "mixed_corpus",
-        "mix_rows_per_file": int(profile.mix_rows_per_file),
-        "mix_shuffle_seed": seed,
-        "code_versions": {**manifest_prov.get("code_versions", {}), "mixed_corpus": CODE_VERSION},
-    }
-    shards = [(s["key"], s["uri"]) for s in manifest_prov.get("shards", [])]
-    context.log.info(f"joining {manifest} with the text of {len(shards)} corpus shard(s)")
+    rows_per_file, seed = int(profile.mix.rows_per_file), profile.mix.shuffle_seed
     try:
-        mix = write_mixed_corpus(
+        mix = mix_manifest(
             manifest,
-            shards,
+            manifest_prov,
             workdir.mixed_dir,
-            rows_per_file=int(profile.mix_rows_per_file),
-            shuffle_seed=seed,
-            provenance=provenance,
+            rows_per_file,
+            seed,
             text_column=corpus.text_column,
             id_column=corpus.id_column,
             temp_dir=workdir.inside("tmp", "duckdb"),
+            log=context.log.info,
         )
     except MixError as exc:
         raise dg.Failure(str(exc)) from exc
-    expected = pl.scan_parquet(manifest).group_by("domain", "selected_copy").len().collect()
-    got = pl.scan_parquet(mix.files).group_by("domain", "selected_copy").len().collect()
-    if not expected.sort(pl.all()).equals(got.sort(pl.all())):
-        raise dg.Failure(f"mixed corpus rows do not reconcile with {manifest}: {got} vs {expected}")
-    by_domain = mix.by_domain
     return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(workdir.mixed_dir)),
-            "files": dg.MetadataValue.json([f.name for f in mix.files]),
-            "rows": mix.rows,
-            "documents": int(by_domain["documents"].sum()),
-            "selected_copies": int(by_domain["selected_copies"].sum()),
-            "total_tokens": int(by_domain["total_tokens"].sum()),
-            "by_domain": dg.MetadataValue.md(markdown_table(by_domain.to_dicts())),
-            "shuffle_seed": str(seed),
-            "rows_per_file": int(profile.mix_rows_per_file),
-            "head_set_id": manifest_prov["head_set_id"],
-            "load": f"datasets.load_dataset('parquet', data_files='{workdir.mixed_dir}/mixed-*.parquet')",
-        },
-        data_version=dg.DataVersion(
-            version_hash(
-                manifest=manifest_prov,
-                rows_per_file=int(profile.mix_rows_per_file),
-                seed=seed,
-                code_version=CODE_VERSION,
-            )
-        ),
+        metadata=_metadata(mix, manifest_prov, profile, workdir),
+        data_version=dg.DataVersion(mix_data_version(manifest_prov, rows_per_file, seed)),
     )

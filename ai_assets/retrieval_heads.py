@@ -1,4 +1,9 @@
-"""`retrieval_heads`: every head's retrieval score on the probes, and the top fraction masked when scoring."""
+"""`retrieval_heads`: every head's retrieval score on the probes, and the top fraction masked when scoring.
+
+Ranking (or the fixed head set of heads.heads_file) and the three files (heads.json, head_scores.parquet, the
+heatmap) are `attention_influence.head_selection`; this asset reads the probes, tracks the ranking in MLflow
+and reports metadata.
+"""
 
 import dagster as dg
 import numpy as np
@@ -8,8 +13,14 @@ from ai_assets.metadata import heads_text, markdown_table, mlflow_figure
 from ai_assets.retrieval_probe_set import CODE_VERSION as PROBE_CODE_VERSION
 from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selector_model import selector_model
-from attention_influence.audit import write_parquet_with_provenance
-from attention_influence.io.atomic import atomic_write_json
+from attention_influence.head_selection import (
+    HeadSetError,
+    heads_document,
+    load_or_rank,
+    top_heads,
+    write_head_set,
+    write_heatmap,
+)
 from resources import MLflow, SelectionProfile, SelectorModel, Workdir
 
 CODE_VERSION = "1"
@@ -60,6 +71,31 @@ def _track_ranking(mlflow: MLflow, ranking, doc: dict, files, figure) -> tuple[s
     return run.info.run_id, tracking.run_url(run.info.experiment_id, run.info.run_id, mlflow.ui_url)
 
 
+def _metadata(ranking, table, figure, run: tuple[str, str], mlflow: MLflow, workdir: Workdir) -> dict:
+    """The asset page, the figure first (the page lists metadata in this order): heads, model, lineage."""
+    run_id, run_link = run
+    return {
+        "heatmap": mlflow_figure(
+            run_id, f"figures/{figure.name}", "retrieval score per head, layer 0 at the bottom", mlflow.ui_url
+        ),
+        "heatmap_png": dg.MetadataValue.path(str(workdir.heads_figure_path)),
+        "mlflow_run_url": dg.MetadataValue.url(run_link),
+        "heads": heads_text(ranking.heads),
+        "model": ranking.model_identity,
+        "model_spec": ranking.model_spec,
+        "head_set_id": ranking.head_set_id,
+        "n_heads": len(ranking.heads),
+        "of_heads": table.height,
+        "top_frac": ranking.top_frac,
+        "probe_set_version": ranking.probe_set_version,
+        "probe_digest": ranking.probe_digest,
+        "n_probes": ranking.n_probes,
+        "exact_match_base": ranking.exact_match,
+        "path": dg.MetadataValue.path(str(workdir.heads_path)),
+        "top_heads": dg.MetadataValue.md(markdown_table(top_heads(table, max(10, len(set(ranking.heads)))))),
+    }
+
+
 @dg.asset(
     deps=[retrieval_probe_set, selector_model],
     code_version=CODE_VERSION,
@@ -75,103 +111,30 @@ def retrieval_heads(
     workdir: Workdir,
     mlflow: MLflow,
 ) -> dg.MaterializeResult:
-    from attention_influence.influence.heads import HeadRanking, head_set_id, load_head_set, rank_heads
     from attention_influence.influence.probes import probes_from_frame
 
     lm = model.lm
     if not workdir.pull(workdir.probes_path).exists():
         raise dg.Failure(f"{workdir.probes_path} does not exist: materialize retrieval_probe_set first")
     probes = probes_from_frame(pl.read_parquet(workdir.probes_path))
-    if profile.heads_file:  # a fixed head set: no ranking, the given heads are masked
-        heads, meta = load_head_set(profile.heads_file)
-        ranking = HeadRanking(
-            scores=np.full((lm.num_layers, lm.num_heads), np.nan),
-            heads=sorted(heads),
-            top_frac=float("nan"),
-            model_identity=lm.identity,
-            head_set_id=head_set_id(lm.identity, heads),
-            n_probes=len(probes),
-            model_spec=lm.spec,
-            extra={"heads_file": profile.heads_file},
+    try:
+        ranking = load_or_rank(
+            lm,
+            probes,
+            profile.heads.heads_file,
+            profile.heads.top_frac,
+            log=context.log.info,
+            progress=_log_progress(context, "probes decoded"),
         )
-    else:
-        context.log.info(
-            f"ranking {lm.num_layers}x{lm.num_heads} heads of {lm.identity} on {len(probes)} probes"
-        )
-        ranking = rank_heads(
-            lm, probes, top_frac=profile.head_top_frac, progress=_log_progress(context, "probes decoded")
-        )
-        ranking.model_spec = lm.spec
-    for layer, head in ranking.heads:
-        if not (0 <= layer < lm.num_layers and 0 <= head < lm.num_heads):
-            raise dg.Failure(
-                f"head ({layer}, {head}) does not exist in {lm.identity} "
-                f"({lm.num_layers} layers x {lm.num_heads} heads)"
-            )
-    doc = ranking.to_json()
-    doc.update(
-        {
-            "asset": "retrieval_heads",
-            "profile": profile.name,
-            "code_versions": {"retrieval_probe_set": PROBE_CODE_VERSION, "retrieval_heads": CODE_VERSION},
-        }
-    )
-    atomic_write_json(workdir.heads_path, doc)
-
-    L, H = ranking.scores.shape
-    chosen = set(ranking.heads)
-    table = pl.DataFrame(
-        {
-            "layer": np.repeat(np.arange(L), H),
-            "head": np.tile(np.arange(H), L),
-            "retrieval_score": ranking.scores.reshape(-1),
-        }
-    ).with_columns(
-        pl.struct("layer", "head")
-        .map_elements(lambda r: (r["layer"], r["head"]) in chosen, return_dtype=pl.Boolean)
-        .alias("selected"),
-        pl.lit(ranking.head_set_id).alias("head_set_id"),
-    )
-    write_parquet_with_provenance(
-        table, workdir.head_scores_path, {k: v for k, v in doc.items() if k != "scores"}
-    )
-    from attention_influence.evaluation.figures import head_heatmap  # matplotlib: only when materializing
-
-    figure = head_heatmap(
-        np.nan_to_num(ranking.scores),
-        ranking.heads,
-        workdir.heads_figure_path,
-        lm.identity,
-    )
-    run_id, run_link = _track_ranking(
-        mlflow, ranking, doc, [workdir.heads_path, workdir.head_scores_path], figure
-    )
-    top = table.sort(["retrieval_score", "layer", "head"], descending=[True, False, False], nulls_last=True)
+    except HeadSetError as exc:
+        raise dg.Failure(str(exc)) from exc
+    code_versions = {"retrieval_probe_set": PROBE_CODE_VERSION, "retrieval_heads": CODE_VERSION}
+    doc = heads_document(ranking, profile.name, code_versions)
+    table = write_head_set(ranking, doc, workdir.heads_path, workdir.head_scores_path)
+    figure = write_heatmap(ranking, workdir.heads_figure_path)
+    files = [workdir.heads_path, workdir.head_scores_path]
+    run = _track_ranking(mlflow, ranking, doc, files, figure)
     return dg.MaterializeResult(
-        metadata={  # the figure first: the asset page lists metadata in this order
-            "heatmap": mlflow_figure(
-                run_id,
-                f"figures/{figure.name}",
-                "retrieval score per head, layer 0 at the bottom",
-                mlflow.ui_url,
-            ),
-            "heatmap_png": dg.MetadataValue.path(str(workdir.heads_figure_path)),
-            "mlflow_run_url": dg.MetadataValue.url(run_link),
-            "heads": heads_text(ranking.heads),
-            "model": lm.identity,
-            "model_spec": lm.spec,
-            "head_set_id": ranking.head_set_id,
-            "n_heads": len(ranking.heads),
-            "of_heads": L * H,
-            "top_frac": ranking.top_frac,
-            "probe_set_version": ranking.probe_set_version,
-            "probe_digest": ranking.probe_digest,
-            "n_probes": ranking.n_probes,
-            "exact_match_base": ranking.exact_match,
-            "path": dg.MetadataValue.path(str(workdir.heads_path)),
-            "top_heads": dg.MetadataValue.md(
-                markdown_table(top.head(max(10, len(chosen))).drop("head_set_id").to_dicts())
-            ),
-        },
+        metadata=_metadata(ranking, table, figure, run, mlflow, workdir),
         data_version=dg.DataVersion(ranking.head_set_id),
     )

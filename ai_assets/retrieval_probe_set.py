@@ -1,15 +1,40 @@
 """`retrieval_probe_set`: the synthetic 3-shot key-value retrieval probes of appendix A,
-built from corpus text."""
+built from corpus text (`attention_influence.probe_set`)."""
 
 import dagster as dg
-import polars as pl
 
 from ai_assets.metadata import markdown_table
 from ai_assets.selector_model import selector_model
-from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.probe_set import (
+    ProbeSet,
+    build_probe_set,
+    preview,
+    probe_set_provenance,
+    token_stats,
+    write_probe_set,
+)
 from resources import Corpus, SelectionProfile, SelectorModel, Workdir
 
 CODE_VERSION = "1"
+
+
+def _metadata(probe_set: ProbeSet, provenance: dict, workdir: Workdir) -> dict:
+    """The set's page: its version and digest, sizes, tokens per probe and the first probe."""
+    prompt, answer = preview(probe_set)
+    return {
+        "path": dg.MetadataValue.path(str(workdir.probes_path)),
+        "probe_set_version": provenance["probe_set_version"],
+        "probe_digest": probe_set.digest,
+        "n_probes": len(probe_set.probes),
+        "probe_max_tokens": provenance["probe_max_tokens"],
+        "tokens_per_probe": dg.MetadataValue.md(markdown_table([token_stats(probe_set)])),
+        "pairs_per_probe_mean": float(probe_set.frame["n_pairs"].mean()),
+        "sentence_pool": probe_set.sentence_pool,
+        "corpus_documents_read": probe_set.documents_read,
+        "seed": provenance["seed"],
+        "tokenizer_of": provenance["tokenizer_of"],
+        "example": dg.MetadataValue.md(f"```\n{prompt}\n```\nanswer: `{answer}`"),
+    }
 
 
 @dg.asset(
@@ -27,62 +52,19 @@ def retrieval_probe_set(
     profile: SelectionProfile,
     workdir: Workdir,
 ) -> dg.MaterializeResult:
-    from attention_influence.influence.probes import (
-        PROBE_SET_VERSION,
-        build_probes,
-        extract_sentences,
-        probe_set_digest,
-        probes_to_frame,
-    )
-
-    lm = model.lm
-    texts = corpus.texts(profile.probe_source_docs)
-    sentences = extract_sentences(texts, lm.tokenizer)
-    context.log.info(f"{len(sentences)} clean sentences of <= 30 tokens from {len(texts)} corpus documents")
-    probes = build_probes(
-        sentences,
+    lm, heads = model.lm, profile.heads
+    probe_set = build_probe_set(
+        corpus.texts(heads.probe_source_docs),
         lm.tokenizer,
-        n=profile.n_probes,
-        max_tokens=profile.probe_max_tokens,
-        seed=profile.probe_seed,
+        n=heads.n_probes,
+        max_tokens=heads.probe_max_tokens,
+        seed=heads.probe_seed,
+        log=context.log.info,
     )
-    digest = probe_set_digest(probes)
-    frame = probes_to_frame(probes)
-    provenance = {
-        "asset": "retrieval_probe_set",
-        "probe_set_version": PROBE_SET_VERSION,
-        "probe_digest": digest,
-        "n_probes": len(probes),
-        "probe_max_tokens": profile.probe_max_tokens,
-        "seed": profile.probe_seed,
-        "tokenizer_of": lm.identity,
-        "corpus": corpus.uri,
-        "code_versions": {"retrieval_probe_set": CODE_VERSION},
-    }
-    write_parquet_with_provenance(frame, workdir.probes_path, provenance)
-    n_tokens = frame.select((pl.col("prompt_ids").list.len() + pl.col("answer_ids").list.len()).alias("n"))[
-        "n"
-    ]
-    first = probes[0]
-    preview = first.prompt[:600] + (" ..." if len(first.prompt) > 600 else "")
+    provenance = probe_set_provenance(
+        probe_set, heads.probe_max_tokens, heads.probe_seed, lm.identity, corpus.uri, CODE_VERSION
+    )
+    write_probe_set(probe_set, workdir.probes_path, provenance)
     return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(workdir.probes_path)),
-            "probe_set_version": PROBE_SET_VERSION,
-            "probe_digest": digest,
-            "n_probes": len(probes),
-            "probe_max_tokens": profile.probe_max_tokens,
-            "tokens_per_probe": dg.MetadataValue.md(
-                markdown_table(
-                    [{"min": int(n_tokens.min()), "mean": float(n_tokens.mean()), "max": int(n_tokens.max())}]
-                )
-            ),
-            "pairs_per_probe_mean": float(frame["n_pairs"].mean()),
-            "sentence_pool": len(sentences),
-            "corpus_documents_read": len(texts),
-            "seed": profile.probe_seed,
-            "tokenizer_of": lm.identity,
-            "example": dg.MetadataValue.md(f"```\n{preview}\n```\nanswer: `{first.answer.strip()}`"),
-        },
-        data_version=dg.DataVersion(digest),
+        metadata=_metadata(probe_set, provenance, workdir), data_version=dg.DataVersion(probe_set.digest)
     )

@@ -1,46 +1,32 @@
 """`selection_evaluation`: one MLflow run about the head set and the selection
 (mirror effect, analysis, figures).
 
-The evaluation itself is `attention_influence.evaluation.run_selection_evaluation`; this asset gathers its
-inputs from the graph's outputs (heads.json, cut.parquet, the corpus text of the scored documents, held-out
-probes that never overlap the ranking probes) and opens the MLflow run, into which it also logs the cut's
-provenance and tables.
+The evaluation itself is `attention_influence.evaluation.run_selection_evaluation`; its inputs (heads.json,
+cut.parquet, the corpus text of the scored documents, held-out probes that never overlap the ranking probes)
+come from `attention_influence.evaluation.selection_run`. This asset pulls the files and opens the MLflow
+run, into which it also logs the head set and the cut's tables.
 """
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import polars as pl
 
 from ai_assets.metadata import heads_text, markdown_table, mlflow_figure
 from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
-from attention_influence.audit import read_provenance
 from attention_influence.evaluation import tracking
-from attention_influence.io.corpus import resolve_shard
+from attention_influence.evaluation.selection_run import (
+    SelectionInputs,
+    evaluate_selection,
+    heldout_probes,
+    selection_inputs,
+)
 from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
 
+if TYPE_CHECKING:  # the evaluation imports torch: the code location loads without it
+    from attention_influence.evaluation.run import EvalResult
+
 CODE_VERSION = "1"
-
-
-def corpus_frame(corpus: Corpus, shard_keys: list[str], limit: int) -> pl.DataFrame:
-    """id, text (and edu_score where the corpus has it) of the scored shards, up to `limit` rows."""
-    frames, rows = [], 0
-    for key in shard_keys:
-        if rows >= limit:
-            break
-        uri = resolve_shard(corpus.uri, key).uri
-        names = pl.scan_parquet(uri).collect_schema().names()
-        cols = [
-            pl.col(corpus.id_column).cast(pl.String).alias("id"),
-            pl.col(corpus.text_column).alias("text"),
-        ]
-        if "edu_score" in names:
-            cols.append(pl.col("edu_score").cast(pl.Float64))
-        frame = pl.scan_parquet(uri).select(cols).head(limit - rows).collect()
-        frames.append(frame)
-        rows += frame.height
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame({"id": [], "text": []})
 
 
 def _ci(row: dict, name: str) -> str:
@@ -80,19 +66,34 @@ def noise_table(summary: list[dict]) -> str:
     return markdown_table(rows) if rows else "(mirror effect skipped)"
 
 
-def heldout_probes(model: SelectorModel, corpus: Corpus, profile: SelectionProfile, n: int) -> list:
-    """Probes built like the ranking probes but with indices after them: never the same probe twice."""
-    from attention_influence.influence.probes import build_probes, extract_sentences
+def selection_metadata(result: "EvalResult", inputs: SelectionInputs, ui_url: str) -> dict:
+    """The figures first, inline (`mlflow_figure`: an MLflow-served thumbnail linking to the full figure), and
+    the local file; then the mirror effect, the MLflow links, the head set and the selection's metrics."""
+    from attention_influence.evaluation.run import KEY_FIGURES
 
-    sentences = extract_sentences(corpus.texts(profile.probe_source_docs), model.lm.tokenizer)
-    return build_probes(
-        sentences,
-        model.lm.tokenizer,
-        n=n,
-        max_tokens=profile.probe_max_tokens,
-        seed=profile.probe_seed,
-        start=profile.n_probes,
-    )
+    metadata = {}
+    for name in KEY_FIGURES:
+        path = result.figures.get(name)
+        if path and Path(path).exists():
+            metadata[f"figure_{name}"] = mlflow_figure(
+                result.run_id, f"figures/{Path(path).name}", name.replace("_", " "), ui_url
+            )
+            metadata[f"figure_{name}_png"] = dg.MetadataValue.path(path)
+    selection = [{"metric": k, "value": v} for k, v in sorted(result.metrics.items()) if k.endswith("/all")]
+    return metadata | {
+        "mirror_effect": dg.MetadataValue.md(mirror_table(result.mirror_summary)),
+        "mirror_effect_noise": dg.MetadataValue.md(noise_table(result.mirror_summary)),
+        "mlflow_run_url": dg.MetadataValue.url(result.run_url),
+        "mlflow_experiment_url": dg.MetadataValue.url(tracking.experiment_url(result.experiment_id, ui_url)),
+        "mlflow_run_id": result.run_id,
+        "mlflow_ui": result.ui_command,
+        "head_set_id": inputs.ranking.head_set_id,
+        "heads": heads_text(inputs.ranking.heads),
+        "model": inputs.provenance["model"],
+        "selection": dg.MetadataValue.md(markdown_table(selection)),
+        "skipped": dg.MetadataValue.json(result.skipped),
+        "eval_seconds": round(result.seconds, 1),
+    }
 
 
 @dg.asset(
@@ -112,94 +113,37 @@ def selection_evaluation(
     workdir: Workdir,
     mlflow: MLflow,
 ) -> dg.MaterializeResult:
-    import mlflow as mlflow_lib
-
-    from attention_influence.evaluation.config import PROFILES, profile_config
-    from attention_influence.evaluation.run import KEY_FIGURES, run_selection_evaluation
-    from attention_influence.influence.heads import HeadRanking
-
     for path in (workdir.heads_path, workdir.cut_path, workdir.cut_summary_path):
         workdir.pull(path)
     workdir.pull_folder(workdir.manifest_dir)
     if not workdir.heads_path.exists() or not workdir.cut_path.exists():
         raise dg.Failure("materialize retrieval_heads and domain_cut first")
-    ranking = HeadRanking.from_json(json.loads(workdir.heads_path.read_text()))
     manifest = workdir.manifest_dir / MANIFEST_FILE
-    prov = read_provenance(manifest)
-    cut = pl.read_parquet(workdir.cut_path)
-    scores = cut.filter(pl.col("excluded_reason").is_null())
-    selected = scores.filter(pl.col("selected")).select("id")
-    config = profile_config(
-        profile.name if profile.name in PROFILES else "demo",
-        top_frac=profile.domain_top_frac,
-        eval_dir=Path(profile.eval_dir),
+    inputs = selection_inputs(
+        workdir.heads_path,
+        workdir.cut_path,
+        manifest,
+        corpus,
+        profile.evaluation,
+        profile.cut.top_frac,
+        profile.name,
     )
-    shard_keys = [s["key"] for s in prov.get("shards", [])]
-    texts = corpus_frame(corpus, shard_keys, limit=max(config.max_word_docs, 1))
-    probes = heldout_probes(model, corpus, profile, config.n_probes)
-    params = {
-        "selection.domain_top_frac": prov.get("domain_top_frac"),
-        "selection.rounding": prov.get("rounding"),
-        "selection.shards": len(shard_keys),
-        "selection.corpus": corpus.uri,
-        "selection.profile": profile.name,
-        "selection.manifest": str(manifest),
-    }
+    texts = corpus.texts(profile.heads.probe_source_docs)
+    probes = heldout_probes(texts, model.lm.tokenizer, profile.heads, inputs.config.n_probes)
+    head_set_id = inputs.ranking.head_set_id
     with mlflow.start_run(
-        run_name=f"selection {ranking.head_set_id[:8]} {profile.name}",
-        tags={"dagster_run_id": context.run.run_id, "head_set_id": ranking.head_set_id},
+        run_name=f"selection {head_set_id[:8]} {profile.name}",
+        tags={"dagster_run_id": context.run.run_id, "head_set_id": head_set_id},
     ) as run:
-        for path in (workdir.heads_path, workdir.cut_summary_path):
-            mlflow_lib.log_artifact(str(path), artifact_path="selection")
-        result = run_selection_evaluation(
+        result = evaluate_selection(
+            inputs,
             model.lm,
-            ranking,
-            scores,
-            selected,
-            texts,
             probes,
-            config,
+            [workdir.heads_path, workdir.cut_summary_path],
             mlflow.tracking_uri,
-            experiment=mlflow.experiment,
-            params=params,
-            log=context.log.info,
-            run_id=run.info.run_id,
+            mlflow.experiment,
+            run.info.run_id,
             ui_base_url=mlflow.ui_url,
+            log=context.log.info,
         )
-    metadata = {}
-    # the figures first, inline (`mlflow_figure`: an MLflow-served thumbnail linking to the full figure), and
-    # the local file
-    for name in KEY_FIGURES:
-        path = result.figures.get(name)
-        if path and Path(path).exists():
-            metadata[f"figure_{name}"] = mlflow_figure(
-                result.run_id, f"figures/{Path(path).name}", name.replace("_", " "), mlflow.ui_url
-            )
-            metadata[f"figure_{name}_png"] = dg.MetadataValue.path(path)
-    metadata.update(
-        {
-            "mirror_effect": dg.MetadataValue.md(mirror_table(result.mirror_summary)),
-            "mirror_effect_noise": dg.MetadataValue.md(noise_table(result.mirror_summary)),
-            "mlflow_run_url": dg.MetadataValue.url(result.run_url),
-            "mlflow_experiment_url": dg.MetadataValue.url(
-                tracking.experiment_url(result.experiment_id, mlflow.ui_url)
-            ),
-            "mlflow_run_id": result.run_id,
-            "mlflow_ui": result.ui_command,
-            "head_set_id": ranking.head_set_id,
-            "heads": heads_text(ranking.heads),
-            "model": prov["model"],
-            "selection": dg.MetadataValue.md(
-                markdown_table(
-                    [
-                        {"metric": k, "value": v}
-                        for k, v in sorted(result.metrics.items())
-                        if k.endswith("/all")
-                    ]
-                )
-            ),
-            "skipped": dg.MetadataValue.json(result.skipped),
-            "eval_seconds": round(result.seconds, 1),
-        }
-    )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=selection_metadata(result, inputs, mlflow.ui_url))

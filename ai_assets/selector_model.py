@@ -7,8 +7,8 @@ from resources import SelectorModel
 
 @dg.observable_source_asset(
     group_name="selection",
-    description="The selector LM (AI_MODEL). Its data version is the model identity (name + weight "
-    "fingerprint): observe it after changing AI_MODEL and every probe set, head set and score turns stale.",
+    description="The selector LM (model.spec). Its data version is the model identity (name + weight "
+    "fingerprint): observe it after changing model.spec and every probe set, head set and score turns stale.",
 )
 def selector_model(model: SelectorModel) -> dg.ObserveResult:
     lm = model.lm

@@ -35,8 +35,9 @@ def selection_path(workdir: Workdir):
     code_version=CODE_VERSION,
     group_name="post_training",
     kinds={"parquet"},
-    description="Sample-level AIR selection: the top AI_SFT_TOP_FRAC of samples by AI_SFT_SELECT_BY, "
-    "globally or within AI_SFT_SELECT_WITHIN; one row per scored sample with rank and selected.",
+    description="Sample-level AIR selection: the top post_training.top_frac of samples by "
+    "post_training.select_by, "
+    "globally or within post_training.select_within; one row per scored sample with rank and selected.",
 )
 def sft_selection(
     context: dg.AssetExecutionContext, post_training: PostTraining, workdir: Workdir

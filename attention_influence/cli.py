@@ -1,5 +1,8 @@
-"""`attention-influence`: the engine from the command line (heads, score, cut, audit, bench, proxy-train,
-score-steps, sft-study, prepare-model)."""
+"""`attention-influence`: the engine from the command line (config, heads, score, cut, audit, bench,
+proxy-train, score-steps, sft-study, prepare-model).
+
+Flag defaults come from the effective configuration (`--config FILE`, else AI_CONFIG, else the `demo`
+profile; `--set key=value` overrides a key), so a flag given on the command line is the top layer."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from attention_influence.settings import DEFAULT_MODEL, model_cache_from_env
+from attention_influence.config import Config, ConfigError, Loaded, load_config, parse_value
 
 
 def _progress(desc: str, unit: str):
@@ -56,7 +59,7 @@ def cmd_prepare_model(args) -> int:
     from attention_influence.influence.models import load_model
 
     t0 = time.perf_counter()
-    lm = load_model(args.model, dtype="float32", device="cpu", cache_dir=model_cache_from_env())
+    lm = load_model(args.model, dtype="float32", device="cpu", cache_dir=args.loaded.config.model_cache)
     print(json.dumps({**lm.describe(), "seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
@@ -70,8 +73,30 @@ def load_from_args(args):
         dtype=args.dtype,
         device=args.device,
         trust_remote_code=args.trust_remote_code,
-        cache_dir=model_cache_from_env(),
+        cache_dir=args.loaded.config.model_cache,
     )
+
+
+def cmd_config(args) -> int:
+    from attention_influence import config as cfg
+
+    loaded: Loaded = args.loaded
+    if args.action == "show":
+        print(cfg.show(loaded), end="")
+    elif args.action == "get":
+        if not args.key or cfg.field_info(args.key) is None:
+            print(f"error: unknown key {args.key!r}", file=sys.stderr)
+            return 2
+        section, _, name = args.key.partition(".")
+        value = getattr(getattr(loaded.config, section), name) if name else getattr(loaded.config, section)
+        print(value if isinstance(value, str) else cfg._toml(value))
+    else:  # docs
+        text = cfg.reference_markdown()
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            print(text, end="")
+    return 0
 
 
 def cmd_heads(args) -> int:
@@ -125,7 +150,7 @@ def cmd_score(args) -> int:
         device=args.device,
         trust_remote_code=args.trust_remote_code,
         progress=_progress("scoring", "chunk"),
-        cache_dir=model_cache_from_env(),
+        cache_dir=args.loaded.config.model_cache,
     )
     print(json.dumps(summary))
     return 0
@@ -195,13 +220,17 @@ def cmd_bench(args) -> int:
     return bench.main(args) or 0
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, c: Config) -> None:
+    m = c.model
+    p.add_argument("--model", default=m.spec, help="hub id, local folder, .gguf file, hf:// or s3:// path")
+    p.add_argument("--dtype", default=m.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=m.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
-        "--model", default=DEFAULT_MODEL, help="hub id, local folder, .gguf file, hf:// or s3:// path"
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=m.trust_remote_code,
+        help="allow model code from the model folder",
     )
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
 
 
 def cmd_proxy_train(args) -> int:
@@ -288,7 +317,9 @@ def cmd_sft_study(args) -> int:
     overrides = {k: v for k, v in given.items() if v}
     profile = finetune_profile(args.profile, **overrides)
     items = sample(read_gsm8k(args.gsm8k_test), profile.eval_items, 0, "sft-finetune")
-    lm = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=model_cache_from_env())
+    lm = load_model(
+        args.model, dtype=args.dtype, device=args.device, cache_dir=args.loaded.config.model_cache
+    )
     import mlflow
 
     prepare_store(args.mlflow)
@@ -312,43 +343,110 @@ def cmd_sft_study(args) -> int:
     return 0
 
 
-def add_sft_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--step-rule", default="lines", choices=["lines", "blank_lines"])
-    p.add_argument("--max-tokens", type=int, default=512, help="rendered samples are cut here")
-    p.add_argument("--messages-column", default="messages")
-    p.add_argument("--prompt-column", default="question")
-    p.add_argument("--response-column", default="answer")
-    p.add_argument("--id-column", default="id")
+def add_sft_args(p: argparse.ArgumentParser, c: Config) -> None:
+    t = c.post_training
+    p.add_argument("--step-rule", default=t.step_rule, choices=["lines", "blank_lines"])
+    p.add_argument("--max-tokens", type=int, default=t.max_tokens, help="rendered samples are cut here")
+    p.add_argument("--messages-column", default=t.messages_column)
+    p.add_argument("--prompt-column", default=t.prompt_column)
+    p.add_argument("--response-column", default=t.response_column)
+    p.add_argument("--id-column", default=t.id_column)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=None, help="configuration file, TOML or YAML (default: AI_CONFIG)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one configuration key, e.g. --set cut.top_frac=0.1 (repeatable)",
+    )
+
+
+def load_from_flags(argv: list[str] | None) -> Loaded:
+    """The configuration named by --config / --set (anywhere before the command), without the rest."""
+    pre = argparse.ArgumentParser(add_help=False)
+    add_config_args(pre)
+    known, _ = pre.parse_known_args(argv)
+    overrides = {}
+    for item in known.set:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cut.top_frac=0.1")
+        overrides[key.strip()] = parse_value(key.strip(), raw)
+    return load_config(known.config, overrides=overrides, overrides_source="--set")
+
+
+def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
+    loaded = loaded or load_config(env={})
+    c = loaded.config
     parser = argparse.ArgumentParser(prog="attention-influence", description=__doc__)
+    add_config_args(parser)
+    parser.set_defaults(loaded=loaded)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("config", help="the effective configuration and where each value came from")
+    p.add_argument("action", choices=["show", "get", "docs"], help="show all | get KEY | docs (markdown)")
+    p.add_argument("key", nargs="?", default=None, help="get: a dotted key, e.g. cut.top_frac")
+    p.add_argument("--out", default=None, help="docs: write here instead of stdout")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("heads", help="rank attention heads by retrieval score and pick the top fraction")
-    add_model_args(p)
-    p.add_argument("--corpus", required=True, help="Parquet glob whose text column supplies probe sentences")
+    add_model_args(p, c)
+    p.add_argument(
+        "--corpus",
+        default=c.corpus.uri,
+        required=c.corpus.uri is None,
+        help="Parquet glob whose text column supplies probe sentences (default: corpus.uri)",
+    )
     p.add_argument("--out", required=True, help="where to write heads.json")
-    p.add_argument("--probes", type=int, default=800, help="number of probes (paper: 800)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="token budget per probe (paper: 4096)")
-    p.add_argument("--top-frac", type=float, default=0.05, help="fraction of heads kept (paper: 0.05)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probes", type=int, default=c.heads.n_probes, help="number of probes (paper: 800)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=c.heads.probe_max_tokens,
+        help="token budget per probe (paper: 4096)",
+    )
+    p.add_argument(
+        "--top-frac", type=float, default=c.heads.top_frac, help="fraction of heads kept (paper: 0.05)"
+    )
+    p.add_argument("--seed", type=int, default=c.heads.probe_seed)
     p.set_defaults(func=cmd_heads)
 
     p = sub.add_parser("score", help="AttentionInfluence score of every document of one Parquet shard")
-    add_model_args(p)
+    add_model_args(p, c)
     p.add_argument("--heads", required=True, help="heads.json from `heads`, or a JSON list of [layer, head]")
     p.add_argument("--input", required=True, help="input shard (Parquet)")
     p.add_argument("--output", required=True, help="output score table (Parquet)")
-    p.add_argument("--max-tokens", type=int, default=None, help="truncate (or window) at this many tokens")
-    p.add_argument("--windows", action="store_true", help="score long documents as consecutive windows")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--id-column", default="id")
     p.add_argument(
-        "--domain-column", default="domain", help="falls back to the input's folder name if absent"
+        "--max-tokens",
+        type=int,
+        default=c.scoring.doc_max_tokens,
+        help="truncate (or window) at this many tokens (default: scoring.doc_max_tokens)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=256, help="documents between resume checkpoints")
+    p.add_argument(
+        "--windows",
+        action=argparse.BooleanOptionalAction,
+        default=c.scoring.windows,
+        help="score long documents as consecutive windows",
+    )
+    p.add_argument("--batch-tokens", type=int, default=c.scoring.batch_tokens, help="padded tokens per batch")
+    p.add_argument("--text-column", default=c.corpus.text_column)
+    p.add_argument("--id-column", default=c.corpus.id_column)
+    p.add_argument(
+        "--domain-column",
+        default=c.corpus.domain_column or "",
+        help="falls back to the input's folder name if absent",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=c.scoring.checkpoint_every,
+        help="documents between resume checkpoints",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -361,24 +459,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="score tables from `score`: files, folders or globs (*.quarantine.parquet left out)",
     )
     p.add_argument("--out", required=True, help="folder for cut.parquet and cut_by_domain.parquet")
-    p.add_argument("--frac", type=float, default=0.2, help="fraction kept per domain, in (0, 1] (paper: 0.2)")
+    p.add_argument(
+        "--frac", type=float, default=c.cut.top_frac, help="fraction kept per domain, in (0, 1] (paper: 0.2)"
+    )
     p.add_argument(
         "--db", default=None, help="DuckDB file that keeps the `domain_cut` table (default: in memory)"
     )
     p.add_argument(
-        "--policy", default="docs", help="docs | tokens | global | fused (see attention_influence.cut)"
+        "--policy", default=c.cut.policy, help="docs | tokens | global | fused (see attention_influence.cut)"
     )
-    p.add_argument("--fusion-column", default="", help="fused: the corpus quality column, e.g. edu_score")
     p.add_argument(
-        "--fusion-weight", type=float, default=0.5, help="fused: weight of the quality rank, [0, 1]"
+        "--fusion-column", default=c.cut.fusion_column or "", help="fused: the corpus quality column"
     )
-    p.add_argument("--gate-column", default="", help="quality gate: rank only documents with this column...")
-    p.add_argument("--gate-min", type=float, default=None, help="...at least this value (e.g. edu_score 3)")
     p.add_argument(
-        "--gate-base-loss-pct", type=float, default=None, help="gate: rank only the lowest P%% base loss"
+        "--fusion-weight", type=float, default=c.cut.fusion_weight, help="fused: weight of the quality rank"
     )
-    p.add_argument("--corpus", default="", help="fused/gate: the corpus shards (glob/folder) with the column")
-    p.add_argument("--id-column", default="id", help="fused/gate: the corpus id column")
+    p.add_argument(
+        "--gate-column", default=c.cut.gate_column or "", help="quality gate: rank only documents with..."
+    )
+    p.add_argument(
+        "--gate-min", type=float, default=c.cut.gate_min, help="...at least this value (e.g. edu_score 3)"
+    )
+    p.add_argument(
+        "--gate-base-loss-pct",
+        type=float,
+        default=c.cut.gate_base_loss_pct,
+        help="gate: rank only the lowest P%% base loss",
+    )
+    p.add_argument(
+        "--corpus", default=c.corpus.uri or "", help="fused/gate: the corpus shards with the column"
+    )
+    p.add_argument("--id-column", default=c.corpus.id_column, help="fused/gate: the corpus id column")
     p.set_defaults(func=cmd_cut)
 
     p = sub.add_parser("audit", help="what produced a manifest or cut file: model, heads, probes, shards")
@@ -387,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("bench", help="scoring throughput: plain forward vs ours vs naive two-model scoring")
-    add_model_args(p)
+    add_model_args(p, c)
     p.add_argument("--corpus", default="../shared/corpus/sample/*/*.parquet")
     p.add_argument("--docs", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=512)
@@ -447,29 +558,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--profile", default="cpu", help="cpu | cpu_study | gpu (attention_influence.training.proxy)"
+        "--profile",
+        default=c.proxy.profile,
+        help="cpu | cpu_study | gpu (attention_influence.training.proxy)",
     )
-    p.add_argument("--steps", type=int, default=0, help="training steps (0: the profile's)")
+    p.add_argument(
+        "--steps", type=int, default=c.proxy.max_steps or 0, help="training steps (0: the profile's)"
+    )
     p.add_argument("--out", required=True, help="output folder (trainer state, model/)")
     p.set_defaults(func=cmd_proxy_train)
 
     p = sub.add_parser(
         "score-steps", help="AIR step and sample scores of an SFT shard (Parquet / JSON lines)"
     )
-    add_model_args(p)
+    add_model_args(p, c)
     p.add_argument("--heads", required=True, help="heads.json from `heads`, or a JSON list of [layer, head]")
     p.add_argument("--input", required=True, help="SFT shard: messages column, or prompt/response columns")
     p.add_argument(
         "--output", required=True, help="step table (Parquet); samples, quarantine, JSON beside it"
     )
-    p.add_argument("--max-samples", type=int, default=0, help="only the first N rows (0: all)")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch")
-    add_sft_args(p)
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=c.post_training.max_samples or 0,
+        help="only the first N rows (0: all)",
+    )
+    p.add_argument("--batch-tokens", type=int, default=c.scoring.batch_tokens, help="padded tokens per batch")
+    add_sft_args(p, c)
     p.set_defaults(func=cmd_score_steps)
 
     p = sub.add_parser("sft-study", help="proxy fine-tune arms (air/random/all x plain/weighted) on STEPS")
     p.add_argument("--steps", required=True, help="the step table of `score-steps`")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=c.model.spec)
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--dtype", default="auto", help="of the frozen layers (the trained top layers are float32)"
@@ -478,26 +598,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=0, help="seeds (0: the profile's)")
     p.add_argument("--max-steps", type=int, default=0, help="training steps per run (0: the profile's)")
     p.add_argument("--eval-items", type=int, default=0, help="GSM8K test items (0: the profile's)")
-    p.add_argument("--top-frac", type=float, default=0.2)
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--w-min", type=float, default=0.25)
-    p.add_argument("--w-max", type=float, default=4.0)
+    p.add_argument("--top-frac", type=float, default=c.post_training.top_frac)
+    p.add_argument("--temperature", type=float, default=c.post_training.weight_temperature)
+    p.add_argument("--w-min", type=float, default=c.post_training.weight_min)
+    p.add_argument("--w-max", type=float, default=c.post_training.weight_max)
     p.add_argument(
         "--gsm8k-test",
         default=str(Path(__file__).resolve().parents[1].parent / "shared/eval/gsm8k/test.jsonl"),
     )
-    p.add_argument("--mlflow", required=True, help="MLflow tracking URI, e.g. sqlite:///work/mlflow.db")
+    p.add_argument("--mlflow", default=c.mlflow_tracking_uri, help="MLflow tracking URI (default: mlflow.*)")
     p.add_argument("--out", required=True, help="folder for figures, tables and trainer state")
     p.set_defaults(func=cmd_sft_study)
 
     p = sub.add_parser("prepare-model", help="convert/cache a model once (the default GGUF -> safetensors)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=c.model.spec)
     p.set_defaults(func=cmd_prepare_model)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # --help and usage errors exit here, before torch is imported
+    try:
+        loaded = load_from_flags(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(loaded).parse_args(
+        argv
+    )  # --help and usage errors exit here, before torch is imported
+    if args.command == "config":
+        return args.func(args)
     from attention_influence.influence.models import ModelLoadError
     from attention_influence.shards.job import InputError, OutputBusyError
 

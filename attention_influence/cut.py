@@ -1,6 +1,6 @@
 """The domain cut: the per-domain top fraction of documents by AttentionInfluence score, computed in DuckDB.
 
-Four policies (`CutPolicy`, AI_CUT_POLICY), with their ranking statements in `sql/` (a cut runs three:
+Four policies (`CutPolicy`, cut.policy), with their ranking statements in `sql/` (a cut runs three:
 `domain_cut_scores`, the policy's ranking (`domain_cut_rank_top` for docs and global,
 `domain_cut_rank_tokens`, `domain_cut_rank_fused`), then `domain_cut`, which assembles the table):
 - `docs` (default): the top fraction of each domain's documents;
@@ -8,10 +8,10 @@ Four policies (`CutPolicy`, AI_CUT_POLICY), with their ranking statements in `sq
   boundary document that crosses the budget is selected;
 - `global`: one ranking across all domains;
 - `fused`: within-domain rank average of the score and a corpus quality column such as `edu_score`
-  (AI_FUSION_COLUMN, AI_FUSION_WEIGHT; documents without a value rank last on quality).
+  (cut.fusion_column, cut.fusion_weight; documents without a value rank last on quality).
 
-Any policy can run behind a quality gate (`domain_cut_gate_quality`: a corpus column AI_GATE_COLUMN at least
-AI_GATE_MIN; or `domain_cut_gate_base_loss`: base loss among the lowest AI_GATE_BASE_LOSS_PCT percent of the
+Any policy can run behind a quality gate (`domain_cut_gate_quality`: a corpus column cut.gate_column at least
+cut.gate_min; or `domain_cut_gate_base_loss`: base loss among the lowest cut.gate_base_loss_pct percent of the
 domain): only the documents that pass are ranked, k is still computed from every eligible document of the
 domain (capped by how many pass), and the gated-out documents stay eligible, so the manifest keeps them in its
 base copy; the cut table then has `gated_out` and `gate_value`, the summary `gated_out` and `gate_passed`.
@@ -28,7 +28,8 @@ of the corpus shards; `sql/domain_cut*.sql`, bound parameters).
     result = cut_score_files(["scores/a.parquet", "scores/b.parquet"], "cut/", frac=0.2)
     result.summary  # one row per domain
 
-The Dagster asset `domain_cut` calls `run_cut` on the selection database with the provenance of its shards;
+The Dagster asset `domain_cut` checks its shards' score records (`check_scored_shards`) and calls `cut_shards`
+(`run_cut` on the selection database with the provenance of its shards; data version `cut_data_version`);
 the `attention-influence cut` command calls `cut_score_files`.
 """
 
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.io.hashing import digest
 from attention_influence.io.sql import load_sql
 
 CODE_VERSION = "1"  # the quality gate is in the policy record; an ungated cut is unchanged
@@ -102,58 +104,46 @@ class CutPolicyError(ValueError):
 class CutPolicy:
     """Which documents the cut selects; `describe()` goes into the data version, provenance and metadata."""
 
-    name: str = "docs"  # AI_CUT_POLICY / SelectionProfile.cut_policy
-    fusion_column: str = ""  # AI_FUSION_COLUMN / SelectionProfile.fusion_column (fused only)
-    fusion_weight: float = (
-        0.5  # AI_FUSION_WEIGHT / SelectionProfile.fusion_weight: weight of the quality rank
-    )
-    gate_column: str = ""  # AI_GATE_COLUMN / SelectionProfile.gate_column: corpus quality column to gate on
-    gate_min: float | None = None  # AI_GATE_MIN / SelectionProfile.gate_min: pass when the column >= this
-    gate_base_loss_pct: float | None = None  # AI_GATE_BASE_LOSS_PCT: pass within the lowest P% base loss
+    name: str = "docs"  # cut.policy
+    fusion_column: str = ""  # cut.fusion_column (fused only)
+    fusion_weight: float = 0.5  # cut.fusion_weight: weight of the quality rank
+    gate_column: str = ""  # cut.gate_column: corpus quality column to gate on
+    gate_min: float | None = None  # cut.gate_min: pass when the column >= this
+    gate_base_loss_pct: float | None = None  # cut.gate_base_loss_pct: pass within the lowest P% base loss
 
     def __post_init__(self):
         if self.name not in POLICIES:
-            raise CutPolicyError(
-                f"AI_CUT_POLICY (SelectionProfile.cut_policy)={self.name!r}: "
-                f"choose one of {', '.join(POLICIES)}"
-            )
+            raise CutPolicyError(f"cut.policy={self.name!r}: choose one of {', '.join(POLICIES)}")
         if self.name == "fused" and not self.fusion_column:
             raise CutPolicyError(
-                "AI_CUT_POLICY=fused needs AI_FUSION_COLUMN (SelectionProfile.fusion_column), "
+                "cut.policy=fused needs cut.fusion_column, "
                 "the corpus quality column to fuse with, e.g. edu_score"
             )
         if not 0.0 <= float(self.fusion_weight) <= 1.0:
-            raise CutPolicyError(
-                "AI_FUSION_WEIGHT (SelectionProfile.fusion_weight) must be in [0, 1], "
-                f"got {self.fusion_weight}"
-            )
+            raise CutPolicyError(f"cut.fusion_weight must be in [0, 1], got {self.fusion_weight}")
         self._check_gate()
 
     def _check_gate(self) -> None:
         column, low, pct = self.gate_column, self.gate_min, self.gate_base_loss_pct
         if column and low is None:
             raise CutPolicyError(
-                f"AI_GATE_COLUMN={column!r} needs AI_GATE_MIN (SelectionProfile.gate_min), the lowest "
+                f"cut.gate_column={column!r} needs cut.gate_min, the lowest "
                 "quality value that passes the gate"
             )
         if low is not None and not column:
             raise CutPolicyError(
-                f"AI_GATE_MIN={low} needs AI_GATE_COLUMN (SelectionProfile.gate_column), the corpus quality "
+                f"cut.gate_min={low} needs cut.gate_column, the corpus quality "
                 "column to gate on, e.g. edu_score"
             )
         if low is not None and not math.isfinite(float(low)):
-            raise CutPolicyError(
-                f"AI_GATE_MIN (SelectionProfile.gate_min) must be a finite number, got {low}"
-            )
+            raise CutPolicyError(f"cut.gate_min must be a finite number, got {low}")
         if column and pct is not None:
             raise CutPolicyError(
-                "AI_GATE_COLUMN and AI_GATE_BASE_LOSS_PCT (SelectionProfile.gate_column, "
+                "cut.gate_column and cut.gate_base_loss_pct (SelectionProfile.gate_column, "
                 "gate_base_loss_pct) are two gates: set one of them"
             )
         if pct is not None and not 0.0 < float(pct) <= 100.0:
-            raise CutPolicyError(
-                f"AI_GATE_BASE_LOSS_PCT (SelectionProfile.gate_base_loss_pct) must be in (0, 100], got {pct}"
-            )
+            raise CutPolicyError(f"cut.gate_base_loss_pct must be in (0, 100], got {pct}")
 
     @property
     def gate(self) -> str | None:
@@ -199,7 +189,7 @@ DEFAULT_POLICY = CutPolicy()
 def check_frac(frac: float) -> float:
     frac = float(frac)
     if not 0.0 < frac <= 1.0:
-        raise CutPolicyError(f"domain_top_frac must be in (0, 1], got {frac} (AI_DOMAIN_TOP_FRAC)")
+        raise CutPolicyError(f"domain_top_frac must be in (0, 1], got {frac} (cut.top_frac)")
     return frac
 
 
@@ -208,7 +198,7 @@ def quality_view(
     sources: Sequence[tuple[str, str]],
     column: str,
     id_column: str = "id",
-    setting: str = "AI_FUSION_COLUMN",
+    setting: str = "cut.fusion_column",
     view: str = "cut_quality",
 ) -> None:
     """DuckDB view `cut_quality(shard, id, quality)` (or `view`) over the corpus shards [(shard key, uri)]
@@ -222,7 +212,7 @@ def quality_view(
     rels = []
     for key, uri in sources:
         rel = con.read_parquet(str(uri))
-        for name, var in ((column, setting), (id_column, "AI_ID_COLUMN")):
+        for name, var in ((column, setting), (id_column, "corpus.id_column")):
             if name not in rel.columns:
                 raise CutPolicyError(
                     f"{var}={name!r}: shard {key} ({uri}) has no such column; it has {', '.join(rel.columns)}"
@@ -269,7 +259,7 @@ def create_cut_table(
     run_statement(con, "domain_cut_scores", {"files": [str(f) for f in files]})
     if policy.gate_column:
         quality_view(
-            con, quality_sources, policy.gate_column, id_column, "AI_GATE_COLUMN", "cut_gate_quality"
+            con, quality_sources, policy.gate_column, id_column, "cut.gate_column", "cut_gate_quality"
         )
         run_statement(con, policy.gate, {"min": float(policy.gate_min)})
     elif policy.gate:
@@ -340,6 +330,79 @@ def cut_provenance(
 def policy_record(policy: CutPolicy) -> dict:
     """{"cut_policy": ...} for provenance and data versions; empty for the default `docs` policy, ungated."""
     return {} if policy.is_default else {"cut_policy": policy.describe()}
+
+
+class CutInputError(ValueError):
+    """The scored shards cannot be cut: none yet, or some scored with another head set than the current."""
+
+
+def check_scored_shards(
+    shards: list[dict], unscored: list[str], head_set_id: str, frac: float, warn=None
+) -> float:
+    """The shards' score records fit one cut of `frac` (returned as a float): at least one shard scored, each
+    with the current head set (`CutInputError`), and frac in (0, 1] (`CutPolicyError`). Registered shards
+    without scores are left out, with a `warn(message)`."""
+    if not shards:
+        raise CutInputError("no shard has been scored yet: materialize document_scores partitions first")
+    if unscored and warn:
+        warn(f"{len(unscored)} registered shard(s) are not scored and are left out: {unscored}")
+    stale = [s["key"] for s in shards if s["head_set_id"] != head_set_id]
+    if stale:
+        raise CutInputError(
+            f"{len(stale)} shard(s) were scored with another head set than the current retrieval_heads "
+            f"({head_set_id}); re-materialize document_scores for: {', '.join(stale)}"
+        )
+    return check_frac(frac)
+
+
+def quality_sources(policy: CutPolicy, shards: list[dict]) -> list[tuple[str, str]]:
+    """The corpus shards [(key, uri)] a policy reads a quality column from (fused, quality gate), else []."""
+    return [(s["key"], s["uri"]) for s in shards] if policy.name == "fused" or policy.gate_column else []
+
+
+def cut_shards(
+    con,
+    shards: list[dict],
+    files: Sequence[str],
+    heads_doc: dict,
+    frac: float,
+    profile: str,
+    cut_path: Path,
+    summary_path: Path,
+    policy: CutPolicy = DEFAULT_POLICY,
+    id_column: str = "id",
+) -> CutResult:
+    """`run_cut` over the scored shards (their score records and score `files`) with the `domain_cut`
+    asset's provenance: heads.json's, the shards', the profile and the code versions."""
+    provenance = {"asset": "domain_cut", **cut_provenance(heads_doc, shards, frac, profile, policy)}
+    provenance["code_versions"]["domain_cut"] = CODE_VERSION
+    return run_cut(
+        con,
+        files,
+        frac,
+        cut_path,
+        summary_path,
+        provenance,
+        policy=policy,
+        quality_sources=quality_sources(policy, shards),
+        id_column=id_column,
+    )
+
+
+def cut_data_version(
+    head_set_id: str, frac: float, shards: list[dict], policy: CutPolicy = DEFAULT_POLICY
+) -> str:
+    """The cut's data version: the head set, the fraction, this code and every shard's data version; the
+    policy record only when it is not the default (so `docs` cuts keep the version they had before)."""
+    return digest(
+        {
+            "head_set_id": head_set_id,
+            "frac": frac,
+            "code_version": CODE_VERSION,
+            "shards": sorted((s["key"], s["data_version"]) for s in shards),
+            **policy_record(policy),
+        }
+    )
 
 
 def expand_score_files(patterns: Iterable[str]) -> list[str]:

@@ -11,6 +11,9 @@ row without exactly one text in its shard stops the mix with the shard and id na
     mix = write_mixed_corpus("work/manifest/manifest.parquet", [("math__m-0", "corpus/math/m-0.parquet")],
                              "work/mixed", rows_per_file=50_000, shuffle_seed=0)
     datasets.load_dataset("parquet", data_files=[str(f) for f in mix.files])
+
+`mix_manifest` is the same for a manifest written by the graph: the shards and the provenance come from the
+manifest's own provenance, and the rows are reconciled with it (per domain and copy) before it returns.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.io.hashing import digest
 from attention_influence.io.sql import load_sql
 
 CODE_VERSION = "1"
@@ -57,7 +61,7 @@ def text_view(con, shards: Sequence[tuple[str, str]], text_column: str, id_colum
     for key, uri in shards:
         register_fsspec(con, uri)
         rel = con.read_parquet(str(uri))
-        for name, setting in ((text_column, "AI_TEXT_COLUMN"), (id_column, "AI_ID_COLUMN")):
+        for name, setting in ((text_column, "corpus.text_column"), (id_column, "corpus.id_column")):
             if name not in rel.columns:
                 raise MixError(f"{setting}={name!r}: shard {key} ({uri}) has no such column")
         rels.append(
@@ -109,7 +113,7 @@ def write_mixed_corpus(
     import pyarrow as pa
 
     if rows_per_file < 1:
-        raise MixError(f"AI_MIX_ROWS_PER_FILE must be at least 1, got {rows_per_file}")
+        raise MixError(f"mix.rows_per_file must be at least 1, got {rows_per_file}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"manifest": str(manifest)}
@@ -145,3 +149,72 @@ def write_mixed_corpus(
     finally:
         con.close()
     return MixResult(files, by_domain, int(by_domain["rows"].sum()))
+
+
+def mix_provenance(manifest_provenance: dict, rows_per_file: int, shuffle_seed: int | None) -> dict:
+    """The manifest's provenance, as the mix's, with the file size, the seed and this code version."""
+    return {
+        **manifest_provenance,
+        "asset": "mixed_corpus",
+        "mix_rows_per_file": int(rows_per_file),
+        "mix_shuffle_seed": shuffle_seed,
+        "code_versions": {**manifest_provenance.get("code_versions", {}), "mixed_corpus": CODE_VERSION},
+    }
+
+
+def manifest_shards(manifest_provenance: dict) -> list[tuple[str, str]]:
+    """The corpus shards [(key, uri)] the manifest's rows come from (its provenance's `shards`)."""
+    return [(s["key"], s["uri"]) for s in manifest_provenance.get("shards", [])]
+
+
+def check_reconciles(manifest: str | Path, files: Sequence[Path]) -> None:
+    """The mixed files hold the manifest's rows: equal counts per (domain, selected_copy), else `MixError`."""
+    import polars as pl
+
+    expected = pl.scan_parquet(manifest).group_by("domain", "selected_copy").len().collect()
+    got = pl.scan_parquet(files).group_by("domain", "selected_copy").len().collect()
+    if not expected.sort(pl.all()).equals(got.sort(pl.all())):
+        raise MixError(f"mixed corpus rows do not reconcile with {manifest}: {got} vs {expected}")
+
+
+def mix_manifest(
+    manifest: str | Path,
+    manifest_provenance: dict,
+    out_dir: str | Path,
+    rows_per_file: int,
+    shuffle_seed: int | None,
+    text_column: str = "text",
+    id_column: str = "id",
+    temp_dir: str | Path | None = None,
+    log=None,
+) -> MixResult:
+    """The mix of a manifest written by the graph: the text taken from the shards its provenance names, the
+    mix's provenance in every file, the rows reconciled with the manifest (`MixError`)."""
+    shards = manifest_shards(manifest_provenance)
+    if log:
+        log(f"joining {manifest} with the text of {len(shards)} corpus shard(s)")
+    mix = write_mixed_corpus(
+        manifest,
+        shards,
+        out_dir,
+        rows_per_file=int(rows_per_file),
+        shuffle_seed=shuffle_seed,
+        provenance=mix_provenance(manifest_provenance, rows_per_file, shuffle_seed),
+        text_column=text_column,
+        id_column=id_column,
+        temp_dir=temp_dir,
+    )
+    check_reconciles(manifest, mix.files)
+    return mix
+
+
+def mix_data_version(manifest_provenance: dict, rows_per_file: int, shuffle_seed: int | None) -> str:
+    """The mix's data version: the manifest's provenance, the file size, the seed and this code version."""
+    return digest(
+        {
+            "manifest": manifest_provenance,
+            "rows_per_file": int(rows_per_file),
+            "seed": shuffle_seed,
+            "code_version": CODE_VERSION,
+        }
+    )

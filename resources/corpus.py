@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import dagster as dg
-from pydantic import Field
-
+from attention_influence.config import CorpusConfig
 from attention_influence.io.corpus import Shard, list_shards, read_texts, resolve_shard
+from resources.sections import section_resource, validated
 
 
-class Corpus(dg.ConfigurableResource):
-    """Parquet shards (AI_CORPUS): a glob, folder or file; s3:// and hf:// through fsspec."""
+class Corpus(section_resource(CorpusConfig)):
+    """The `corpus` section; `uri` is resolved (the demo corpus when the configuration leaves it null)."""
 
-    uri: str = Field(description="Shard glob, folder, file, s3:// or hf:// URI.")
-    text_column: str = Field(default="text", description="Column holding the document text.")
-    id_column: str = Field(default="id", description="Column holding the document id.")
-    domain_column: str = Field(
-        default="domain", description="Column holding the domain; empty or absent: the shard's folder name."
-    )
+    def setup_for_execution(self, context) -> None:
+        validated(CorpusConfig, self, "the run's resource config", "corpus")
 
     def shards(self) -> list[Shard]:
         return list_shards(self.uri)

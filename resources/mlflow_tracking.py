@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import dagster as dg
-from pydantic import Field
-
+from attention_influence.config import MlflowConfig
 from attention_influence.evaluation import tracking
-from attention_influence.settings import DEFAULT_MLFLOW_UI_URL
+from resources.sections import section_resource
 
 
-class MLflow(dg.ConfigurableResource):
-    """Where `selection_evaluation` logs its run (MLFLOW_TRACKING_URI); store set-up lives in the library."""
-
-    tracking_uri: str = Field(
-        description="MLflow tracking URI, e.g. sqlite:///work/mlflow.db or http://host:5000."
-    )
-    experiment: str = Field(default="attention-influence", description="MLflow experiment name.")
-    artifact_root: str = Field(
-        default="", description="Artifact location for a new experiment; default next to a SQLite store."
-    )
-    ui_url: str = Field(
-        default=DEFAULT_MLFLOW_UI_URL, description="The MLflow UI that run links point at (AI_MLFLOW_UI_URL)."
-    )
+class MLflow(section_resource(MlflowConfig)):
+    """The `mlflow` section (`tracking_uri` resolved); store set-up lives in the library."""
 
     def ui_command(self) -> str:
         return tracking.ui_command(self.tracking_uri)

@@ -13,32 +13,17 @@ import threading
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 
-from attention_influence.settings import DEFAULT_MODEL
+from attention_influence.config import ModelConfig
+from resources.sections import section_resource, validated
 
 _CACHE: dict[tuple, object] = {}  # one loaded model per (spec, dtype, device) and process
 _LOCK = threading.Lock()
 
 
-class SelectorModel(dg.ConfigurableResource):
-    """The small LM whose retrieval heads are masked (AI_MODEL; default the embedded SmolLM2-135M GGUF)."""
-
-    spec: str = Field(
-        default=DEFAULT_MODEL, description="Hub id, local HF folder, .gguf file, hf:// or s3://."
-    )
-    dtype: str = Field(
-        default="auto", description="auto (bf16 where the hardware has it), float32, bfloat16."
-    )
-    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
-    trust_remote_code: bool = Field(default=False, description="Run model code shipped in the model folder.")
-    cache_dir: str = Field(
-        default="", description="Converted GGUF models and s3:// copies (AI_MODEL_CACHE); empty: the default."
-    )
-
-    device_wait_seconds: float = Field(
-        default=3600.0, description="How long a step waits for a free GPU when every one is claimed."
-    )
+class SelectorModel(section_resource(ModelConfig)):
+    """The `model` section: the small LM whose retrieval heads are masked, loaded once per process."""
 
     _lm: object = PrivateAttr(default=None)
     _claim: object = PrivateAttr(default=None)
@@ -61,6 +46,7 @@ class SelectorModel(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         from attention_influence.influence.models import load_model
 
+        validated(ModelConfig, self, "the run's resource config", "model")
         device = self.claim_device(context)
         key = (self.spec, self.dtype, device, self.trust_remote_code, self.cache_dir)
         with _LOCK:

@@ -123,7 +123,7 @@ def run(
     from ai_assets.definitions import ASSETS, build_resources
     from ai_assets.partitions import SHARD_PARTITIONS
     from ai_assets.sensors import corpus_shard_sensor
-    from attention_influence.settings import load_settings
+    from attention_influence.config import load_config
     from resources import Corpus, DuckDB, SelectionProfile, Workdir
 
     out: dict = {
@@ -215,10 +215,13 @@ def run(
             per_domain = con.execute(
                 "SELECT domain, count(*), count(*) FILTER (WHERE selected) FROM domain_cut GROUP BY domain"
             ).fetchall()
-        profile = SelectionProfile(name="scale", domain_top_frac=frac)
+        config = load_config(
+            env={"AI_CORPUS": corpus.uri, "AI_WORKDIR": str(work)}, overrides={"cut.top_frac": frac}
+        ).config
+        profile = SelectionProfile.from_config(config)
         t0 = time.perf_counter()
         resources = {
-            **build_resources(load_settings({"AI_CORPUS": corpus.uri, "AI_WORKDIR": str(work)})),
+            **build_resources(config),
             "profile": profile,
             "workdir": workdir,
             "duckdb": duck,

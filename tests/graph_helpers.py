@@ -47,36 +47,42 @@ def build_corpus(root: Path) -> Path:
     return root
 
 
-def graph_resources(model_dir: Path, corpus_root: Path, workdir: Path, **profile) -> dict:
-    from ai_assets.definitions import build_resources
-    from attention_influence.settings import load_settings
-    from resources import SelectionProfile, SelectorModel
+TEST_PROFILE = {
+    "heads.n_probes": 3,
+    "heads.probe_max_tokens": 510,
+    "heads.probe_source_docs": 200,
+    "heads.top_frac": 0.25,
+    "scoring.doc_max_tokens": 64,
+    "scoring.windows": False,
+    "scoring.max_docs_per_shard": None,
+    "scoring.batch_tokens": 1024,
+    "scoring.checkpoint_every": 4,
+    "cut.top_frac": 0.2,
+}
+SHORT_KEYS = {"eval_dir": "evaluation.eval_dir", "heads_file": "heads.heads_file"}
 
-    settings = load_settings(
-        {
-            "AI_CORPUS": str(corpus_root / "*" / "*.parquet"),
-            "AI_WORKDIR": str(workdir),
-            "AI_MODEL": str(model_dir),
-        }
-    )
-    res = build_resources(settings)
-    res["model"] = SelectorModel(spec=str(model_dir), dtype="float32", device="cpu")
-    res["profile"] = SelectionProfile(
-        **{
-            "name": "test",
-            "n_probes": 3,
-            "probe_max_tokens": 510,
-            "probe_source_docs": 200,
-            "head_top_frac": 0.25,
-            "doc_max_tokens": 64,
-            "windows": False,
-            "max_docs_per_shard": 0,
-            "batch_tokens": 1024,
-            "checkpoint_every": 4,
-            "domain_top_frac": 0.2,
-            **profile,
-        }
-    )
+
+def graph_config(model_dir: Path, corpus_root: Path, workdir: Path, **overrides):
+    """The configuration of a graph test: the demo profile, the tiny sizes above, then `overrides`
+    (dotted keys as `section__key`, or the short names of SHORT_KEYS)."""
+    from attention_influence.config import load_config
+
+    env = {
+        "AI_CORPUS": str(corpus_root / "*" / "*.parquet"),
+        "AI_WORKDIR": str(workdir),
+    }
+    keys = {SHORT_KEYS.get(k, k.replace("__", ".")): v for k, v in overrides.items()}
+    merged = {**TEST_PROFILE, "model.spec": str(model_dir), "model.dtype": "float32", "model.device": "cpu"}
+    return load_config(env=env, overrides={**merged, **keys}, overrides_source="test").config
+
+
+def graph_resources(model_dir: Path, corpus_root: Path, workdir: Path, **overrides) -> dict:
+    from ai_assets.definitions import build_resources
+    from resources import SelectionProfile
+
+    res = build_resources(graph_config(model_dir, corpus_root, workdir, **overrides))
+    profile = res["profile"].model_dump()
+    res["profile"] = SelectionProfile(**{**profile, "name": "test"})
     return res
 
 

@@ -88,3 +88,21 @@ def summary_of(proc: subprocess.CompletedProcess) -> dict:
     """The JSON summary `attention-influence score` prints last."""
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_score_table(path: Path, key: str, ids: list[str]) -> str:
+    """A score table of `ids` (domain = the id's first letter, seeded scores) as `score_shard` writes one."""
+    pl.DataFrame(
+        {
+            "id": ids,
+            "domain": [i[0] for i in ids],
+            "shard": key,
+            "n_tokens": [len(i) * 3 for i in ids],
+            "loss_base": 1.0,
+            "loss_ref": 1.0,
+            "score": [(n * 37 % 97) / 97 for n in range(len(ids))],
+            "head_set_id": "h1",
+            "model": "m",
+        }
+    ).write_parquet(path)
+    return str(path)

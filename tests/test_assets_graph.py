@@ -530,7 +530,7 @@ def test_row_limit_scores_the_first_rows_and_says_so(graph):
     from ai_assets.definitions import ASSETS
 
     instance, work = graph["instance"], graph["work"]
-    resources = graph_resources(graph["model_dir"], graph["corpus"], work, max_docs_per_shard=4)
+    resources = graph_resources(graph["model_dir"], graph["corpus"], work, scoring__max_docs_per_shard=4)
     register_shards(instance, resources["corpus"].shards())
     dg.materialize(
         ASSETS, selection=["retrieval_probe_set", "retrieval_heads"], instance=instance, resources=resources

@@ -131,9 +131,9 @@ def test_four_partitions_at_once(tmp_path, tiny_model_dir):
             shard.uri,
             alone,
             shard=key,
-            max_tokens=profile.doc_max_tokens,
-            batch_tokens=profile.batch_tokens,
-            checkpoint_every=profile.checkpoint_every,
+            max_tokens=profile.scoring.doc_max_tokens,
+            batch_tokens=profile.scoring.batch_tokens,
+            checkpoint_every=profile.scoring.checkpoint_every,
         )
         score_shard(lm, HeadSet(heads["heads"], heads["head_set_id"]), job)
         assert pl.read_parquet(scores / f"{key}.parquet").equals(pl.read_parquet(alone)), key

@@ -16,7 +16,7 @@ from conftest import TRAIN_TEXT, tiny_config, tiny_loaded_model
 
 from attention_influence import cli
 from attention_influence.bench import KEYS, Shape, default_heads, ideal_over_plain
-from attention_influence.influence import scoring
+from attention_influence.influence import batching, losses, scoring
 from attention_influence.influence.heads import decode_probe, lookup_draft, rank_heads
 from attention_influence.influence.masking import recording_argmax
 from attention_influence.influence.models import LoadedModel
@@ -170,8 +170,8 @@ def test_chunked_cross_entropy_equals_one_chunk(monkeypatch):
     hidden = torch.randn(3, 40, 8)
     ids = torch.randint(0, 50, (3, 40))
     lengths = torch.tensor([40, 17, 2])
-    monkeypatch.setitem(scoring.LOGIT_CHUNK_ELEMENTS, "cpu", 16 * 50)
-    chunked = scoring.token_nll_sums(head, hidden, ids, lengths)
+    monkeypatch.setitem(losses.LOGIT_CHUNK_ELEMENTS, "cpu", 16 * 50)
+    chunked = losses.token_nll_sums(head, hidden, ids, lengths)
     expected = torch.stack(
         [
             torch.nn.functional.cross_entropy(head(hidden[b, : n - 1]), ids[b, 1:n], reduction="sum")
@@ -194,14 +194,14 @@ def test_score_batches_streams_like_score_texts():
 
 def test_auto_batch_tokens():
     cfg = tiny_config()
-    small = scoring.batch_tokens_for_memory(2**20, cfg, torch.bfloat16, max_tokens=512)
-    big = scoring.batch_tokens_for_memory(2**34, cfg, torch.bfloat16, max_tokens=512)
+    small = batching.batch_tokens_for_memory(2**20, cfg, torch.bfloat16, max_tokens=512)
+    big = batching.batch_tokens_for_memory(2**34, cfg, torch.bfloat16, max_tokens=512)
     assert small == 512  # never below one document
     assert big == 2**20  # capped
-    mid = scoring.batch_tokens_for_memory(2**30, cfg, torch.float32, max_tokens=512)
+    mid = batching.batch_tokens_for_memory(2**30, cfg, torch.float32, max_tokens=512)
     assert mid == 2**29 // (4 * (7 * 64 + 3 * 128) + 8 * 64)
     lm = tiny_lm()
-    assert scoring.auto_batch_tokens(lm, 512) == 8192  # CPU
+    assert batching.auto_batch_tokens(lm, 512) == 8192  # CPU
     s = scoring.score_texts(lm, DOCS, HEADS, max_tokens=48, batch_tokens=None)
     ref = scoring.score_texts(lm, DOCS, HEADS, max_tokens=48, batch_tokens=8192)
     np.testing.assert_allclose(s.loss_ref, ref.loss_ref, rtol=1e-6)
@@ -357,7 +357,7 @@ def test_bench_random_model(tiny_model_dir, corpus, capsys):
 
 
 def test_length_buckets_bound_padding_and_keep_every_piece():
-    from attention_influence.influence.scoring import Piece, length_buckets
+    from attention_influence.influence.batching import Piece, length_buckets
 
     lengths = [512, 500, 480, 300, 290, 40, 35, 512, 2]
     pieces = [Piece(i, [7] * n) for i, n in enumerate(lengths)]

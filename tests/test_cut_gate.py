@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from attention_influence.audit import read_provenance
+from attention_influence.config import ConfigError, load_config
 from attention_influence.cut import CutPolicy, CutPolicyError, cut_score_files
 from attention_influence.io.sql import load_sql
-from attention_influence.settings import SettingsError, load_settings
 from resources import SelectionProfile
 
 DOMAINS = {"a": 11, "b": 20, "c": 33}
@@ -157,33 +157,35 @@ def test_gate_binds_before_fused_and_tokens_rankings(tmp_path, corpus):
 
 
 def test_gate_settings_are_checked_and_named(monkeypatch):
-    with pytest.raises(CutPolicyError, match="AI_GATE_MIN"):
+    with pytest.raises(CutPolicyError, match="cut.gate_min"):
         CutPolicy(gate_column="edu_score")
-    with pytest.raises(CutPolicyError, match="AI_GATE_COLUMN"):
+    with pytest.raises(CutPolicyError, match="cut.gate_column"):
         CutPolicy(gate_min=3.0)
-    with pytest.raises(CutPolicyError, match="AI_GATE_BASE_LOSS_PCT"):
+    with pytest.raises(CutPolicyError, match="cut.gate_base_loss_pct"):
         CutPolicy(gate_base_loss_pct=0.0)
-    with pytest.raises(CutPolicyError, match="AI_GATE_BASE_LOSS_PCT"):
+    with pytest.raises(CutPolicyError, match="cut.gate_base_loss_pct"):
         CutPolicy(gate_base_loss_pct=150)
     with pytest.raises(CutPolicyError, match="two gates"):
         CutPolicy(gate_column="edu_score", gate_min=3, gate_base_loss_pct=50)
-    with pytest.raises(SettingsError, match="AI_GATE_MIN"):
-        load_settings({"AI_GATE_MIN": "high"})
-    with pytest.raises(SettingsError, match="AI_GATE_BASE_LOSS_PCT"):
-        load_settings({"AI_GATE_BASE_LOSS_PCT": "nan"})
-    s = load_settings({"AI_GATE_BASE_LOSS_PCT": "40", "AI_QUALITY_COLUMNS": "edu_score,label"})
-    profile = SelectionProfile.from_profile("demo", s.profile)
+    with pytest.raises(ConfigError, match="cut.gate_min = 'high'"):
+        load_config(env={}, overrides={"cut.gate_min": "high"})
+    with pytest.raises(ConfigError, match="cut.gate_base_loss_pct"):
+        load_config(env={}, overrides={"cut.gate_base_loss_pct": "nan"})
+    c = load_config(
+        env={}, overrides={"cut.gate_base_loss_pct": 40, "evaluation.quality_columns": ["edu_score", "label"]}
+    )
+    profile = SelectionProfile.from_config(c.config)
     assert profile.cut_policy_config() == CutPolicy(gate_base_loss_pct=40.0)
-    assert profile.quality_columns == "edu_score,label" and profile.gate_min is None
-    q = SelectionProfile.from_profile(
-        "demo", load_settings({"AI_GATE_COLUMN": "x", "AI_GATE_MIN": "0"}).profile
+    assert profile.evaluation.quality_columns == ["edu_score", "label"] and profile.cut.gate_min is None
+    q = SelectionProfile.from_config(
+        load_config(env={}, overrides={"cut.gate_column": "x", "cut.gate_min": 0}).config
     )
     assert q.cut_policy_config().gate_min == 0.0 and not math.isnan(q.cut_policy_config().gate_min)
 
 
 def test_a_gate_column_missing_from_a_shard_names_the_setting_and_file(tmp_path, corpus):
     files, sources = corpus
-    with pytest.raises(CutPolicyError, match=r"AI_GATE_COLUMN='label'.*corpus_s0"):
+    with pytest.raises(CutPolicyError, match=r"cut.gate_column='label'.*corpus_s0"):
         run(tmp_path, files, sources, gate_column="label", gate_min=1.0)
 
 

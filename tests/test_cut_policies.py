@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from attention_influence.audit import read_provenance
+from attention_influence.config import ConfigError, load_config
 from attention_influence.cut import CutPolicy, CutPolicyError, cut_score_files
-from attention_influence.settings import SettingsError, load_settings
 from resources import SelectionProfile
 
 DOMAINS = {"a": 9, "b": 17, "c": 30}
@@ -156,28 +156,31 @@ def test_docs_policy_writes_what_cuts_wrote_before_policies(corpus, tmp_path):
 
 def test_bad_policy_settings_name_the_setting(corpus, tmp_path, monkeypatch):
     files, sources = corpus
-    with pytest.raises(CutPolicyError, match="AI_CUT_POLICY.*'best'"):
+    with pytest.raises(CutPolicyError, match="cut.policy.*'best'"):
         CutPolicy("best")
-    with pytest.raises(CutPolicyError, match="AI_FUSION_COLUMN"):
+    with pytest.raises(CutPolicyError, match="cut.fusion_column"):
         CutPolicy("fused")
-    with pytest.raises(CutPolicyError, match="AI_FUSION_WEIGHT"):
+    with pytest.raises(CutPolicyError, match="cut.fusion_weight"):
         CutPolicy("fused", "edu_score", 1.5)
-    with pytest.raises(CutPolicyError, match=r"AI_FUSION_COLUMN='quality'.*corpus_s0\.parquet"):
+    with pytest.raises(CutPolicyError, match=r"cut.fusion_column='quality'.*corpus_s0\.parquet"):
         cut_score_files(files, tmp_path / "x", policy=CutPolicy("fused", "quality"), quality_sources=sources)
     for frac in (0.0, 1.01, -0.2):
-        with pytest.raises(CutPolicyError, match=r"domain_top_frac must be in \(0, 1\].*AI_DOMAIN_TOP_FRAC"):
+        with pytest.raises(CutPolicyError, match=r"domain_top_frac must be in \(0, 1\].*cut.top_frac"):
             cut_score_files(files, tmp_path / "y", frac=frac, policy=CutPolicy("tokens"))
-    with pytest.raises(SettingsError, match="AI_FUSION_WEIGHT"):
-        load_settings({"AI_FUSION_WEIGHT": "2"})
-    with pytest.raises(SettingsError, match="AI_DOMAIN_TOP_FRAC"):
-        load_settings({"AI_DOMAIN_TOP_FRAC": "0"})
-    settings = load_settings(
-        {"AI_CUT_POLICY": "fused", "AI_FUSION_COLUMN": "edu_score", "AI_FUSION_WEIGHT": "0.25"}
-    )
-    profile = SelectionProfile.from_profile(settings.profile_name, settings.profile)
+    with pytest.raises(ConfigError, match="cut.fusion_weight = 2"):
+        load_config(env={}, overrides={"cut.fusion_weight": 2})
+    with pytest.raises(ConfigError, match="cut.top_frac = 0"):
+        load_config(env={}, overrides={"cut.top_frac": 0})
+    with pytest.raises(ConfigError, match="cut.policy = 'nope'"):
+        load_config(env={}, overrides={"cut.policy": "nope"})
+    config = load_config(
+        env={}, overrides={"cut.policy": "fused", "cut.fusion_column": "edu_score", "cut.fusion_weight": 0.25}
+    ).config
+    profile = SelectionProfile.from_config(config)
     assert profile.cut_policy_config() == CutPolicy("fused", "edu_score", 0.25)
-    bad = SelectionProfile.from_profile("demo", load_settings({"AI_CUT_POLICY": "nope"}).profile)
-    with pytest.raises(CutPolicyError, match="AI_CUT_POLICY"):
+    bad = SelectionProfile.from_config(load_config(env={}).config)
+    bad = SelectionProfile(**{**bad.model_dump(), "cut": {**bad.cut.model_dump(), "policy": "nope"}})
+    with pytest.raises(CutPolicyError, match="cut.policy"):
         bad.cut_policy_config()
 
 
@@ -192,4 +195,4 @@ def test_cli_cut_with_a_policy(corpus, tmp_path, capsys):
     expected = cut_score_files(files, tmp_path / "lib", frac=0.2, policy=CutPolicy("tokens"))
     assert printed["selected"] == expected.totals["selected"]
     assert main(["cut", "--scores", *files, "--out", str(tmp_path / "f"), "--policy", "fused"]) == 2
-    assert "AI_FUSION_COLUMN" in capsys.readouterr().err
+    assert "cut.fusion_column" in capsys.readouterr().err

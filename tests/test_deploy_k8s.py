@@ -86,10 +86,10 @@ def test_values_and_instance_agree():
 def test_pod_config_lives_in_the_k8s_executor_only():
     from ai_assets.document_scores import document_scores
     from ai_assets.k8s import executor_config
-    from attention_influence.settings import load_settings
+    from attention_influence.config import load_config
 
     assert "dagster-k8s/config" not in document_scores.op.tags  # `make demo` runs exactly as before
-    pod = load_settings({"AI_K8S_GPUS": "2", "AI_K8S_MODEL_CACHE_CLAIM": "cache"}).k8s
+    pod = load_config(env={"AI_K8S_GPUS": "2", "AI_K8S_MODEL_CACHE_CLAIM": "cache"}).config.deploy
     config = executor_config(pod)["per_step_k8s_config"]["document_scores"]
     assert config["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert config["pod_spec_config"]["volumes"][0]["persistent_volume_claim"]["claim_name"] == "cache"

@@ -86,7 +86,7 @@ def test_agreement_table_against_a_direct_computation():
     mean = table.filter((pl.col("quality") == "label") & (pl.col("predictor") == "random_heads_mean"))
     both = (df["random_heads_0"] + df["random_heads_1"]) / 2
     assert mean["value"][0] == pytest.approx(roc_auc_score(df["label"], both))
-    with pytest.raises(ValueError, match="AI_QUALITY_COLUMNS.*'nope'"):
+    with pytest.raises(ValueError, match="evaluation.quality_columns.*'nope'"):
         agreement_table(df, ["nope"])
 
 

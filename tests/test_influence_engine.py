@@ -99,11 +99,11 @@ def test_one_token_document_has_no_loss():
 
 @pytest.mark.parametrize("arch", ["qwen2", "mistral", "qwen3"])
 def test_other_architectures_fast_path_equals_generic_path(arch, monkeypatch):
-    import attention_influence.influence.scoring as scoring
+    from attention_influence.influence import losses
 
     lm = tiny_lm(arch, 2)
     fast = score_texts(lm, DOCS, HEADS, max_tokens=48)
-    monkeypatch.setattr(scoring, "decoder_parts", lambda model: None)
+    monkeypatch.setattr(losses, "decoder_parts", lambda model: None)
     generic = score_texts(lm, DOCS, HEADS, max_tokens=48)
     np.testing.assert_allclose(fast.loss_base, generic.loss_base, rtol=1e-5)
     np.testing.assert_allclose(fast.loss_ref, generic.loss_ref, rtol=1e-5)

@@ -11,8 +11,9 @@ from conftest import make_tiny_model, tiny_loaded_model
 from reference import reference_score
 
 from attention_influence.influence import llama
+from attention_influence.influence.losses import decoder_parts
 from attention_influence.influence.masking import enable_head_masking, heads_by_layer
-from attention_influence.influence.scoring import decoder_parts, score_texts
+from attention_influence.influence.scoring import score_texts
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import pytest
 from conftest import SAMPLE_CORPUS, require_shared
 
 from attention_influence.io.corpus import CorpusError, list_shards, resolve_shard, shard_key, validate_key
-from attention_influence.settings import PROFILES, SettingsError, load_settings
 from resources import Workdir
 
 
@@ -145,49 +144,3 @@ def test_workdir_paths_cannot_escape(tmp_path):
             work.score_path(bad)
     with pytest.raises(ValueError, match="escapes the work dir"):
         work.inside("..", "elsewhere")
-
-
-def test_settings_defaults_profiles_and_overrides(tmp_path):
-    s = load_settings({"AI_WORKDIR": str(tmp_path)})
-    assert s.corpus_is_demo and s.corpus == str(tmp_path / "demo_corpus" / "*" / "*.parquet")
-    assert s.model == "smollm2-135m" and s.profile_name == "demo" and s.profile == PROFILES["demo"]
-    assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert (
-        s.profile.n_probes,
-        s.profile.probe_max_tokens,
-        s.profile.doc_max_tokens,
-        s.profile.max_docs_per_shard,
-    ) == (64, 1024, 256, 100)
-    paper = load_settings(
-        {
-            "AI_PROFILE": "paper",
-            "AI_MAX_DOCS": "50",
-            "AI_WINDOWS": "no",
-            "AI_CORPUS": "s3://b/*.parquet",
-            "AI_DOMAIN_COLUMN": "",
-        }
-    )
-    assert (paper.profile.n_probes, paper.profile.probe_max_tokens, paper.profile.doc_max_tokens) == (
-        800,
-        4096,
-        4096,
-    )
-    assert paper.profile.max_docs_per_shard == 50 and paper.profile.windows is False
-    assert paper.profile.head_top_frac == 0.05 and paper.profile.domain_top_frac == 0.2
-    assert not paper.corpus_is_demo and paper.domain_column == ""
-    assert load_settings({"AI_PROFILE": "paper", "AI_MAX_DOCS": "0"}).profile.max_docs_per_shard is None
-
-
-@pytest.mark.parametrize(
-    "env,name",
-    [
-        ({"AI_PROFILE": "huge"}, "AI_PROFILE"),
-        ({"AI_N_PROBES": "many"}, "AI_N_PROBES"),
-        ({"AI_DOMAIN_TOP_FRAC": "1.5"}, "AI_DOMAIN_TOP_FRAC"),
-        ({"AI_WINDOWS": "maybe"}, "AI_WINDOWS"),
-        ({"AI_BATCH_TOKENS": "-3"}, "AI_BATCH_TOKENS"),
-    ],
-)
-def test_bad_settings_name_the_variable(env, name):
-    with pytest.raises(SettingsError, match=name):
-        load_settings(env)

@@ -108,8 +108,8 @@ def test_workdir_refuses_escaping_shard_keys(tmp_path):
 def test_trust_remote_code_is_off_by_default():
     from ai_assets.definitions import build_resources
     from attention_influence.cli import build_parser
+    from attention_influence.config import load_config
     from attention_influence.influence.models import load_model
-    from attention_influence.settings import load_settings
     from attention_influence.shards import run_score_job
 
     assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
@@ -120,7 +120,7 @@ def test_trust_remote_code_is_off_by_default():
         is False
     )
     assert parser.parse_args(["heads", "--corpus", "c", "--out", "o"]).trust_remote_code is False
-    resources = build_resources(load_settings({"AI_CORPUS": "x/*.parquet"}))
+    resources = build_resources(load_config(env={"AI_CORPUS": "x/*.parquet"}).config)
     assert resources["model"].trust_remote_code is False
 
 

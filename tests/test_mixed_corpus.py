@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 import pytest
+from shard_helpers import write_score_table
 
 from attention_influence.audit import read_provenance
 from attention_influence.cut import cut_score_files
@@ -23,20 +24,7 @@ def manifest(tmp_path):
             {"doc_id": ids, "body": [f"text of {i} in {key} " * (1 + n % 3) for n, i in enumerate(ids)]}
         )
         corpus.write_parquet(tmp_path / f"{key}.corpus.parquet")
-        pl.DataFrame(
-            {
-                "id": ids,
-                "domain": [i[0] for i in ids],
-                "shard": key,
-                "n_tokens": [len(i) * 3 for i in ids],
-                "loss_base": 1.0,
-                "loss_ref": 1.0,
-                "score": [(n * 37 % 97) / 97 for n in range(len(ids))],
-                "head_set_id": "h1",
-                "model": "m",
-            }
-        ).write_parquet(tmp_path / f"{key}.parquet")
-        score_files.append(str(tmp_path / f"{key}.parquet"))
+        score_files.append(write_score_table(tmp_path / f"{key}.parquet", key, ids))
         sources.append((key, str(tmp_path / f"{key}.corpus.parquet")))
     cut = cut_score_files(score_files, tmp_path / "cut", frac=0.2)
     out = tmp_path / "manifest.parquet"
@@ -107,5 +95,5 @@ def test_a_manifest_row_without_text_names_shard_and_id(manifest, tmp_path):
     corpus.filter(pl.col("doc_id") != "b5").write_parquet(sources[1][1])
     with pytest.raises(MixError, match=r"s1/b5: 0 rows"):
         mix(manifest, tmp_path)
-    with pytest.raises(MixError, match="AI_TEXT_COLUMN='text'"):
+    with pytest.raises(MixError, match="corpus.text_column='text'"):
         mix(manifest, tmp_path, text_column="text")

@@ -34,21 +34,30 @@ def test_score_steps_rejects_a_bad_step_rule(tmp_path):
         main(["score-steps", "--heads", "h", "--input", "i", "--output", "o", "--step-rule", "words"])
 
 
-def test_sft_settings_from_the_environment(tmp_path):
+def test_sft_settings_from_the_configuration(tmp_path):
     import pytest
 
-    from attention_influence.settings import SettingsError, load_settings, sft_input_glob
+    from attention_influence.config import ConfigError, load_config
 
-    s = load_settings(
-        {"AI_WORKDIR": str(tmp_path), "AI_SFT_TOP_FRAC": "0.1", "AI_SFT_STEP_RULE": "blank_lines"}
+    env = {"AI_WORKDIR": str(tmp_path)}
+    c = load_config(
+        env=env, overrides={"post_training.top_frac": 0.1, "post_training.step_rule": "blank_lines"}
     )
-    assert (s.sft.top_frac, s.sft.step_rule, s.sft.max_samples) == (0.1, "blank_lines", 0)
-    assert sft_input_glob(s) == str(tmp_path.resolve() / "sft_input" / "*.jsonl")
-    assert sft_input_glob(load_settings({"AI_SFT_INPUT": "/data/*.parquet"})) == "/data/*.parquet"
-    with pytest.raises(SettingsError, match="AI_SFT_TOP_FRAC"):
-        load_settings({"AI_SFT_TOP_FRAC": "2"})
-    with pytest.raises(SettingsError, match="AI_SFT_MAX_SAMPLES"):
-        load_settings({"AI_SFT_MAX_SAMPLES": "many"})
+    t = c.config.post_training
+    assert (t.top_frac, t.step_rule, t.max_samples) == (0.1, "blank_lines", None)
+    assert c.config.sft_input == str(tmp_path.resolve() / "sft_input" / "*.jsonl")
+    assert load_config(env={"AI_SFT_INPUT": "/data/*.parquet"}).config.sft_input == "/data/*.parquet"
+    with pytest.raises(ConfigError, match="post_training.top_frac = 2.0 in command line"):
+        load_config(env={}, overrides={"post_training.top_frac": 2.0})
+    with pytest.raises(
+        ConfigError, match="post_training.max_samples = 'many' in environment AI_SFT_MAX_SAMP"
+    ):
+        with pytest.warns(FutureWarning, match="AI_SFT_MAX_SAMPLES"):
+            load_config(env={"AI_SFT_MAX_SAMPLES": "many"})
+    with pytest.warns(
+        FutureWarning, match="post_training.max_samples"
+    ):  # the documented "every row" spelling
+        assert load_config(env={"AI_SFT_MAX_SAMPLES": "0"}).config.post_training.max_samples is None
 
 
 def test_sft_study_cli_runs_every_arm_and_loss(tmp_path, tiny_model_dir, capsys):

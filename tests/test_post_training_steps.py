@@ -153,7 +153,7 @@ def test_selection_top_fraction_globally_and_per_source():
     assert sorted(top.filter("selected")["id"]) == ["x0", "x6", "x7"]  # floor(9 * 0.3 + 0.5) = 3, NaN never
     per = select_samples(df, 0.5, by="source")
     assert sorted(per.filter("selected")["id"]) == ["x0", "x2", "x4", "x6", "x7"]  # 3 of 5 scored a, 2 of 4 b
-    with pytest.raises(ValueError, match="AI_SFT_SELECT_BY"):
+    with pytest.raises(ValueError, match="post_training.select_by"):
         select_samples(df, 0.5, key="length")
 
 

@@ -86,7 +86,7 @@ def test_arms_hold_out_the_same_documents_and_differ_only_in_the_second_copies(m
     assert set(data["perplexity"].filter(pl.col("id").is_duplicated())["id"]) == lowest
     other_seed, _ = build_arms(mixed, ["random"], 3, 7, seed=1)
     assert not other_seed["random"].equals(data["random"])  # the random set is drawn per seed
-    with pytest.raises(ArmError, match="AI_PROXY_ARMS"):
+    with pytest.raises(ArmError, match="proxy.arms"):
         build_arms(mixed, ["baseline", "best"], 3, 7, seed=0)
 
 
@@ -195,31 +195,27 @@ def test_comparisons_say_when_a_difference_exceeds_seed_noise():
     assert not two["exceeds_noise"] and "too few" in two["verdict"]
 
 
-def test_training_settings_reach_the_profile_resource():
-    from attention_influence.settings import SettingsError, load_settings
+def test_training_settings_reach_the_profile_resource(tmp_path):
+    from attention_influence.config import ConfigError, load_config
     from resources import SelectionProfile
 
-    env = {
-        "AI_MIX_SHUFFLE_SEED": "none",
-        "AI_MIX_ROWS_PER_FILE": "123",
-        "AI_PROXY_SEEDS": "3",
-        "AI_PROXY_ARMS": "baseline,random",
-        "AI_PROXY_STEPS": "7",
-        "AI_PROXY_PROFILE": "gpu",
-    }
-    settings = load_settings(env)
-    profile = SelectionProfile.from_profile(settings.profile_name, settings.profile)
-    assert (profile.mix_shuffle_seed, profile.mix_rows_per_file, profile.proxy_seeds) == (-1, 123, 3)
-    assert (profile.proxy_arms, profile.proxy_max_steps, profile.proxy_profile) == (
-        "baseline,random",
+    (tmp_path / "run.toml").write_text(
+        '[mix]\nshuffle_seed = "null"\nrows_per_file = 123\n'
+        '[proxy]\nseeds = 3\narms = ["baseline", "random"]\nmax_steps = 7\nprofile = "gpu"\n'
+    )
+    config = load_config(tmp_path / "run.toml", env={}).config
+    profile = SelectionProfile.from_config(config)
+    assert (profile.mix.shuffle_seed, profile.mix.rows_per_file, profile.proxy.seeds) == (None, 123, 3)
+    assert (profile.proxy.arms, profile.proxy.max_steps, profile.proxy.profile) == (
+        ["baseline", "random"],
         7,
         "gpu",
     )
-    default = SelectionProfile.from_profile("demo", load_settings({}).profile)
-    assert (default.mix_shuffle_seed, default.proxy_max_steps, default.cut_policy) == (0, 0, "docs")
-    with pytest.raises(SettingsError, match="AI_PROXY_SEEDS"):
-        load_settings({"AI_PROXY_SEEDS": "0"})
-    with pytest.raises(ValueError, match="AI_PROXY_PROFILE"):
+    default = SelectionProfile.from_config(load_config(env={}).config)
+    assert (default.mix.shuffle_seed, default.proxy.max_steps, default.cut.policy) == (0, None, "docs")
+    with pytest.raises(ConfigError, match="proxy.seeds = 0"):
+        load_config(env={}, overrides={"proxy.seeds": 0})
+    with pytest.raises(ValueError, match="proxy.profile"):
         proxy_profile("tpu")
 
 
@@ -239,4 +235,4 @@ def test_cli_proxy_train_runs_one_arm_and_saves_a_loadable_model(mixed, tiny_mod
     assert printed["arm"] == "random" and printed["bpb"] > 0 and {"bpb_math", "bpb_web"} <= set(printed)
     assert AutoModelForCausalLM.from_pretrained(printed["model"]).config.num_hidden_layers == 2
     assert main([*argv, "--arm", "best", "--out", str(out)]) == 2
-    assert "AI_PROXY_ARMS" in capsys.readouterr().err
+    assert "proxy.arms" in capsys.readouterr().err

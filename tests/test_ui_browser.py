@@ -57,24 +57,23 @@ def uis(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("ui")
     corpus = build_corpus(root / "corpus")
     dagster_port, mlflow_port = free_port(), free_port()
+    config = root / "run.toml"
+    config.write_text(
+        f'[model]\nspec = "{tiny_model_dir}"\ndtype = "float32"\ndevice = "cpu"\n'
+        "[heads]\nn_probes = 3\nprobe_max_tokens = 510\ntop_frac = 0.25\n"
+        '[scoring]\ndoc_max_tokens = 64\nmax_docs_per_shard = "null"\n'  # TOML's null: every row
+    )
     env = {
         **os.environ,
         "PYTHON": sys.executable,
         "PYTHONPATH": str(REPO),
-        "AI_MODEL": str(tiny_model_dir),
+        "AI_CONFIG": str(config),
         "AI_CORPUS": str(corpus / "*" / "*.parquet"),
         "AI_WORKDIR": str(root / "work"),
         "DAGSTER_HOME": str(root / "dagster_home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'work' / 'mlflow.db'}",
         "AI_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
         "AI_EVAL_DIR": str(root / "no-eval"),  # the mirror effect runs on held-out probes only
-        "AI_DTYPE": "float32",
-        "AI_DEVICE": "cpu",
-        "AI_N_PROBES": "3",
-        "AI_PROBE_TOKENS": "510",
-        "AI_DOC_TOKENS": "64",
-        "AI_MAX_DOCS": "0",
-        "AI_HEAD_TOP_FRAC": "0.25",
         "OMP_NUM_THREADS": "1",
     }
     (root / "dagster_home").mkdir()

@@ -36,7 +36,7 @@ class BenchConfig:
     docs: int = 64
     max_tokens: int = 512
     heads: str | None = None  # heads.json; None: models.default_heads
-    batch_tokens: int | None = None  # None: scoring.auto_batch_tokens
+    batch_tokens: int | None = None  # None: batching.auto_batch_tokens
     rounds: int = 4
     methods: tuple[str, ...] = DEFAULT_METHODS
     compile: bool = False

@@ -30,6 +30,13 @@ import torch
 from attention_influence.bench.config import BenchConfig
 from attention_influence.bench.documents import corpus_files, iter_texts
 from attention_influence.bench.flops import Shape, flop_rates, ideal_over_plain, matmul_peak_gflops, sync
+from attention_influence.influence.batching import (
+    auto_batch_tokens,
+    length_buckets,
+    pad_batch,
+    split_pieces,
+    tokenize,
+)
 from attention_influence.influence.masking import (
     ATTN_NAME,
     enable_head_masking,
@@ -37,15 +44,7 @@ from attention_influence.influence.masking import (
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
-from attention_influence.influence.scoring import (
-    auto_batch_tokens,
-    length_buckets,
-    pad_batch,
-    score_batches,
-    score_texts,
-    split_pieces,
-    tokenize,
-)
+from attention_influence.influence.scoring import score_batches, score_texts
 
 Method = Callable[[str, list[str]], object]  # (method name, documents) -> its result on them
 Log = Callable[[str], None]

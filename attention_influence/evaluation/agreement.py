@@ -168,7 +168,7 @@ def agreement_table(
         for q in quality_columns:
             if q not in dom.columns:
                 raise ValueError(
-                    f"AI_QUALITY_COLUMNS: no column {q!r}; the scores have {', '.join(dom.columns)}"
+                    f"evaluation.quality_columns: no column {q!r}; the scores have {', '.join(dom.columns)}"
                 )
             d = dom.filter(pl.col(q).cast(pl.Float64).is_finite())
             if d.height < min_docs:
@@ -334,7 +334,8 @@ def control_scores(
     """`sample` (id, domain, text, loss_base) with `random_heads_<d>` for each draw d: the score with as many
     random non-retrieval heads masked (seed + d), from one masked forward per document and the sample's own
     base losses. Returns the frame and the head sets drawn."""
-    from attention_influence.influence.scoring import score_tokens, tokenize
+    from attention_influence.influence.batching import tokenize
+    from attention_influence.influence.scoring import score_tokens
     from attention_influence.shards.job import clip_long_texts
 
     max_tokens = max_tokens or lm.max_context

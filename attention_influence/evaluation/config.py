@@ -40,10 +40,7 @@ class EvalConfig:
 
 
 PROFILES: dict[str, dict] = {
-    # SmolLM2-135M in bf16 reads ~360 tokens per CPU-second here; per model variant the demo costs
-    # ~75 CPU-s (8 probes of 1,024 tokens ~22, Banking77 ~19, HellaSwag ~18, GSM8K ~16), x 4 variants (base,
-    # retrieval heads masked, 2 random draws) ~ 2.5 min on 2 cores: the third draw went to the post-training
-    # group's budget inside `make demo`
+    # sized for `make demo` on 2 CPU cores (docs/results/air.md has the measured budget)
     "demo": dict(n_random_draws=2),
     # closer to the paper: more draws, many-shot Banking77 over all 77 intents, hundreds of items
     "paper": dict(

@@ -5,7 +5,7 @@ document from position 0), attention is causal within a piece and never crosses 
 `torch.nn.attention.varlen.varlen_attn`, FlashAttention over cumulative lengths; elsewhere each piece's own
 causal attention on its slice of the row, the block-diagonal causal mask without materialising it), a masked
 head's uniform output is a running mean that restarts at each piece, and a next-token loss is only taken
-where the next token belongs to the same piece. Used by `scoring` where padding would cost (length buckets
+where the next token belongs to the same piece. Used by `batching` where padding would cost (length buckets
 pad up to 15% of a batch); the CPU keeps its buckets (benchmarks/README.md: packing measured slower there).
 """
 

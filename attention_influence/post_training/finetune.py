@@ -70,7 +70,7 @@ FINETUNE_PROFILES: dict[str, FinetuneProfile] = {
 
 def finetune_profile(name: str, **overrides) -> FinetuneProfile:
     if name not in FINETUNE_PROFILES:
-        raise ValueError(f"AI_SFT_FINETUNE={name!r}: choose one of {', '.join(FINETUNE_PROFILES)}")
+        raise ValueError(f"post_training.finetune={name!r}: choose one of {', '.join(FINETUNE_PROFILES)}")
     return replace(FINETUNE_PROFILES[name], **overrides)
 
 

@@ -3,7 +3,8 @@
 `evaluation.figures.step_position_figure`: the step-score distribution by step position;
 `steps_markdown`: for a few samples, every step with its score, the highest and lowest marked;
 `run_sft_evaluation`: one MLflow parent run (both artifacts, the arm x loss table, the verdicts) with one
-child run per fine-tune (arm, loss, seed: its loss curve and GSM8K gold NLL).
+child run per fine-tune (arm, loss, seed: its loss curve and GSM8K gold NLL); `eval_items` and `sft_params`:
+its evaluation items and the parent run's params, `arm_loss_table`: the table a person reads.
 """
 
 from __future__ import annotations
@@ -134,3 +135,40 @@ def run_sft_evaluation(
     return SFTEvaluation(
         parent.info.run_id, runs, summary, said, base_nll, figure, md, time.perf_counter() - t0
     )
+
+
+def eval_items(eval_dir: str | Path, n: int) -> tuple[list, str]:
+    """n GSM8K test items (seeded sample) and where they came from, or generated stand-ins when the eval dir
+    has no GSM8K."""
+    from attention_influence.evaluation.tasks import GSM8KItem, read_gsm8k, sample
+    from attention_influence.post_training.sft_demo import standin_samples
+
+    test = Path(eval_dir) / "gsm8k" / "test.jsonl"
+    if test.is_file():
+        return sample(read_gsm8k(test), n, 0, "sft-finetune"), str(test)
+    items = [GSM8KItem(r["question"], r["answer"]) for r in standin_samples(n, seed=12345)]
+    return items, f"generated stand-in items ({test} is absent)"
+
+
+def table_head_set_id(table: pl.DataFrame) -> str:
+    """The head set that scored the training set ("" for an empty one)."""
+    return str(table["head_set_id"][0]) if table.height else ""
+
+
+def sft_params(table: pl.DataFrame, post_training, items: Sequence, where: str) -> dict:
+    """The parent run's params besides the fine-tune profile; `post_training`: the post_training section."""
+    return {
+        "head_set_id": table_head_set_id(table),
+        "finetune.profile": post_training.finetune,
+        "samples": table.height,
+        "selected": int(table["selected"].sum()),
+        "eval_items": len(items),
+        "eval_source": where,
+        "top_frac": post_training.top_frac,
+    }
+
+
+def arm_loss_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """The arm x loss summary (`finetune.summary_table`) with "mean ± sd" of the NLL, 4 decimals."""
+    nll = pl.col("mean").round(4).cast(pl.String) + " ± " + pl.col("sd").round(4).cast(pl.String)
+    return summary.with_columns(nll.alias("nll")).select("arm", "loss", "nll", "seeds", "samples")

@@ -17,9 +17,9 @@ def select_samples(samples: pl.DataFrame, top_frac: float, key: str = "score", b
     """`samples` with `rank` (1 = highest within its group) and `selected`; `by` names a column (e.g. the
     source) to select the top fraction within each of its values, "" for one global ranking."""
     if key not in SCORE_KEYS:
-        raise ValueError(f"AI_SFT_SELECT_BY={key!r}: choose one of {', '.join(SCORE_KEYS)}")
+        raise ValueError(f"post_training.select_by={key!r}: choose one of {', '.join(SCORE_KEYS)}")
     if by and by not in samples.columns:
-        raise ValueError(f"AI_SFT_SELECT_WITHIN={by!r} is not a column of the sample table")
+        raise ValueError(f"post_training.select_within={by!r} is not a column of the sample table")
     group = pl.col(by) if by else pl.lit(0)
     scored = pl.col(key).is_not_nan() & pl.col(key).is_not_null()
     ranked = (

@@ -73,7 +73,8 @@ class SFTFormat:
     def __post_init__(self) -> None:
         if self.step_rule not in STEP_RULES:
             raise ValueError(
-                f"step rule {self.step_rule!r} (AI_SFT_STEP_RULE): choose one of {', '.join(STEP_RULES)}"
+                f"step rule {self.step_rule!r} (post_training.step_rule): "
+                f"choose one of {', '.join(STEP_RULES)}"
             )
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2, got {self.max_tokens}")

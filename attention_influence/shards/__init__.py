@@ -4,6 +4,8 @@ reader.py      schema and rows of a shard, UTF-8 checks (`InputError` names the 
 quarantine.py  valid rows vs set-aside rows and why; the quarantine table; duplicates across shards
 lock.py        one writer per output, and cleanup of what a killed writer left
 job.py         `ShardJob` / `HeadSet`, the resumable chunk loop `score_shard`, the CLI entry `run_score_job`
+staging.py     the first N rows of a shard as a local Parquet file, the domain resolved
+record.py      a scored shard's data version, reuse check and provenance record (`score_and_record`)
 """
 
 from attention_influence.shards.job import (

@@ -214,7 +214,7 @@ def _claim_parts(parts_dir: Path, fingerprint: str) -> None:
 
 def prepare_chunk(lm: LoadedModel, job: ShardJob, chunk: pl.DataFrame) -> list[list[int]]:
     """The chunk's token ids (long texts clipped first unless windowed): the input work that overlaps."""
-    from attention_influence.influence.scoring import tokenize
+    from attention_influence.influence.batching import tokenize
 
     texts = chunk.get_column("text").to_list()
     if not job.windows:

@@ -94,7 +94,7 @@ def check_shard(path: str, text_column: str, id_column: str) -> dict:
         raise InputError(
             f"{path}: missing column(s) {missing}; the shard has {list(schema)} (text-like: "
             f"{textual}); set the column names (CLI --text-column/--id-column, env "
-            f"AI_TEXT_COLUMN/AI_ID_COLUMN)"
+            f"corpus.text_column/corpus.id_column)"
         )
     if schema[text_column] not in (pl.String, pl.Binary):
         raise InputError(

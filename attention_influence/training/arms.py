@@ -33,7 +33,7 @@ def check_arms(arms: Sequence[str]) -> list[str]:
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         raise ArmError(
-            f"AI_PROXY_ARMS={','.join(arms)!r}: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}"
+            f"proxy.arms={','.join(arms)!r}: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}"
         )
     return arms
 

@@ -70,8 +70,7 @@ class ProxyProfile:
 
 PROXY_PROFILES: dict[str, ProxyProfile] = {
     # inside `make demo`: ~1.6M parameters (1.57M of them the tied 49k-token embedding), 24 steps of 512
-    # tokens (12K tokens per run); measured 3.3 s per step on 2 cores shared with a load average of ~14 (the
-    # 49k-way softmax dominates); on an idle machine the whole step (3 arms x 2 seeds) took 27 s in make demo
+    # tokens (12K tokens per run); the 49k-way softmax dominates a step (timings: docs/results/)
     "cpu": ProxyProfile(
         hidden_size=32,
         num_layers=2,
@@ -139,7 +138,7 @@ PROXY_PROFILES: dict[str, ProxyProfile] = {
 
 def proxy_profile(name: str, **overrides) -> ProxyProfile:
     if name not in PROXY_PROFILES:
-        raise ValueError(f"AI_PROXY_PROFILE={name!r}: choose one of {', '.join(PROXY_PROFILES)}")
+        raise ValueError(f"proxy.profile={name!r}: choose one of {', '.join(PROXY_PROFILES)}")
     return replace(PROXY_PROFILES[name], **overrides)
 
 

@@ -1,0 +1,228 @@
+"""Pieces and batches: documents cut into pieces, pieces grouped into batches, batches that run out of memory
+split.
+
+A piece is one window of a document's token ids. Batches are length-bucketed and right-padded (`pad_batch`)
+or, on a GPU, packed (`packing`: pieces end to end in one row, no padding). A batch that runs out of memory is
+split in halves down to one piece (`split_on_oom`); a piece that does not fit alone marks its document failed.
+On a GPU, batches can be sized from free memory (`auto_batch_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attention_influence.influence import llama
+from attention_influence.influence.losses import decoder_parts
+from attention_influence.influence.models import LoadedModel
+from attention_influence.influence.packing import pack_batches
+from attention_influence.influence.structure import repeat3_flags
+
+Progress = Callable[[int, int], None] | None  # (tokens done, tokens in all)
+AUTO_BATCH_TOKENS_CPU = 8192
+MIN_FILL = 0.85  # real tokens per padded row, at least (batches of one piece are cheap on a CPU, and a
+# GPU job scores hundreds of documents per call, so buckets still fill up)
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "could not allocate", "failed to allocate")
+
+
+@dataclass
+class Piece:
+    doc: int  # index of the document in the input list
+    ids: list[int]  # one window of token ids (>= 2 tokens)
+    flags: np.ndarray | None = None  # (len(ids),) bool: the token continues an earlier 3-gram of the document
+
+
+def tokenize(lm: LoadedModel, texts: list[str]) -> list[list[int]]:
+    return lm.tokenizer(texts, add_special_tokens=True).input_ids
+
+
+def split_pieces(
+    token_lists: list[list[int]], max_tokens: int, windows: bool
+) -> tuple[list[Piece], np.ndarray]:
+    """Truncate (or window) each document; returns the pieces and each document's scored token count. Each
+    piece carries the repeat-3-gram flags of its tokens, found over the document's scored tokens."""
+    pieces, n_tokens = [], np.zeros(len(token_lists), dtype=np.int64)
+    for doc, ids in enumerate(token_lists):
+        starts = range(0, len(ids), max_tokens) if windows else [0]
+        flags = repeat3_flags(ids if windows else ids[:max_tokens])
+        spans = [(ids[i : i + max_tokens], flags[i : i + max_tokens]) for i in starts]
+        for span, span_flags in spans:
+            if len(span) >= 2:  # a window of one token predicts nothing
+                pieces.append(Piece(doc, span, span_flags))
+        n_tokens[doc] = sum(len(s) for s, _ in spans) if windows else min(len(ids), max_tokens)
+    return pieces, n_tokens
+
+
+def length_buckets(
+    pieces: list[Piece], batch_tokens: int, min_fill: float = MIN_FILL
+) -> Iterator[list[Piece]]:
+    """Longest first; a batch's padded size (rows x longest) stays within batch_tokens, and a piece shorter
+    than min_fill x the batch's longest starts a new batch, so at least min_fill of every padded row is real
+    tokens (a few documents of mixed lengths would otherwise all be padded to the longest)."""
+    order = sorted(pieces, key=lambda p: -len(p.ids))
+    batch: list[Piece] = []
+    for p in order:
+        longest = len(batch[0].ids) if batch else 0
+        if batch and ((len(batch) + 1) * longest > batch_tokens or len(p.ids) < min_fill * longest):
+            yield batch
+            batch = []
+        batch.append(p)
+    if batch:
+        yield batch
+
+
+def pad_id(lm: LoadedModel) -> int:
+    return lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+
+def pad_batch(batch: list[Piece], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pieces -> (B, T) ids right-padded with pad_id and their (B,) lengths."""
+    T = max(len(p.ids) for p in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    for i, p in enumerate(batch):
+        ids[i, : len(p.ids)] = torch.tensor(p.ids)
+    lengths = torch.tensor([len(p.ids) for p in batch])
+    if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's kernels
+        return ids.pin_memory().to(device, non_blocking=True), lengths.pin_memory().to(
+            device, non_blocking=True
+        )
+    return ids.to(device), lengths.to(device)
+
+
+def batch_flags(batch: list[Piece], device: torch.device, packed: bool) -> torch.Tensor:
+    """The pieces' repeat flags laid out like their ids: (B, T) right-padded with False, or (1, N) packed."""
+    rows = [torch.as_tensor(p.flags if p.flags is not None else np.zeros(len(p.ids), bool)) for p in batch]
+    if packed:
+        return torch.cat(rows)[None].to(device)  # (1, N)
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)  # (B, T)
+
+
+# ---------------------------------------------------------------- batch size and layout
+
+
+def batch_tokens_for_memory(
+    free_bytes: int, config, dtype: torch.dtype, max_tokens: int, fraction: float = 0.5, cap: int = 2**20
+) -> int:
+    """Padded tokens per batch that fit `fraction` of free accelerator memory.
+
+    Live per token during the suffix passes: the shared prefix output, the running hidden state and the
+    residual (3 x C), q/k/v/attention output (~4 x C), the MLP's gate, up and product (3 x I) and the float32
+    upcast inside the norms (2 x C x 4 bytes); the logit chunk is bounded separately.
+    """
+    C = config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * C)
+    width = torch.finfo(dtype).bits // 8
+    per_token = width * (7 * C + 3 * inter) + 8 * C
+    tokens = int(free_bytes * fraction) // per_token
+    return int(min(max(tokens, max_tokens), cap))
+
+
+def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
+    if lm.device.type != "cuda":
+        return max(AUTO_BATCH_TOKENS_CPU, max_tokens)  # CPU matmuls saturate well below this
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    return batch_tokens_for_memory(free, lm.config, lm.dtype, max_tokens)
+
+
+def use_packing(lm: LoadedModel, packed: bool | None, compile: bool = False) -> bool:
+    """None: pack on a GPU with a Llama-family decoder, length buckets elsewhere (packing measured no faster
+    on a CPU, benchmarks/README.md) and under torch.compile (packed rows vary in piece count and lengths,
+    which the compiled graphs would guard on; not measured on a GPU yet)."""
+    if packed is None:
+        inner = decoder_parts(lm.model)
+        on_gpu = lm.device.type == "cuda" and not compile
+        return on_gpu and inner is not None and llama.supports(inner.layers)
+    return packed
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """How the batches of one scoring call are built and run, resolved for a model (`resolve`)."""
+
+    batch_tokens: int  # padded (or packed) tokens per batch; never below the longest piece
+    packed: bool = False  # pieces end to end in one row instead of right-padded length buckets
+    compile: bool = False  # torch.compile the layer stacks (`losses.layer_stack`)
+    base: bool = True  # False: the masked pass only (a control that reuses another run's base losses)
+
+    @classmethod
+    def resolve(
+        cls,
+        lm: LoadedModel,
+        batch_tokens: int | None,
+        longest: int,
+        packed: bool | None = None,
+        compile: bool = False,
+        base: bool = True,
+    ) -> PassOptions:
+        """batch_tokens None (or <= 0): sized from free accelerator memory; packed None: `use_packing`."""
+        if batch_tokens is None or batch_tokens <= 0:
+            batch_tokens = auto_batch_tokens(lm, longest)
+        return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base)
+
+
+# ---------------------------------------------------------------- running batches
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA and others), or a CPU allocator's RuntimeError saying it could not
+    allocate."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+Run = Callable[[list[Piece]], tuple[torch.Tensor, torch.Tensor]]  # pieces -> (base, reference) losses
+
+
+def split_on_oom(
+    run: Run, batch: list[Piece], failed: dict[int, str], device: torch.device
+) -> Iterator[tuple[list[Piece], tuple[torch.Tensor, torch.Tensor]]]:
+    """(pieces, run(pieces)) for the batch, or, when it runs out of memory, for each half in turn, down to
+    one piece; a piece that does not fit alone marks its document in `failed` with the reason."""
+    try:
+        result = run(batch)
+    except Exception as exc:  # noqa: BLE001 - anything but out-of-memory is re-raised
+        if not is_out_of_memory(exc):
+            raise
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    else:
+        yield batch, result
+        return
+    free_memory(device)
+    if len(batch) == 1:
+        failed.setdefault(batch[0].doc, f"out of memory alone ({len(batch[0].ids)} tokens): {reason}")
+        return
+    half = len(batch) // 2
+    yield from split_on_oom(run, batch[:half], failed, device)
+    yield from split_on_oom(run, batch[half:], failed, device)
+
+
+def run_batches(
+    pieces: list[Piece],
+    run: Run,
+    opts: PassOptions,
+    device: torch.device,
+    failed: dict[int, str],
+    progress: Progress = None,
+) -> Iterator[tuple[list[Piece], torch.Tensor, torch.Tensor]]:
+    """(pieces, base, reference) for every batch that ran: `run` over length buckets (or packed rows), a
+    batch that runs out of memory split (`split_on_oom`, a piece that fails alone marked in `failed`)."""
+    if opts.packed:
+        batches = pack_batches(pieces, opts.batch_tokens)
+    else:
+        batches = length_buckets(pieces, opts.batch_tokens)
+    done, total = 0, sum(len(p.ids) for p in pieces)
+    for batch in batches:
+        for part, (base, ref) in split_on_oom(run, batch, failed, device):
+            yield part, base, ref
+        done += sum(len(p.ids) for p in batch)
+        if progress:
+            progress(done, total)

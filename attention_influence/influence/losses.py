@@ -1,0 +1,269 @@
+"""Next-token NLL under the base and the head-masked model: the cross-entropy kernels and the paired forward.
+
+The base and the head-masked (reference) model share every layer below the first masked one, so those layers
+run once and only the rest runs twice; Llama-family layers run written out (`llama.block`: fused RMSNorm,
+in-place gate, chunked attention on a CPU), other decoders as two full forwards through the attention
+interface. A batch is either right-padded, (B, T) ids with (B,) lengths (under a causal mask a real token
+never sees the padding after it, so no padding mask is needed and attention keeps its causal fast path), or
+packed, (1, N) ids with their `Packed` layout. Cross-entropy is computed in row chunks over the real tokens
+only, so full-vocabulary float32 logits never exist for a whole batch: on a CPU a chunk is ~100 rows, small
+enough to stay in cache while it is upcast and reduced (the cross-entropy costs a third of what one big chunk
+costs), on a GPU it is large enough to keep the device busy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from attention_influence.influence import llama
+from attention_influence.influence.masking import HeadControl, enable_head_masking
+from attention_influence.influence.models import LoadedModel
+from attention_influence.influence.packing import Packed
+
+# float32 logits per chunk. CPU: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunk is reused
+# from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
+LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
+
+Masked = dict[int, torch.Tensor]  # layer -> indices of its masked query heads
+Loss = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (lm_head, final hidden (B, T, C)) -> losses
+
+# ---------------------------------------------------------------- cross-entropy kernels
+
+
+def predicting_positions(
+    ids: torch.Tensor, lengths: torch.Tensor | None, packed: Packed | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where a real token predicts the next one: a (B, T-1) mask ((1, N-1) packed), the row (piece) of each
+    such position (N,) and the number of rows B (pieces P). Row b has lengths[b] - 1 positions (token t + 1
+    predicted from tokens 0..t), rows in order; packed, no position predicts across pieces."""
+    if packed is not None:
+        return packed.same_doc[None], packed.seg[:-1][packed.same_doc], packed.n
+    B, T = ids.shape
+    valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+    return valid, torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid], B
+
+
+def chunked_nll(lm_head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in float32, (N, C) hidden states against (N,) targets -> (N,), a chunk of rows at a time
+    (LOGIT_CHUNK_ELEMENTS logits each)."""
+    vocab = lm_head.weight.shape[0]
+    step = max(16, LOGIT_CHUNK_ELEMENTS.get(targets.device.type, 2**26) // vocab)
+    nll = torch.empty(h.shape[0], dtype=torch.float32, device=targets.device)
+    for i in range(0, h.shape[0], step):
+        logits = lm_head(h[i : i + step]).float()  # (n, V)
+        nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
+    return nll
+
+
+def token_nlls(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    packed: Packed | None = None,
+) -> torch.Tensor:
+    """Next-token NLL of every real predicting position: (B, T, C) -> (N,), row after row
+    (`predicting_positions`)."""
+    valid, _, _ = predicting_positions(ids, lengths, packed)
+    return chunked_nll(lm_head, hidden[:, :-1][valid], ids[:, 1:][valid])
+
+
+def row_sums(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(N,) float32 values summed into their rows: -> (n,)."""
+    return torch.zeros(n, dtype=torch.float32, device=values.device).index_add_(0, rows, values)
+
+
+def token_nll_sums(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    packed: Packed | None = None,
+) -> torch.Tensor:
+    """NLL summed per row over its real tokens: (B, T, C) -> (B,); packed, per piece: (1, N, C) -> (P,)."""
+    valid, rows, n = predicting_positions(ids, lengths, packed)
+    return row_sums(chunked_nll(lm_head, hidden[:, :-1][valid], ids[:, 1:][valid]), rows, n)
+
+
+def flagged_nll_sums(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    flags: torch.Tensor,
+    packed: Packed | None = None,
+) -> torch.Tensor:
+    """`token_nll_sums` and the same sums over the flagged target tokens only (flags: bool, shaped like ids):
+    (B, T, C) -> (2, B) as [all, flagged]; packed, (2, P)."""
+    valid, rows, n = predicting_positions(ids, lengths, packed)
+    nll = chunked_nll(lm_head, hidden[:, :-1][valid], ids[:, 1:][valid])  # (N,)
+    return torch.stack([row_sums(nll, rows, n), row_sums(nll * flags[:, 1:][valid], rows, n)])
+
+
+# ---------------------------------------------------------------- the decoder
+
+
+def decoder_parts(model: torch.nn.Module):
+    """The pieces of a Llama-style decoder, or None where the layer loop cannot be driven directly."""
+    inner = getattr(model, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or not all(hasattr(inner, n) for n in needed) or not hasattr(model, "lm_head"):
+        return None
+    cfg = model.config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return None  # per-layer window masks: take the generic path
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return None
+    return inner
+
+
+def layer_stack(
+    inner: torch.nn.Module, control: HeadControl, start: int, stop: int, compile: bool = False
+) -> Callable:
+    """Run decoder layers start..stop-1 on (B, T, C) with the given masked heads ({layer: head indices}).
+
+    Llama-family layers run as `llama.block` (written out, masked heads as an argument); others through their
+    modules, with the masked heads set on the model's head control. With `compile`, a torch.compile'd version
+    is cached per span (dynamic shapes, so length buckets of any size reuse it; the masked and unmasked runs
+    of a span hold one graph each, as dynamo guards on the masked heads).
+    """
+    written_out = llama.supports(inner.layers[start:stop])
+
+    def run(x, pos, cos, sin, masked, packed=None):  # (B, T, C), (1, T), (1, T, D) x2
+        if written_out:
+            for i in range(start, stop):
+                x = llama.block(inner.layers[i], x, cos, sin, masked.get(i), packed)
+            return x
+        if packed is not None:
+            raise ValueError("packed batches need Llama-family layers (llama.supports)")
+        control.masked = masked
+        for layer in inner.layers[start:stop]:
+            x = layer(x, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+        return x
+
+    if not compile:
+        return run
+    cache = inner.__dict__.setdefault("_ai_compiled_stacks", {})
+    if (start, stop) not in cache:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        cache[(start, stop)] = torch.compile(run, dynamic=True)
+    return cache[(start, stop)]
+
+
+# ---------------------------------------------------------------- the paired forward
+
+
+def shared_prefix_passes(
+    model: torch.nn.Module,
+    inner: torch.nn.Module,
+    ids: torch.Tensor,
+    passes: list[Masked],
+    loss: Loss,
+    compile: bool,
+    packed: Packed | None,
+) -> list[torch.Tensor]:
+    """loss() of each pass, the layers below the first masked one run once for all of them."""
+    control, n_layers = enable_head_masking(model), len(inner.layers)
+    first = min((min(heads) for heads in passes if heads), default=n_layers)
+    if packed is not None:
+        pos = packed.pos  # (1, N): positions restart at every piece
+    else:
+        pos = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
+    x = inner.embed_tokens(ids)  # (B, T, C)
+    cos, sin = inner.rotary_emb(x, position_ids=pos)  # (1, T, D) each
+    if first > 0:  # shared prefix: identical for base and reference
+        x = layer_stack(inner, control, 0, first, compile)(x, pos, cos, sin, {}, packed)
+    suffix = layer_stack(inner, control, first, n_layers, compile) if first < n_layers else None
+    out = []
+    for heads in passes:
+        h = suffix(x, pos, cos, sin, heads, packed) if suffix is not None else x
+        out.append(loss(model.lm_head, inner.norm(h)))
+        del h  # one pass's activations alive at a time
+    return out
+
+
+def generic_passes(
+    model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, passes: list[Masked], loss: Loss
+) -> list[torch.Tensor]:
+    """loss() of each pass, each a full forward through the attention interface (right-padded rows only)."""
+    control = enable_head_masking(model)
+    attn = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()  # (B, T)
+    head, out = model.get_output_embeddings(), []
+    for heads in passes:
+        control.masked = heads
+        out.append(loss(head, model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state))
+    return out
+
+
+@torch.inference_mode()
+def paired_forward(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    masked: Masked,
+    loss: Loss,
+    compile: bool = False,
+    packed: Packed | None = None,
+    base: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """loss(lm_head, final hidden states) under the base and the masked model. base=False (a control that
+    only needs another reference) and an empty head set run one pass, returned twice. The model's head
+    control is left as it was."""
+    model = lm.model
+    control = enable_head_masking(model)
+    passes = [{}, masked] if masked and base else [masked]
+    inner = decoder_parts(model)
+    previous = control.masked
+    try:
+        if inner is not None:
+            out = shared_prefix_passes(model, inner, ids, passes, loss, compile, packed)
+        elif packed is not None:
+            raise ValueError(f"packed batches need a Llama-family decoder, not {type(model).__name__}")
+        else:
+            out = generic_passes(model, ids, lengths, passes, loss)
+    finally:
+        control.masked = previous
+    return out[0], out[-1]
+
+
+def pair_nll(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    masked: Masked,
+    *,
+    flags: torch.Tensor,
+    compile: bool = False,
+    packed: Packed | None = None,
+    base: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[all, flagged] NLL sums per row for the base and the masked model (`flagged_nll_sums`): (B, T) ->
+    (2, B), (2, B); packed, per piece of the one row: (1, N) -> (2, P), (2, P)."""
+
+    def loss(lm_head, hidden):
+        return flagged_nll_sums(lm_head, hidden, ids, lengths, flags, packed)
+
+    return paired_forward(lm, ids, lengths, masked, loss, compile, packed, base)
+
+
+def pair_token_nlls(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    lengths: torch.Tensor | None,
+    masked: Masked,
+    *,
+    compile: bool = False,
+    packed: Packed | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every predicting position's NLL for the base and the masked model, row after row (`token_nlls`):
+    (B, T) -> (N,), (N,)."""
+
+    def loss(lm_head, hidden):
+        return token_nlls(lm_head, hidden, ids, lengths, packed)
+
+    return paired_forward(lm, ids, lengths, masked, loss, compile, packed)

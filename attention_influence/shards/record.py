@@ -1,0 +1,165 @@
+"""The record of a scored shard: its data version, when it can be reused, and the provenance written with it.
+
+A score table's provenance file (`<key>.json`, next to it) says what produced it. Its `data_version` hashes
+the shard fingerprint, the model, the head set, the scoring knobs, the corpus columns and the code version:
+a run with none of them changed reuses the table as it is, while a new model or head set makes every shard
+stale. `score_and_record` stages, scores and writes that record; the `document_scores` asset calls it.
+
+    request = ShardScoring(shard, out, staging, prov, "text", "id", "domain", scoring, knobs, "demo", "2")
+    record = score_and_record(lm, request, heads_doc, request.data_version(lm.identity, hsid))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from attention_influence.io.atomic import atomic_write_json
+from attention_influence.io.corpus import Shard
+from attention_influence.io.hashing import digest
+from attention_influence.shards.staging import considered_count, stage_shard
+
+Log = Callable[[str], None] | None
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass(frozen=True)
+class ShardScoring:
+    """One shard to score and where its files go: everything but the model and the head set, as plain values
+    (the corpus columns, the scoring section, the work dir's paths)."""
+
+    shard: Shard
+    output_path: Path  # the score table (its quarantine table is written next to it)
+    staging_path: Path  # the staged first rows, removed once scored
+    provenance_path: Path  # the record, `<key>.json`
+    text_column: str
+    id_column: str
+    domain_column: str  # empty: the shard's folder is the domain
+    scoring: object  # the scoring section: max_docs_per_shard, doc_max_tokens, batch_tokens, windows, ...
+    knobs: dict  # what else changes a score table (doc_max_tokens, windows, max_docs_per_shard)
+    profile: str
+    code_version: str
+
+    def data_version(self, model_identity: str, head_set_id: str) -> str:
+        """The hash a rerun compares: equal inputs give an equal version (and the table is reused)."""
+        return digest(
+            {
+                "shard": self.shard.fingerprint,
+                "model": model_identity,
+                "head_set_id": head_set_id,
+                "knobs": self.knobs,
+                "columns": [self.text_column, self.id_column, self.domain_column],
+                "code_version": self.code_version,
+            }
+        )
+
+
+def is_unchanged(previous: dict | None, data_version: str, force: bool = False) -> bool:
+    """Whether the record of an earlier run can stand for this one: same data version, and not forced."""
+    return not force and previous is not None and previous.get("data_version") == data_version
+
+
+def score_record(
+    result: dict,
+    request: ShardScoring,
+    heads_doc: dict,
+    total: int,
+    data_version: str,
+    model: str,
+    model_spec: str,
+    started: float,
+) -> dict:
+    """The provenance of a scored shard: `score_shard`'s reconciliation (`result`), the shard and how much
+    of it was considered, the head set (from heads.json), the model (identity, spec), knobs and versions."""
+    considered = considered_count(total, request.scoring.max_docs_per_shard)
+    shard = request.shard
+    return {
+        **result,
+        "input": shard.uri,
+        "key": shard.key,
+        "uri": shard.uri,
+        "shard_fingerprint": shard.fingerprint,
+        "documents_in_shard": total,
+        "documents_considered": considered,
+        "documents_not_considered": total - considered,
+        "data_version": data_version,
+        "head_set_id": heads_doc["head_set_id"],
+        "heads": [list(h) for h in heads_doc["heads"]],
+        "model": model,
+        "model_spec": model_spec,
+        "probe_set_version": heads_doc.get("probe_set_version"),
+        "probe_digest": heads_doc.get("probe_digest"),
+        "knobs": request.knobs,
+        "profile": request.profile,
+        "code_versions": {**heads_doc.get("code_versions", {}), "document_scores": request.code_version},
+        "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "wall_seconds": round(time.time() - started, 2),
+    }
+
+
+def score_and_record(
+    lm, request: ShardScoring, heads_doc: dict, data_version: str, progress: Progress = None, log: Log = None
+) -> dict:
+    """Stage the shard, score it with the head set of heads.json masked, remove the staged copy and write
+    the record to `request.provenance_path`; returns the record."""
+    from attention_influence.shards.job import HeadSet, ShardJob, score_shard
+
+    started, shard, scoring = time.time(), request.shard, request.scoring
+    input_path, domain_column, total = stage_shard(
+        shard.uri, shard.folder, request.domain_column, scoring.max_docs_per_shard, request.staging_path
+    )
+    heads, hsid = heads_doc["heads"], heads_doc["head_set_id"]
+    if log:
+        considered = considered_count(total, scoring.max_docs_per_shard)
+        log(
+            f"{shard.key}: scoring {considered} of {total} documents from {shard.uri} with "
+            f"{len(heads)} heads masked ({hsid}) on {lm.device}"
+        )
+    job = ShardJob(
+        input_path=input_path,
+        output_path=request.output_path,
+        shard=shard.key,
+        text_column=request.text_column,
+        id_column=request.id_column,
+        domain_column=domain_column,
+        max_tokens=scoring.doc_max_tokens or None,
+        batch_tokens=scoring.batch_tokens,
+        windows=scoring.windows,
+        checkpoint_every=scoring.checkpoint_every,
+    )
+    result = score_shard(lm, HeadSet(heads, hsid), job, progress=progress, log=log)
+    if input_path != shard.uri:
+        request.staging_path.unlink(missing_ok=True)
+    record = score_record(result, request, heads_doc, total, data_version, lm.identity, lm.spec, started)
+    atomic_write_json(request.provenance_path, record)
+    return record
+
+
+def score_stats(path: Path) -> list[dict]:
+    """Mean, std, min, median and max of the `score` column of a score table (one row; none when empty)."""
+    import polars as pl
+
+    scores = pl.read_parquet(path, columns=["score", "n_tokens"])
+    if not scores.height:
+        return []
+    score = pl.col("score")
+    return scores.select(
+        score.mean().alias("mean"),
+        score.std().alias("std"),
+        score.min().alias("min"),
+        score.median().alias("median"),
+        score.max().alias("max"),
+    ).to_dicts()
+
+
+def quarantine_rows(record: dict) -> list[dict]:
+    """The record's quarantine reasons as table rows [{reason, rows}], by reason."""
+    return [{"reason": r, "rows": n} for r, n in sorted(record.get("quarantine_reasons", {}).items())]
+
+
+def tokens_per_second(record: dict) -> float:
+    """Scoring throughput of the record (0.0 when it took no time)."""
+    seconds = record.get("seconds") or 0
+    return round(record["tokens_scored"] / seconds, 1) if seconds else 0.0
