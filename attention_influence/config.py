@@ -146,6 +146,10 @@ class EvaluationConfig(Section):
         200, description="Documents per domain in the random-heads control; 0: no control."
     )
     control_draws: NonNegative = Field(3, description="Random head sets drawn for the control.")
+    random_draws: Positive | None = Field(
+        None,
+        description="Random head sets in the mirror-effect evaluation. Null: the preset's (demo 2, paper 5).",
+    )
 
 
 class MlflowConfig(Section):

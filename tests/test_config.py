@@ -32,12 +32,13 @@ def test_both_shipped_profiles_load(name):
     c = load_config(env={}, profile=name).config
     assert c.profile == name
     if name == "demo":
-        assert (c.heads.n_probes, c.heads.probe_max_tokens, c.scoring.doc_max_tokens) == (64, 1024, 256)
-        assert (c.scoring.max_docs_per_shard, c.evaluation.control_docs, c.evaluation.control_draws) == (
-            100,
+        assert (c.heads.n_probes, c.heads.probe_max_tokens, c.scoring.doc_max_tokens) == (40, 1024, 256)
+        assert (c.scoring.max_docs_per_shard, c.evaluation.control_docs, c.evaluation.random_draws) == (
+            30,
             16,
             1,
         )
+        assert c.post_training.demo_samples == 150
     else:
         assert (c.heads.n_probes, c.heads.probe_max_tokens, c.scoring.doc_max_tokens) == (800, 4096, 4096)
         assert c.scoring.windows is True and c.scoring.max_docs_per_shard is None

@@ -75,7 +75,12 @@ def selection_inputs(
     ranking = HeadRanking.from_json(json.loads(Path(heads_path).read_text()))
     prov = read_provenance(manifest)
     scores = pl.read_parquet(cut_path).filter(pl.col("excluded_reason").is_null())
-    config = profile_config(evaluation.preset, top_frac=top_frac, eval_dir=Path(evaluation.eval_dir))
+    config = profile_config(
+        evaluation.preset,
+        top_frac=top_frac,
+        eval_dir=Path(evaluation.eval_dir),
+        n_random_draws=evaluation.random_draws,
+    )
     shard_keys = [s["key"] for s in prov.get("shards", [])]
     params = {
         "selection.domain_top_frac": prov.get("domain_top_frac"),
