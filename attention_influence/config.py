@@ -71,8 +71,8 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Run model code shipped in the model folder.")
     cache_dir: str | None = Field(
         None,
-        description=f"Converted GGUF models and s3:// model copies. Null: {DEFAULT_MODEL_CACHE}. "
-        "Environment: AI_MODEL_CACHE.",
+        description="Converted GGUF models and s3:// model copies. "
+        "Null: ~/.cache/attention-influence/models. Environment: AI_MODEL_CACHE.",
     )
     device_wait_seconds: float = Field(
         3600.0, gt=0, description="How long a scoring step waits for a free GPU when every one is claimed."
@@ -136,8 +136,8 @@ class EvaluationConfig(Section):
     )
     eval_dir: str | None = Field(
         None,
-        description=f"GSM8K, HellaSwag and Banking77; missing parts are skipped. Null: {DEFAULT_EVAL_DIR}. "
-        "Environment: AI_EVAL_DIR.",
+        description="GSM8K, HellaSwag and Banking77; missing parts are skipped. "
+        "Null: ../shared/eval beside the checkout. Environment: AI_EVAL_DIR.",
     )
     quality_columns: list[str] = Field(
         ["edu_score"], description="Corpus quality columns the score is compared with."
@@ -224,7 +224,7 @@ class DeployConfig(Section):
 
     workdir: str | None = Field(
         None,
-        description=f"Every output of the graph is written below it. Null: {REPO_ROOT / 'work'}. "
+        description="Every output of the graph is written below it. Null: work/ in the checkout. "
         "Environment: AI_WORKDIR.",
     )
     output_uri: str | None = Field(
