@@ -148,7 +148,7 @@ def materialize_all(
     step(observe_selector_model.name)
     shards = resources["corpus"].shards()
     if not shards:
-        raise CorpusError(f"no Parquet shards match the corpus {resources['corpus'].uri!r} (AI_CORPUS)")
+        raise CorpusError(f"no shards match the corpus {resources['corpus'].uri!r} (AI_CORPUS)")
     new = register_shards(instance, shards)
     keys = sorted(instance.get_dynamic_partitions("corpus_shards"))
     log(f"{len(keys)} shard partitions ({len(new)} new)")

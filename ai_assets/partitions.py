@@ -20,12 +20,15 @@ def shard_metadata(shard: Shard) -> dict:
     """What the observation shows. A shard whose footer cannot be read is still registered (its score run then
     fails naming the file, as for any corrupt shard), and the observation says why its rows are unknown."""
     try:
-        rows: int | str = shard_rows(shard)
+        rows: int | str | None = shard_rows(shard)
     except CorpusError as exc:
         rows = f"unknown ({exc})"
+    if rows is None:
+        rows = "counted when scored (JSON Lines)"
     return {
         "uri": dg.MetadataValue.path(shard.uri),
         "folder": shard.folder,
+        "format": shard.format,
         "fingerprint": shard.fingerprint,
         "rows": rows,
         "size_bytes": shard.size if shard.size is not None else "unknown",
@@ -35,12 +38,12 @@ def shard_metadata(shard: Shard) -> dict:
 @dg.observable_source_asset(
     partitions_def=shard_partitions,
     group_name="corpus",
-    description="A Parquet shard of the corpus (AI_CORPUS), observed by the shard sensor; its data version "
-    "is the file's fingerprint (size and modification time, or the object store's ETag). Metadata: uri, "
-    "rows, size.",
+    description="A shard of the corpus (AI_CORPUS; Parquet, JSON Lines or Arrow), observed by the shard "
+    "sensor; its data version is the file's fingerprint (size and modification time, or the object store's "
+    "ETag). Metadata: uri, format, rows, size.",
 )
 def corpus_shard(context, corpus: Corpus) -> dg.ObserveResult:
-    shard = resolve_shard(corpus.uri, context.partition_key)
+    shard = resolve_shard(corpus.uri, context.partition_key, corpus.format)
     return dg.ObserveResult(data_version=dg.DataVersion(shard.fingerprint), metadata=shard_metadata(shard))
 
 

@@ -41,15 +41,16 @@ def expand_corpus(pattern: str) -> list[str]:
 
 
 def read_texts(files: list[str], text_column: str = "text", limit_rows: int = 200_000) -> list[str]:
-    import polars as pl
+    """Texts of the files (any shard format), file by file until there are `limit_rows`."""
+    from attention_influence.shards.reader import iter_shard
 
     texts: list[str] = []
     for f in files:
         try:
-            col = pl.read_parquet(f, columns=[text_column]).get_column(text_column)
+            for batch in iter_shard(f, text_column, None, None):  # whole files, as always
+                texts.extend(t for t in batch.get_column("text").to_list() if isinstance(t, str))
         except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
             raise SystemExit(f"error: {f}: cannot read column {text_column!r}: {exc}") from exc
-        texts.extend(t for t in col.to_list() if isinstance(t, str))
         if len(texts) >= limit_rows:
             break
     return texts
@@ -130,13 +131,19 @@ def cmd_heads(args) -> int:
 
 def cmd_score(args) -> int:
     from attention_influence.shards import ShardJob, run_score_job
+    from attention_influence.shards.reader import folder_data_file
 
+    input_path, shard = args.input, args.shard
+    if "://" not in input_path and Path(input_path).is_dir():  # a datasets.save_to_disk folder
+        input_path, shard = folder_data_file(input_path), shard or Path(input_path).name
     job = ShardJob(
-        input_path=args.input,
+        input_path=input_path,
         output_path=args.output,
+        shard=shard,
         text_column=args.text_column,
-        id_column=args.id_column,
+        id_column=args.id_column or None,
         domain_column=args.domain_column,
+        input_format=args.format,
         max_tokens=args.max_tokens,
         batch_tokens=args.batch_tokens,
         windows=args.windows,
@@ -400,7 +407,8 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
         "--corpus",
         default=c.corpus.uri,
         required=c.corpus.uri is None,
-        help="Parquet glob whose text column supplies probe sentences (default: corpus.uri)",
+        help="shard glob (Parquet, JSON Lines, Arrow) whose text column supplies probe sentences "
+        "(default: corpus.uri)",
     )
     p.add_argument("--out", required=True, help="where to write heads.json")
     p.add_argument("--probes", type=int, default=c.heads.n_probes, help="number of probes (paper: 800)")
@@ -416,11 +424,26 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=c.heads.probe_seed)
     p.set_defaults(func=cmd_heads)
 
-    p = sub.add_parser("score", help="AttentionInfluence score of every document of one Parquet shard")
+    p = sub.add_parser("score", help="AttentionInfluence score of every document of one corpus shard")
     add_model_args(p, c)
     p.add_argument("--heads", required=True, help="heads.json from `heads`, or a JSON list of [layer, head]")
-    p.add_argument("--input", required=True, help="input shard (Parquet)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="input shard: Parquet, JSON Lines (plain, .gz, .zst, ...), .arrow or a save_to_disk folder",
+    )
     p.add_argument("--output", required=True, help="output score table (Parquet)")
+    p.add_argument(
+        "--format",
+        default=c.corpus.format,
+        choices=["parquet", "jsonl", "arrow"],
+        help="the input's format (default: corpus.format, else told by its name)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="the shard's name in the tables and in generated ids (default: the file name without suffixes)",
+    )
     p.add_argument(
         "--max-tokens",
         type=int,
@@ -434,8 +457,14 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
         help="score long documents as consecutive windows",
     )
     p.add_argument("--batch-tokens", type=int, default=c.scoring.batch_tokens, help="padded tokens per batch")
-    p.add_argument("--text-column", default=c.corpus.text_column)
-    p.add_argument("--id-column", default=c.corpus.id_column)
+    p.add_argument(
+        "--text-column", default=c.corpus.text_column, help="a column or a dotted path (meta.text)"
+    )
+    p.add_argument(
+        "--id-column",
+        default=c.corpus.id_column or "",
+        help="a column or a dotted path; '' : no ids, each row gets <shard>:<row>",
+    )
     p.add_argument(
         "--domain-column",
         default=c.corpus.domain_column or "",

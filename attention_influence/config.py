@@ -52,8 +52,21 @@ class CorpusConfig(Section):
         description="Shard glob, folder, file, s3:// or hf:// URI. Null: the embedded demo corpus under "
         "deploy.workdir (built by `make demo`). Environment: AI_CORPUS.",
     )
-    text_column: str = Field("text", description="Column holding the document text.")
-    id_column: str = Field("id", description="Column holding the document id.")
+    format: Literal["parquet", "jsonl", "arrow"] | None = Field(
+        None,
+        description="Shard format. Null: told by each file's name (.parquet/.pq; .jsonl/.ndjson, plain or "
+        ".gz/.zst/.bz2/.xz, and .json.gz etc.; .arrow, as in a datasets.save_to_disk folder). Set: every "
+        "file the uri matches is read in that format (compression still from the name).",
+    )
+    text_column: str = Field(
+        "text",
+        description="Column holding the document text; a dotted path reads a nested field (meta.text).",
+    )
+    id_column: str | None = Field(
+        "id",
+        description="Column holding the document id (a dotted path reads a nested field). Null: the corpus "
+        "has no ids; each row gets `<shard key>:<row>` (row: 0-based; JSON Lines: line number - 1).",
+    )
     domain_column: str | None = Field(
         "domain",
         description="Column holding the domain. Null, or absent from a shard: the shard's folder name.",

@@ -1,4 +1,4 @@
-"""The corpus as a resource: where the shards are and which columns hold text, id and domain."""
+"""The corpus as a resource: where the shards are, their format and which columns hold text, id and domain."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ class Corpus(section_resource(CorpusConfig)):
         validated(CorpusConfig, self, "the run's resource config", "corpus")
 
     def shards(self) -> list[Shard]:
-        return list_shards(self.uri)
+        return list_shards(self.uri, self.format)
 
     def shard(self, key: str) -> Shard:
-        return resolve_shard(self.uri, key)
+        return resolve_shard(self.uri, key, self.format)
 
     def texts(self, limit_docs: int) -> list[str]:
         return read_texts(self.shards(), self.text_column, limit_docs)

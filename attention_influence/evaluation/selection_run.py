@@ -37,7 +37,7 @@ def corpus_frame(corpus, shard_keys: Sequence[str], limit: int) -> pl.DataFrame:
     for key in shard_keys:
         if rows >= limit:
             break
-        uri = resolve_shard(corpus.uri, key).uri
+        uri = resolve_shard(corpus.uri, key, getattr(corpus, "format", None)).uri
         names = pl.scan_parquet(uri).collect_schema().names()
         cols = [
             pl.col(corpus.id_column).cast(pl.String).alias("id"),

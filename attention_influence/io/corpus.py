@@ -1,7 +1,12 @@
 """Corpus shards: discovery from a local folder or glob, s3:// or hf:// (fsspec), and their partition keys.
 
+A shard is a Parquet, JSON Lines (plain or compressed) or Arrow IPC file (`io.formats`): its format is told by
+its name, or set for every file the spec matches by `corpus.format`. A spec that matches no shard is an error
+naming the spec and the accepted formats, never an empty corpus.
+
 A shard's partition key is its path relative to the corpus root (the part of the spec before the first glob
-character), folders joined with `__`, the `.parquet` suffix dropped, and every character outside
+character), folders joined with `__`, the format and compression suffixes dropped (`.parquet`, `.jsonl.gz`,
+...), and every character outside
 [A-Za-z0-9_.-] replaced by `_`: `sample/web_edu/web_edu-00000.parquet` under `sample/*/*.parquet` becomes
 `web_edu__web_edu-00000`. Keys are therefore unique, stable as shards are added, and safe as file names (no
 `/`, no `..`). The key -> URI mapping is recomputed by listing, so it cannot drift from the corpus.
@@ -13,11 +18,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from attention_influence.io.formats import ACCEPTED, FormatError, detect, stem
 from attention_influence.io.hashing import digest, sha256_hex
 from attention_influence.io.paths import safe_key
 
 GLOB_CHARS = re.compile(r"[*?\[]")
-PARQUET = (".parquet", ".pq")
+SAVE_TO_DISK_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")  # never shards
 
 
 class CorpusError(ValueError):
@@ -31,6 +37,7 @@ class Shard:
     folder: str  # name of the folder holding the shard: the domain when the shard has no domain column
     fingerprint: str  # changes when the file changes (size + modification time / ETag)
     size: int | None = None  # bytes, where the file system reports it
+    format: str = "parquet"  # parquet, jsonl or arrow (io.formats); compression is told by the name
 
 
 # a partition key usable as one file name in the work dir, else UnsafePathError (a ValueError)
@@ -44,16 +51,12 @@ def _component(part: str) -> str:
 
 
 def shard_key(relative: str) -> str:
-    """`a/b/c.parquet` -> `a__b__c`; deterministic, collision-free for distinct relative paths of safe
-    names."""
+    """`a/b/c.parquet` -> `a__b__c` (`a/b/c.jsonl.gz` too); deterministic, collision-free for distinct
+    relative paths of safe names."""
     parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts:
         raise CorpusError(f"empty shard path {relative!r}")
-    stem = parts[-1]
-    for suffix in PARQUET:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    key = "__".join([_component(p) for p in parts[:-1]] + [_component(stem)])
+    key = "__".join([_component(p) for p in parts[:-1]] + [_component(stem(parts[-1]))])
     if not key[0].isalnum():
         key = "s" + key
     if len(key) > 200:  # keep keys readable; the hash keeps them unique
@@ -94,8 +97,22 @@ def _filesystem(spec: str):
         raise CorpusError(f"corpus {spec!r}: cannot open {protocol}:// ({exc}); install {hint}") from exc
 
 
-def list_shards(spec: str) -> list[Shard]:
-    """Every Parquet shard the spec names, sorted by key. A folder means every Parquet file below it."""
+def _format_of(name: str, configured: str | None) -> str | None:
+    """The shard format of a listed file, None when it is no shard. With a configured format every file is
+    one, but hidden ones (`.x`, `_SUCCESS`) and the metadata of a `datasets.save_to_disk` folder."""
+    base = name.rsplit("/", 1)[-1]
+    if configured and (base.startswith((".", "_")) or base in SAVE_TO_DISK_METADATA):
+        return None
+    try:
+        fmt = detect(name, configured)
+    except FormatError as exc:
+        raise CorpusError(f"corpus.format: {exc}") from exc
+    return fmt.name if fmt else None
+
+
+def list_shards(spec: str, fmt: str | None = None) -> list[Shard]:
+    """Every shard the spec names, sorted by key: files of a known format (`fmt`, corpus.format: every file
+    the spec matches, read in that format). A folder means every shard below it. No shard is an error."""
     if not spec:
         raise CorpusError("no corpus given: set AI_CORPUS to a shard glob, folder, file, s3:// or hf:// URI")
     protocol, path = _split_protocol(spec)
@@ -123,7 +140,8 @@ def list_shards(spec: str) -> list[Shard]:
         raise CorpusError(f"corpus {spec!r}: cannot list shards: {exc}") from exc
     shards: dict[str, Shard] = {}
     for name, info in sorted(found.items()):
-        if info.get("type", "file") != "file" or not name.endswith(PARQUET):
+        shard_format = _format_of(name, fmt) if info.get("type", "file") == "file" else None
+        if shard_format is None:
             continue
         name = name if protocol != "file" else str(Path(name))
         rel = name[len(root) :].lstrip("/") if root and name.startswith(root) else name.rsplit("/", 1)[-1]
@@ -141,15 +159,19 @@ def list_shards(spec: str) -> list[Shard]:
             folder=folder,
             fingerprint=_fingerprint(info),
             size=int(size) if size is not None else None,
+            format=shard_format,
         )
+    if not shards:
+        what = f"no files (corpus.format = {fmt!r})" if fmt else f"no shards: accepted formats are {ACCEPTED}"
+        raise CorpusError(f"corpus {spec!r} matches {what}")
     return [shards[k] for k in sorted(shards)]
 
 
-def resolve_shard(spec: str, key: str) -> Shard:
+def resolve_shard(spec: str, key: str, fmt: str | None = None) -> Shard:
     """The shard behind a registered partition key, or an error naming it
     (deleted, renamed, corpus changed)."""
     validate_key(key)
-    for shard in list_shards(spec):
+    for shard in list_shards(spec, fmt):
         if shard.key == key:
             return shard
     raise CorpusError(
@@ -158,29 +180,39 @@ def resolve_shard(spec: str, key: str) -> Shard:
     )
 
 
-def shard_rows(shard: Shard) -> int:
-    """Rows in a shard, from its Parquet footer (no column data is read)."""
-    import polars as pl
+def shard_rows(shard: Shard) -> int | None:
+    """Rows in a shard: from its Parquet footer (no column data is read) or its Arrow batches; None for
+    JSON Lines, which would have to be decompressed whole to count (their rows are counted when scored)."""
+    if shard.format == "jsonl":
+        return None
+    from attention_influence.shards.reader import InputError, shard_row_count
 
     try:
-        return int(pl.scan_parquet(shard.uri).select(pl.len()).collect().item())
-    except Exception as exc:  # noqa: BLE001 - name the shard whatever failed
-        raise CorpusError(f"{shard.uri}: cannot read the Parquet footer: {exc}") from exc
+        return shard_row_count(shard.uri, shard.format)
+    except InputError as exc:
+        raise CorpusError(str(exc)) from exc
 
 
 def read_texts(shards: list[Shard], text_column: str, limit_docs: int) -> list[str]:
     """Up to `limit_docs` texts, shard by shard in key order: the sentence source for probes."""
-    import polars as pl
+    from attention_influence.shards.reader import InputError, iter_shard
 
     texts: list[str] = []
     for shard in shards:
         if len(texts) >= limit_docs:
             break
         try:
-            frame = (
-                pl.scan_parquet(shard.uri).select(pl.col(text_column)).head(limit_docs - len(texts)).collect()
-            )
-        except Exception as exc:  # noqa: BLE001 - name the shard whatever failed
-            raise CorpusError(f"{shard.uri}: cannot read column {text_column!r}: {exc}") from exc
-        texts.extend(t for t in frame.get_column(text_column).to_list() if isinstance(t, str))
+            for batch in iter_shard(
+                shard.uri,
+                text_column,
+                None,
+                None,
+                limit_docs - len(texts),
+                shard.folder,
+                shard.key,
+                shard.format,
+            ):
+                texts.extend(t for t in batch.get_column("text").to_list() if isinstance(t, str))
+        except InputError as exc:
+            raise CorpusError(f"cannot read column {text_column!r}: {exc}") from exc
     return texts

@@ -1,6 +1,7 @@
 """One shard end to end: read and validate, quarantine bad rows, score in resumable chunks.
 
-reader.py      schema and rows of a shard, UTF-8 checks (`InputError` names the file)
+reader.py      schema and rows of a shard in record batches (Parquet, Arrow), UTF-8 checks, generated ids
+jsonl.py       JSON Lines shards line by line: a broken line is a quarantined row with its line number
 quarantine.py  valid rows vs set-aside rows and why; the quarantine table; duplicates across shards
 lock.py        one writer per output, and cleanup of what a killed writer left
 job.py         `ShardJob` / `HeadSet`, the resumable chunk loop `score_shard`, the CLI entry `run_score_job`

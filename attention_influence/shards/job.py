@@ -13,13 +13,16 @@ bound grows until the cut text still has more than `max_tokens` tokens, so `n_to
 are those of the whole text.
 
 While a chunk is scored, the next one is sliced, clipped and tokenized in a background thread (`prefetch`;
-the shard itself is read and validated before scoring starts: the resume fingerprint and the duplicate-id
-check need every row). A batch that runs out of memory is split and retried down to one document; a document
-that fails alone is quarantined as "out of memory" with the error, so nothing is lost.
+the shard itself is read and validated before scoring starts: the resume fingerprint needs every row. The
+shard is read in record batches, and the duplicate-id check and the content digest are updated batch by batch;
+only the valid rows' id, domain and text are held). A batch that runs out of memory is split and retried
+down to one document; a document that fails alone is quarantined as "out of memory" with the error, so
+nothing is lost.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -31,7 +34,7 @@ import polars as pl
 
 from attention_influence.influence.models import LoadedModel
 from attention_influence.io.atomic import atomic_write_parquet, atomic_write_text
-from attention_influence.io.hashing import digest, sha256_hex
+from attention_influence.io.hashing import digest
 from attention_influence.shards.lock import OutputBusyError, output_lock, remove_stale_tmp
 from attention_influence.shards.prefetch import InputWait, prefetched
 from attention_influence.shards.quarantine import (
@@ -40,7 +43,15 @@ from attention_influence.shards.quarantine import (
     set_aside_unscorable,
     split_valid,
 )
-from attention_influence.shards.reader import InputError, check_shard, read_shard, shard_row_count
+from attention_influence.shards.reader import (
+    ROWS_SCHEMA,
+    InputError,
+    check_shard,
+    iter_shard,
+    shard_format,
+    shard_name,
+    shard_row_count,
+)
 
 __all__ = [  # InputError and OutputBusyError too: what the CLI catches from a job
     "HeadSet",
@@ -93,13 +104,14 @@ class ShardJob:
     so parts written under other values are never reused.
     """
 
-    input_path: str  # local path or fsspec URI of the Parquet shard
+    input_path: str  # local path or fsspec URI of the shard (Parquet, JSON Lines, Arrow: io.formats)
     output_path: Path  # the score table; its quarantine and checkpoints live next to it
-    shard: str | None = None  # the shard's name in both tables (default: the input's file stem)
+    shard: str | None = None  # the shard's name in both tables and generated ids (default: the file's stem)
     # reading and validating
-    text_column: str = "text"
-    id_column: str = "id"
-    domain_column: str = "domain"
+    text_column: str = "text"  # a column, or a dotted path into nested records (`metadata.text`)
+    id_column: str | None = "id"  # None or "": ids generated as `<shard>:<row>` (reader.generated_id)
+    domain_column: str | None = "domain"
+    input_format: str | None = None  # parquet, jsonl or arrow; None: told by the input's name
     domain_fallback: str | None = None  # without a domain column (default: the shard's folder name)
     max_docs: int | None = None  # only the first rows; the rest count as not considered, not quarantined
     allowed_domains: tuple[str, ...] | None = None  # rows of other domains: quarantined "unknown domain"
@@ -118,7 +130,7 @@ class ShardJob:
 
     @property
     def name(self) -> str:
-        return self.shard or Path(self.input_path.split("://", 1)[-1]).stem
+        return self.shard or shard_name(self.input_path)
 
 
 def parts_path(output_path: str | Path) -> Path:
@@ -149,21 +161,34 @@ def clip_long_texts(
     return out
 
 
-def content_digest(valid: pl.DataFrame) -> str:
-    """What the scores depend on in the input: ids, domains and texts, in order (each length-prefixed)."""
+class ContentDigest:
+    """What the scores depend on in the input: ids, domains and texts, in order (each length-prefixed),
+    hashed batch by batch as the shard is read (the same digest as hashing all valid rows at once)."""
 
-    def chunks():
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, valid: pl.DataFrame) -> None:
         for row in valid.select("id", "domain", "text").iter_rows():
             for value in row:
                 data = value.encode("utf-8", errors="surrogatepass")
-                yield len(data).to_bytes(8, "little")
-                yield data
+                self._hash.update(len(data).to_bytes(8, "little"))
+                self._hash.update(data)
 
-    return sha256_hex(chunks())
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
-def job_fingerprint(lm: LoadedModel, heads: HeadSet, job: ShardJob, valid: pl.DataFrame) -> str:
-    """Everything a chunk's scores depend on: parts written under another fingerprint are discarded."""
+def content_digest(valid: pl.DataFrame) -> str:
+    """The `ContentDigest` of valid rows held in one frame."""
+    content = ContentDigest()
+    content.update(valid)
+    return content.hexdigest()
+
+
+def job_fingerprint(lm: LoadedModel, heads: HeadSet, job: ShardJob, valid: pl.DataFrame | str) -> str:
+    """Everything a chunk's scores depend on: parts written under another fingerprint are discarded.
+    `valid`: the valid rows, or their `ContentDigest` hex digest."""
     return digest(
         {
             "version": JOB_VERSION,
@@ -177,7 +202,7 @@ def job_fingerprint(lm: LoadedModel, heads: HeadSet, job: ShardJob, valid: pl.Da
             "batch_tokens": job.batch_tokens,
             "checkpoint_every": job.checkpoint_every,
             "shard": job.name,
-            "content": content_digest(valid),
+            "content": valid if isinstance(valid, str) else content_digest(valid),
         }
     )
 
@@ -281,6 +306,39 @@ def _score_table(parts_dir: Path, n_chunks: int) -> pl.DataFrame:
     return pl.concat(parts) if parts else pl.DataFrame(schema=SCORE_SCHEMA)
 
 
+def _read_valid(job: ShardJob, fmt: str) -> tuple[int, pl.DataFrame, pl.DataFrame, str]:
+    """(rows read, valid rows, quarantined rows, content digest), the shard read in record batches: the
+    duplicate-id check and the content digest are updated batch by batch, and only the valid rows' id,
+    domain and text are kept (scoring in chunks still needs them all: streaming that is the next step)."""
+    earlier: dict[str, int] = {}
+    content = ContentDigest()
+    n, valid, quarantined = 0, [], []
+    batches = iter_shard(
+        job.input_path,
+        job.text_column,
+        job.id_column,
+        job.domain_column,
+        max_docs=job.max_docs,
+        domain_fallback=job.domain_fallback,
+        shard=job.name,
+        fmt=fmt,
+    )
+    for batch in batches:
+        good, bad = split_valid(batch, job.name, job.allowed_domains, earlier)
+        content.update(good)
+        n += batch.height
+        valid.append(good)
+        quarantined.append(bad)
+    if not valid:  # an empty shard (no batch at all): the frames of an empty batch
+        good, bad = split_valid(pl.DataFrame(schema=ROWS_SCHEMA), job.name)
+        valid, quarantined = [good], [bad]
+    return n, _concat(valid), _concat(quarantined), content.hexdigest()
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return frames[0] if len(frames) == 1 else pl.concat(frames)
+
+
 def score_shard(
     lm: LoadedModel,
     heads: HeadSet,
@@ -298,23 +356,19 @@ def score_shard(
     out, input_path, shard = job.output_path, job.input_path, job.name
     if "://" not in input_path and Path(input_path).resolve() == out.resolve():
         raise InputError(f"{input_path}: the output would overwrite the input shard; choose another output")
-    total_rows = shard_row_count(input_path)
-    rows = read_shard(
-        input_path,
-        job.text_column,
-        job.id_column,
-        job.domain_column,
-        max_docs=job.max_docs,
-        domain_fallback=job.domain_fallback,
-    )
-    valid, quarantined = split_valid(rows, shard, job.allowed_domains)
+    fmt = shard_format(input_path, job.input_format)
+    total_rows = shard_row_count(input_path, fmt.name) if fmt.name == "parquet" else None  # footer only
+    documents_in, valid, quarantined, content = _read_valid(job, fmt.name)
+    if total_rows is None:  # read whole, or counted in one more (decompressing) pass when cut short
+        cut_short = job.max_docs and documents_in >= job.max_docs
+        total_rows = shard_row_count(input_path, fmt.name) if cut_short else documents_in
 
     with output_lock(out):
         for tmp in remove_stale_tmp(out):
             if log:
                 log(f"{shard}: removed {tmp.name}, left by an interrupted writer")
         parts_dir = parts_path(out)
-        _claim_parts(parts_dir, job_fingerprint(lm, heads, job, valid))
+        _claim_parts(parts_dir, job_fingerprint(lm, heads, job, content))
         wait = InputWait()
         n_chunks, resumed = _score_chunks(lm, heads, job, valid, parts_dir, progress, log, wait)
         wait.finish()
@@ -332,14 +386,16 @@ def score_shard(
 
     summary = {
         "input": input_path,
+        "input_format": fmt.describe(),
+        "ids": f"column {job.id_column!r}" if job.id_column else f"generated: {shard}:<row>",
         "input_wait_share": round(wait.share(), 4),  # of the chunk loop's wall time
         "input_wait_seconds": round(wait.waited, 3),
         "output": str(out),
         "quarantine": str(qpath),
         "shard": shard,
         "documents_in_shard": total_rows,
-        "documents_in": rows.height,
-        "documents_not_considered": total_rows - rows.height,
+        "documents_in": documents_in,
+        "documents_not_considered": total_rows - documents_in,
         "scored": table.height,
         "quarantined": quarantined.height,
         "quarantine_reasons": dict(sorted(quarantined.group_by("reason").len().iter_rows())),
@@ -383,7 +439,7 @@ def run_score_job(
 
     heads, meta = _load_heads(heads_path)
     # a missing or broken shard fails before the model loads
-    check_shard(job.input_path, job.text_column, job.id_column)
+    check_shard(job.input_path, job.text_column, job.id_column, job.input_format)
     lm = load_model(
         model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir
     )

@@ -1,8 +1,9 @@
 """Which rows are scored and which are set aside, and why: the quarantine table next to every score table.
 
 Every input row ends up in exactly one of the two tables, so documents in = scored + quarantined. A row is
-set aside for the first reason that applies (missing id, broken UTF-8, empty text, bad or unknown domain, a
-repeated id, too short to have a loss), with a detail that points at the fix.
+set aside for the first reason that applies (a JSON line that is no document, missing id, broken UTF-8, empty
+text, bad or unknown domain, a repeated id, too short to have a loss), with a detail that points at the fix.
+A JSON Lines row's `row` is its line number - 1, and the detail of a line that is no document names the line.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def quarantine_path(output_path: str | Path) -> Path:
 def _reason(allowed_domains: Iterable[str] | None) -> pl.Expr:
     domain = pl.col("domain")
     reason = (
-        pl.when(pl.col("id").is_null() | (pl.col("id").str.strip_chars() == ""))
+        pl.when(pl.col("input_error").is_not_null())  # a JSON line that is no document (shards.jsonl)
+        .then(pl.col("input_error"))
+        .when(pl.col("id").is_null() | (pl.col("id").str.strip_chars() == ""))
         .then(pl.lit("missing id"))
         .when(pl.col("utf8_error").str.starts_with("id:"))
         .then(pl.lit("id is not valid UTF-8"))
@@ -58,7 +61,9 @@ def _reason(allowed_domains: Iterable[str] | None) -> pl.Expr:
 
 def _detail(allowed_domains: Iterable[str] | None) -> pl.Expr:
     return (
-        pl.when(pl.col("_reason").str.ends_with("UTF-8"))
+        pl.when(pl.col("input_detail").is_not_null())
+        .then(pl.col("input_detail"))
+        .when(pl.col("_reason").str.ends_with("UTF-8"))
         .then(pl.col("utf8_error"))
         .when(pl.col("_reason") == "unsafe domain name")
         .then(pl.lit("a domain is [A-Za-z0-9_.-], starts with a letter or digit, at most 64 characters"))
@@ -68,9 +73,15 @@ def _detail(allowed_domains: Iterable[str] | None) -> pl.Expr:
     )
 
 
-def _mark_duplicates(df: pl.DataFrame) -> pl.DataFrame:
-    """A repeated id: the first *otherwise valid* row is scored, later ones are set aside pointing at it."""
+def _mark_duplicates(df: pl.DataFrame, earlier: dict[str, int] | None = None) -> pl.DataFrame:
+    """A repeated id: the first *otherwise valid* row is scored, later ones are set aside pointing at it.
+    `earlier`: the first row of each valid id of the shard's earlier batches (updated with this batch's)."""
     first = df.filter(pl.col("_reason").is_null()).group_by("id").agg(pl.col("row").min().alias("_first"))
+    if earlier is not None:  # an id valid in an earlier batch keeps that row as its first
+        ids = first.get_column("id").to_list()
+        before = pl.Series("_before", [earlier.get(i) for i in ids], dtype=first.schema["_first"])
+        first = first.with_columns(pl.coalesce(before, pl.col("_first")).alias("_first"))
+        earlier.update(zip(ids, first.get_column("_first").to_list(), strict=True))
     later = pl.col("_reason").is_null() & (pl.col("row") != pl.col("_first"))
     return (
         df.join(first, on="id", how="left")
@@ -89,15 +100,22 @@ def _mark_duplicates(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def split_valid(
-    df: pl.DataFrame, shard: str, allowed_domains: Iterable[str] | None = None
+    df: pl.DataFrame,
+    shard: str,
+    allowed_domains: Iterable[str] | None = None,
+    earlier: dict[str, int] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Valid rows, and the rest with the reason each one was set aside (first reason that applies)."""
-    if "utf8_error" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("utf8_error"))
+    """Valid rows, and the rest with the reason each one was set aside (first reason that applies).
+
+    For a shard read in record batches, pass the same `earlier` dict with every batch, in order: it holds the
+    first row of each valid id so far (ids only), so a repeat in a later batch is still found."""
+    for column in ("utf8_error", "input_error", "input_detail"):
+        if column not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.String).alias(column))
     df = df.with_columns(_reason(allowed_domains).alias("_reason")).with_columns(
         _detail(allowed_domains).alias("_detail")
     )
-    df = _mark_duplicates(df)
+    df = _mark_duplicates(df, earlier)
     bad = df.filter(pl.col("_reason").is_not_null()).select(
         "id",
         "domain",

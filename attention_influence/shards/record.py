@@ -35,8 +35,8 @@ class ShardScoring:
     staging_path: Path  # the staged first rows, removed once scored
     provenance_path: Path  # the record, `<key>.json`
     text_column: str
-    id_column: str
-    domain_column: str  # empty: the shard's folder is the domain
+    id_column: str | None  # None: ids generated as `<shard key>:<row>`
+    domain_column: str | None  # empty: the shard's folder is the domain
     scoring: object  # the scoring section: max_docs_per_shard, doc_max_tokens, batch_tokens, windows, ...
     knobs: dict  # what else changes a score table (doc_max_tokens, windows, max_docs_per_shard)
     profile: str
@@ -99,6 +99,21 @@ def score_record(
     }
 
 
+def _input(request: ShardScoring) -> tuple[str, str | None, int | None, dict]:
+    """(path read, domain column, rows in the shard or None, reading options of the job).
+
+    Parquet: the first rows are staged locally (`staging.stage_shard`). JSON Lines and Arrow are read in
+    place: their reader stops after the first rows anyway, with the shard's folder as domain fallback."""
+    shard, max_docs = request.shard, request.scoring.max_docs_per_shard
+    if shard.format == "parquet":
+        path, domain_column, total = stage_shard(
+            shard.uri, shard.folder, request.domain_column, max_docs, request.staging_path
+        )
+        return path, domain_column, total, {}
+    options = {"max_docs": max_docs or None, "domain_fallback": shard.folder, "input_format": shard.format}
+    return shard.uri, request.domain_column, None, options
+
+
 def score_and_record(
     lm, request: ShardScoring, heads_doc: dict, data_version: str, progress: Progress = None, log: Log = None
 ) -> dict:
@@ -107,14 +122,16 @@ def score_and_record(
     from attention_influence.shards.job import HeadSet, ShardJob, score_shard
 
     started, shard, scoring = time.time(), request.shard, request.scoring
-    input_path, domain_column, total = stage_shard(
-        shard.uri, shard.folder, request.domain_column, scoring.max_docs_per_shard, request.staging_path
-    )
+    input_path, domain_column, total, options = _input(request)
     heads, hsid = heads_doc["heads"], heads_doc["head_set_id"]
     if log:
-        considered = considered_count(total, scoring.max_docs_per_shard)
+        limit = scoring.max_docs_per_shard
+        if total is not None:
+            what = f"{considered_count(total, limit)} of {total}"
+        else:  # JSON Lines and Arrow: counted as they are read
+            what = f"the first {limit}" if limit else "all"
         log(
-            f"{shard.key}: scoring {considered} of {total} documents from {shard.uri} with "
+            f"{shard.key}: scoring {what} documents from {shard.uri} with "
             f"{len(heads)} heads masked ({hsid}) on {lm.device}"
         )
     job = ShardJob(
@@ -128,10 +145,12 @@ def score_and_record(
         batch_tokens=scoring.batch_tokens,
         windows=scoring.windows,
         checkpoint_every=scoring.checkpoint_every,
+        **options,
     )
     result = score_shard(lm, HeadSet(heads, hsid), job, progress=progress, log=log)
     if input_path != shard.uri:
         request.staging_path.unlink(missing_ok=True)
+    total = result["documents_in_shard"] if total is None else total
     record = score_record(result, request, heads_doc, total, data_version, lm.identity, lm.spec, started)
     atomic_write_json(request.provenance_path, record)
     return record

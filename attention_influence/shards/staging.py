@@ -3,6 +3,8 @@
 A row limit (scoring.max_docs_per_shard) scores only the head of a shard; copying that head locally keeps the
 scorer from reading a whole remote shard, and resolving the domain there (the shard's domain column, else its
 folder) lets the scorer read one known column. Without a row limit the shard is read in place.
+Parquet only: JSON Lines and Arrow shards are streamed, their reader stops after the first rows, so they are
+always read in place (`record._input`).
 """
 
 from __future__ import annotations
