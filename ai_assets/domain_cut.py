@@ -130,6 +130,8 @@ def domain_cut(
                 workdir.cut_summary_path,
                 policy=policy,
                 id_column=corpus.id_column,
+                text_column=corpus.text_column,
+                fmt=corpus.format,
             )
     except (CutInputError, CutPolicyError) as exc:
         raise dg.Failure(str(exc)) from exc

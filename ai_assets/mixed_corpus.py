@@ -63,6 +63,7 @@ def mixed_corpus(
             id_column=corpus.id_column,
             temp_dir=workdir.inside("tmp", "duckdb"),
             log=context.log.info,
+            fmt=corpus.format,
         )
     except MixError as exc:
         raise dg.Failure(str(exc)) from exc

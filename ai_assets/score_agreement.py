@@ -75,7 +75,7 @@ def score_agreement(
     if not shards:
         raise dg.Failure("no shard has been scored yet: materialize document_scores partitions first")
     heads_doc = read_head_set(workdir.pull(workdir.heads_path))
-    sources = [(workdir.pull(workdir.score_path(s["key"])), s["uri"]) for s in shards]  # (scores, shard)
+    sources = [(workdir.pull(workdir.score_path(s["key"])), s["uri"], s["key"]) for s in shards]
     result = run_agreement(
         sources,
         corpus.id_column,
@@ -87,6 +87,7 @@ def score_agreement(
         profile.scoring,
         log=context.log.info,
         warn=context.log.warning,
+        fmt=corpus.format,
     )
     out = write_agreement(result, workdir.root / "agreement")
     with mlflow.start_run(

@@ -197,30 +197,37 @@ def quality_view(
     con,
     sources: Sequence[tuple[str, str]],
     column: str,
-    id_column: str = "id",
+    id_column: str | None = "id",
     setting: str = "cut.fusion_column",
     view: str = "cut_quality",
+    fmt: str | None = None,
+    text_column: str = "text",
 ) -> None:
     """DuckDB view `cut_quality(shard, id, quality)` (or `view`) over the corpus shards [(shard key, uri)]
-    for the fused cut and the quality gate (`setting` names the column's variable in errors). Column names
-    are identifiers, not values, so they go through DuckDB's expression API (quoted), never into SQL text; a
-    shard without the column is an error naming the setting and the file."""
+    for the fused cut and the quality gate (`setting` names the column's variable in errors), read in any
+    shard format with the scorer's ids (`shards.columns`; `id_column` None: generated `<key>:<row>`).
+    Column names are identifiers, not values, so they go through DuckDB's expression API (quoted), never
+    into SQL text; a shard without the column is an error naming the setting and the file."""
     import duckdb
+
+    from attention_influence.shards.columns import Columns, ShardSource, duckdb_relation
+    from attention_influence.shards.reader import InputError
 
     if not sources:
         raise CutPolicyError(f"{setting}={column!r}: no corpus shards to read the column from")
+    columns = Columns(text_column, id_column or None, fmt)
     rels = []
     for key, uri in sources:
-        rel = con.read_parquet(str(uri))
-        for name, var in ((column, setting), (id_column, "corpus.id_column")):
-            if name not in rel.columns:
-                raise CutPolicyError(
-                    f"{var}={name!r}: shard {key} ({uri}) has no such column; it has {', '.join(rel.columns)}"
-                )
+        try:
+            rel, present = duckdb_relation(con, ShardSource(key, uri), columns, [column])
+        except InputError as exc:
+            raise CutPolicyError(f"shard {key}: {exc}") from exc
+        if column not in present:
+            raise CutPolicyError(f"{setting}={column!r}: shard {key} ({uri}) has no such column")
         rels.append(
             rel.select(
                 duckdb.ConstantExpression(key).alias("shard"),
-                duckdb.ColumnExpression(id_column).cast(duckdb.sqltype("VARCHAR")).alias("id"),
+                duckdb.ColumnExpression("id").cast(duckdb.sqltype("VARCHAR")).alias("id"),
                 duckdb.ColumnExpression(column).cast(duckdb.sqltype("DOUBLE")).alias("quality"),
             )
         )
@@ -246,7 +253,9 @@ def create_cut_table(
     frac: float,
     policy: CutPolicy = DEFAULT_POLICY,
     quality_sources: Sequence[tuple[str, str]] = (),
-    id_column: str = "id",
+    id_column: str | None = "id",
+    text_column: str = "text",
+    fmt: str | None = None,
 ) -> None:
     """The DuckDB table `domain_cut` on `con`: the three statements of a cut (scores, the policy's ranking,
     assembly), values bound; the fused policy first gets its quality view from `quality_sources`."""
@@ -254,12 +263,19 @@ def create_cut_table(
     if policy.statement == "domain_cut_rank_top":
         params["global"] = policy.name == "global"
     if policy.name == "fused":
-        quality_view(con, quality_sources, policy.fusion_column, id_column)
+        quality_view(con, quality_sources, policy.fusion_column, id_column, fmt=fmt, text_column=text_column)
         params["weight"] = float(policy.fusion_weight)
     run_statement(con, "domain_cut_scores", {"files": [str(f) for f in files]})
     if policy.gate_column:
         quality_view(
-            con, quality_sources, policy.gate_column, id_column, "cut.gate_column", "cut_gate_quality"
+            con,
+            quality_sources,
+            policy.gate_column,
+            id_column,
+            "cut.gate_column",
+            "cut_gate_quality",
+            fmt=fmt,
+            text_column=text_column,
         )
         run_statement(con, policy.gate, {"min": float(policy.gate_min)})
     elif policy.gate:
@@ -279,7 +295,9 @@ def run_cut(
     provenance: dict,
     policy: CutPolicy = DEFAULT_POLICY,
     quality_sources: Sequence[tuple[str, str]] = (),
-    id_column: str = "id",
+    id_column: str | None = "id",
+    text_column: str = "text",
+    fmt: str | None = None,
 ) -> CutResult:
     """Rank the score files on `con` (table `domain_cut`) by `policy`, write `cut_path` (every row, its rank
     and `selected`, streamed) and `summary_path` (one row per domain), both with `provenance` in the footer.
@@ -287,7 +305,7 @@ def run_cut(
     import polars as pl
 
     frac = check_frac(frac)
-    create_cut_table(con, files, frac, policy, quality_sources, id_column)
+    create_cut_table(con, files, frac, policy, quality_sources, id_column, text_column, fmt)
     summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
     if policy.gate:
         gate = pl.from_arrow(query_statement(con, "domain_cut_gate_summary").to_arrow_table())
@@ -370,7 +388,9 @@ def cut_shards(
     cut_path: Path,
     summary_path: Path,
     policy: CutPolicy = DEFAULT_POLICY,
-    id_column: str = "id",
+    id_column: str | None = "id",
+    text_column: str = "text",
+    fmt: str | None = None,
 ) -> CutResult:
     """`run_cut` over the scored shards (their score records and score `files`) with the `domain_cut`
     asset's provenance: heads.json's, the shards', the profile and the code versions."""
@@ -386,6 +406,8 @@ def cut_shards(
         policy=policy,
         quality_sources=quality_sources(policy, shards),
         id_column=id_column,
+        text_column=text_column,
+        fmt=fmt,
     )
 
 

@@ -42,33 +42,29 @@ class MixResult:
     rows: int
 
 
-def register_fsspec(con, uri: str) -> None:
-    """Let DuckDB read an object-store shard (s3://, gs://, hf://) through fsspec, as the Corpus does."""
-    if "://" in uri and not uri.startswith("file://"):
-        import fsspec
-
-        protocol = uri.split("://", 1)[0]
-        if not con.filesystem_is_registered(protocol):
-            con.register_filesystem(fsspec.filesystem(protocol))
-
-
-def text_view(con, shards: Sequence[tuple[str, str]], text_column: str, id_column: str) -> None:
-    """View `mix_texts(shard, id, text)` over the corpus shards [(key, uri)]; column names are identifiers, so
-    they go through DuckDB's expression API, never into SQL text."""
+def text_view(
+    con, shards: Sequence[tuple[str, str]], text_column: str, id_column: str | None, fmt: str | None = None
+) -> None:
+    """View `mix_texts(shard, id, text)` over the corpus shards [(key, uri)], read in any shard format with
+    the scorer's ids (`shards.columns`; `id_column` None: generated `<key>:<row>`). Column names are
+    identifiers, so they go through DuckDB's expression API, never into SQL text."""
     import duckdb
 
+    from attention_influence.shards.columns import Columns, ShardSource, duckdb_relation
+    from attention_influence.shards.reader import InputError
+
+    columns = Columns(text_column, id_column or None, fmt)
     rels = []
     for key, uri in shards:
-        register_fsspec(con, uri)
-        rel = con.read_parquet(str(uri))
-        for name, setting in ((text_column, "corpus.text_column"), (id_column, "corpus.id_column")):
-            if name not in rel.columns:
-                raise MixError(f"{setting}={name!r}: shard {key} ({uri}) has no such column")
+        try:
+            rel, _ = duckdb_relation(con, ShardSource(key, uri), columns)
+        except InputError as exc:
+            raise MixError(f"shard {key}: {exc}") from exc
         rels.append(
             rel.select(
                 duckdb.ConstantExpression(key).alias("shard"),
-                duckdb.ColumnExpression(id_column).cast(duckdb.sqltype("VARCHAR")).alias("id"),
-                duckdb.ColumnExpression(text_column).cast(duckdb.sqltype("VARCHAR")).alias("text"),
+                duckdb.ColumnExpression("id").cast(duckdb.sqltype("VARCHAR")).alias("id"),
+                duckdb.ColumnExpression("text").cast(duckdb.sqltype("VARCHAR")).alias("text"),
             )
         )
     if not rels:
@@ -103,8 +99,9 @@ def write_mixed_corpus(
     shuffle_seed: int | None = None,
     provenance: dict | None = None,
     text_column: str = "text",
-    id_column: str = "id",
+    id_column: str | None = "id",
     temp_dir: str | Path | None = None,
+    fmt: str | None = None,
 ) -> MixResult:
     """Write `out_dir/mixed-NNNNN.parquet` from the manifest and the corpus shards [(key, uri)] the manifest's
     `shard` column names; earlier `mixed-*.parquet` files beyond the new ones are removed."""
@@ -121,7 +118,7 @@ def write_mixed_corpus(
     try:
         if temp_dir:
             con.execute("SET temp_directory = ?", [str(temp_dir)])
-        text_view(con, shards, text_column, id_column)
+        text_view(con, shards, text_column, id_column, fmt)
         problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
         if problems:
             listed = "; ".join(f"{s}/{i}: {m} rows, {t} texts" for s, i, m, t in problems)
@@ -184,9 +181,10 @@ def mix_manifest(
     rows_per_file: int,
     shuffle_seed: int | None,
     text_column: str = "text",
-    id_column: str = "id",
+    id_column: str | None = "id",
     temp_dir: str | Path | None = None,
     log=None,
+    fmt: str | None = None,
 ) -> MixResult:
     """The mix of a manifest written by the graph: the text taken from the shards its provenance names, the
     mix's provenance in every file, the rows reconciled with the manifest (`MixError`)."""
@@ -203,6 +201,7 @@ def mix_manifest(
         text_column=text_column,
         id_column=id_column,
         temp_dir=temp_dir,
+        fmt=fmt,
     )
     check_reconciles(manifest, mix.files)
     return mix

@@ -51,18 +51,25 @@ def quality_columns(names: Sequence[str]) -> list[str]:
 
 
 def scored_documents(
-    sources: Sequence[tuple[Path, str]], id_column: str, text_column: str, quality: Sequence[str]
+    sources: Sequence[tuple],
+    id_column: str | None,
+    text_column: str,
+    quality: Sequence[str],
+    fmt: str | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Every score row (from each (score file, shard URI) pair) with its corpus text and quality columns
-    (null where a shard lacks one); the quality columns found in no shard."""
+    """Every score row (from each (score file, shard URI[, shard key]) triple; the key, default the file's
+    name, is the `<key>` of generated ids) with its corpus text and quality columns (null where a shard lacks
+    one), read in any shard format (`shards.columns`); the quality columns found in no shard."""
+    from attention_influence.shards.columns import Columns, ShardSource, read_columns
+    from attention_influence.shards.reader import shard_name
+
     frames, found = [], set()
-    for score_path, uri in sources:
+    columns = Columns(text_column, id_column or None, fmt)
+    for score_path, uri, *key in sources:
         scores = pl.read_parquet(score_path)
-        names = pl.scan_parquet(uri).collect_schema().names()
-        present = [q for q in quality if q in names]
+        source = ShardSource(key[0] if key else shard_name(uri), uri)
+        text, present = read_columns(source, columns, quality)
         found.update(present)
-        cols = [pl.col(id_column).cast(pl.String).alias("id"), pl.col(text_column).alias("text")]
-        text = pl.scan_parquet(uri).select(*cols, *[pl.col(q).cast(pl.Float64) for q in present]).collect()
         frames.append(scores.join(text.unique("id", keep="first"), on="id", how="left"))
     frame = pl.concat(frames, how="diagonal_relaxed")
     missing = [q for q in quality if q not in found]
@@ -70,8 +77,8 @@ def scored_documents(
 
 
 def run_agreement(
-    sources: Sequence[tuple[Path, str]],
-    id_column: str,
+    sources: Sequence[tuple],
+    id_column: str | None,
     text_column: str,
     lm,
     heads: Sequence[Sequence[int]],
@@ -80,6 +87,7 @@ def run_agreement(
     scoring,
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] = print,
+    fmt: str | None = None,
 ) -> Agreement:
     """The study over every scored document; `evaluation`, `cut`, `scoring`: the configuration's sections.
     The control (one masked forward per sampled document and draw) runs only with quality columns: without
@@ -87,7 +95,7 @@ def run_agreement(
     from attention_influence.influence.structure import FEATURES
 
     quality = quality_columns(evaluation.quality_columns)
-    frame, missing = scored_documents(sources, id_column, text_column, quality)
+    frame, missing = scored_documents(sources, id_column, text_column, quality, fmt)
     frame = frame.filter(pl.col("score").is_finite())
     if missing:
         warn(f"quality columns in no corpus shard, skipped: {missing} (evaluation.quality_columns)")

@@ -31,21 +31,19 @@ class SelectionInputs:
 
 
 def corpus_frame(corpus, shard_keys: Sequence[str], limit: int) -> pl.DataFrame:
-    """id, text (and edu_score where the corpus has it) of the shards, up to `limit` rows; `corpus`: the
-    corpus section (uri, id_column, text_column)."""
+    """id, text (and edu_score where the corpus has it) of the shards, up to `limit` rows, read in any shard
+    format with the scorer's ids (`shards.columns`); `corpus`: the corpus section (uri, format, id_column,
+    text_column)."""
+    from attention_influence.shards.columns import Columns, ShardSource, read_columns
+
+    fmt = getattr(corpus, "format", None)
+    columns = Columns(corpus.text_column, corpus.id_column or None, fmt)
     frames, rows = [], 0
     for key in shard_keys:
         if rows >= limit:
             break
-        uri = resolve_shard(corpus.uri, key, getattr(corpus, "format", None)).uri
-        names = pl.scan_parquet(uri).collect_schema().names()
-        cols = [
-            pl.col(corpus.id_column).cast(pl.String).alias("id"),
-            pl.col(corpus.text_column).alias("text"),
-        ]
-        if "edu_score" in names:
-            cols.append(pl.col("edu_score").cast(pl.Float64))
-        frame = pl.scan_parquet(uri).select(cols).head(limit - rows).collect()
+        uri = resolve_shard(corpus.uri, key, fmt).uri
+        frame, _ = read_columns(ShardSource(key, uri), columns, ["edu_score"], max_docs=limit - rows)
         frames.append(frame)
         rows += frame.height
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame({"id": [], "text": []})

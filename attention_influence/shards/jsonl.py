@@ -132,14 +132,21 @@ def _clean(rec: tuple) -> tuple:
     return (row, values["id"], values["text"], values["domain"], err, reason, detail)
 
 
-def _frame(records: list[tuple], shard: str, generate_ids: bool) -> pl.DataFrame:
+def _number(value) -> float | None:
+    """A numeric field's value (a quality label), None when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _frame(records: list[tuple], shard: str, generate_ids: bool, extras: dict[str, list]) -> pl.DataFrame:
     try:
         df = pl.DataFrame(records, schema=SCHEMA, orient="row")
     except Exception:  # noqa: BLE001 - a string without a UTF-8 form: escape it and say where
         df = pl.DataFrame([_clean(r) for r in records], schema=SCHEMA, orient="row")
     if generate_ids:
         df = df.with_columns(pl.format(GENERATED_ID, pl.lit(shard), pl.col("row")).alias("id"))
-    return df
+    return df.with_columns(pl.Series(name, values, dtype=pl.Float64) for name, values in extras.items())
 
 
 def _truncated(path: str, fmt: ShardFormat, rows: int, lines: int, exc: Exception) -> InputError:
@@ -208,14 +215,19 @@ def jsonl_batches(
     fallback: str,
     shard: str,
     batch_rows: int = BATCH_ROWS,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[pl.DataFrame]:
-    """Frames of `SCHEMA`, `batch_rows` records each, of the first `max_docs` records (all when None)."""
+    """Frames of `SCHEMA`, `batch_rows` records each, of the first `max_docs` records (all when None);
+    `extra`: numeric fields carried along as float columns (null where a record lacks one)."""
     wanted = [name for name in (fields.text, fields.id) if name]
     seen: set[str] = set()
     first: list[str] | None = None  # the first object's keys, for the misnamed-field error
     records: list[tuple] = []
+    extras: dict[str, list] = {name: [] for name in extra}
     for n, (index, line) in enumerate(_lines(path, fmt, [0, 0]), start=1):
         record = parse(index, line)
+        for name, values in extras.items():
+            values.append(_number(lookup(record, name)) if isinstance(record, dict) else None)
         if isinstance(record, dict):
             first = sorted(record) if first is None else first
             if len(seen) < len(wanted):
@@ -223,10 +235,10 @@ def jsonl_batches(
             record = record_row(index, record, fields, fallback)
         records.append(record)
         if len(records) >= batch_rows:
-            yield _frame(records, shard, not fields.id)
-            records = []
+            yield _frame(records, shard, not fields.id, extras)
+            records, extras = [], {name: [] for name in extra}
         if max_docs and n >= max_docs:
             break
     if records:
-        yield _frame(records, shard, not fields.id)
+        yield _frame(records, shard, not fields.id, extras)
     _refuse_misnamed(path, fields, seen, first)

@@ -17,7 +17,7 @@ row, and each broken value says at which byte it breaks (the row is then quarant
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -232,12 +232,15 @@ def _normalize(
     fallback: str,
     offset: int,
     shard: str | None,
+    extra: dict[str, pl.Expr] | None = None,
 ) -> pl.DataFrame:
-    """A batch of raw columns -> `row, id, text, domain, utf8_error`; rows numbered from `offset`."""
+    """A batch of raw columns -> `row, id, text, domain, utf8_error` (then the `extra` columns, as floats);
+    rows numbered from `offset`."""
     domain = exprs.get("domain", pl.lit(fallback, dtype=pl.String))
     ident = exprs.get("id", pl.lit(None, dtype=pl.String))
+    numbers = [e.cast(pl.Float64, strict=False).alias(n) for n, e in (extra or {}).items()]
     try:
-        df = raw.select(ident.alias("id"), exprs["text"].alias("text"), domain.alias("domain"))
+        df = raw.select(ident.alias("id"), exprs["text"].alias("text"), domain.alias("domain"), *numbers)
     except Exception as exc:  # noqa: BLE001 - e.g. a dotted path through a struct without that field
         raise InputError(f"{path}: cannot read the id/text/domain columns: {exc}") from exc
     errors = []
@@ -258,7 +261,7 @@ def _normalize(
     df = df.with_columns(utf8_error.alias("utf8_error")).with_row_index("row", offset=offset)
     if "id" not in exprs:
         df = df.with_columns(pl.format(GENERATED_ID, pl.lit(shard), pl.col("row")).alias("id"))
-    return df
+    return df.select(*ROWS_SCHEMA, *(extra or {}))
 
 
 def _columnar_batches(
@@ -270,19 +273,23 @@ def _columnar_batches(
     max_docs: int | None,
     fallback: str,
     shard: str | None,
+    extra: Sequence[str] = (),
 ) -> Iterator[pl.DataFrame]:
     schema = check_shard(path, text_column, id_column, fmt.name)
     wanted = {"id": id_column, "text": text_column, "domain": domain_column}
     found = {role: _column(name, schema) for role, name in wanted.items() if name}
     found = {role: hit for role, hit in found.items() if hit is not None}
-    columns = list(dict.fromkeys(top for top, _ in found.values()))
+    extras = {name: _column(name, schema) for name in extra}
+    extras = {name: hit for name, hit in extras.items() if hit is not None}  # absent: not in the frames
+    columns = list(dict.fromkeys(top for top, _ in [*found.values(), *extras.values()]))
     exprs = {role: expr for role, (_, expr) in found.items()}
+    numbers = {name: expr for name, (_, expr) in extras.items()}
     if fmt.name == "parquet":  # one batch: the columns read whole (the UTF-8 fallback needs the file)
-        yield _normalize(path, _read_columns(path, columns, max_docs), exprs, fallback, 0, shard)
+        yield _normalize(path, _read_columns(path, columns, max_docs), exprs, fallback, 0, shard, numbers)
         return
     offset = 0
     for raw in _read_arrow(path, columns, max_docs):
-        yield _normalize(path, raw, exprs, fallback, offset, shard)
+        yield _normalize(path, raw, exprs, fallback, offset, shard, numbers)
         offset += raw.height
 
 
@@ -295,9 +302,12 @@ def iter_shard(
     domain_fallback: str | None = None,
     shard: str | None = None,
     fmt: str | None = None,
+    extra: Sequence[str] = (),
 ) -> Iterator[pl.DataFrame]:
     """The shard's rows in record batches (see `read_shard`); memory is one batch, except for Parquet, whose
-    needed columns are read in one batch."""
+    needed columns are read in one batch. `extra`: numeric columns (quality labels) carried along as
+    floats after the others; a columnar shard without one leaves it out, JSON Lines give it null where a
+    record lacks it."""
     shard_fmt = shard_format(path, fmt)
     fallback = domain_fallback or _folder_name(path)
     shard = shard or shard_name(path)
@@ -305,10 +315,18 @@ def iter_shard(
         from attention_influence.shards.jsonl import Fields, jsonl_batches
 
         fields = Fields(text_column, id_column or None, domain_column or None)
-        yield from jsonl_batches(path, shard_fmt, fields, max_docs, fallback, shard)
+        yield from jsonl_batches(path, shard_fmt, fields, max_docs, fallback, shard, extra=tuple(extra))
         return
     yield from _columnar_batches(
-        path, shard_fmt, text_column, id_column or None, domain_column or None, max_docs, fallback, shard
+        path,
+        shard_fmt,
+        text_column,
+        id_column or None,
+        domain_column or None,
+        max_docs,
+        fallback,
+        shard,
+        extra,
     )
 
 
