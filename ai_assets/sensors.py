@@ -14,7 +14,7 @@ import dagster as dg
 from ai_assets.document_scores import GPU_POOL
 from ai_assets.jobs import score_shards_job
 from ai_assets.partitions import SHARD_PARTITIONS, shard_observation, shard_partitions
-from attention_influence.io.corpus import CorpusError, Shard
+from attention_influence.io.corpus import CorpusError, shards_to_score
 from resources import Corpus, Workdir
 
 
@@ -32,16 +32,6 @@ def ensure_pool(instance: dg.DagsterInstance, pool: str = GPU_POOL) -> None:
             storage.set_concurrency_slots(pool, gpus)
         else:
             storage.initialize_concurrency_limit_to_default(pool)
-
-
-def shards_to_score(shards: list[Shard], workdir: Workdir) -> list[Shard]:
-    """Shards never scored, or scored from a file that has changed since."""
-    todo = []
-    for shard in shards:
-        record = workdir.score_record(shard.key)
-        if record is None or record.get("shard_fingerprint") != shard.fingerprint:
-            todo.append(shard)
-    return todo
 
 
 @dg.sensor(
@@ -62,7 +52,7 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: Corpus, wor
     if gone:
         context.log.warning(f"{len(gone)} registered shard(s) are no longer in the corpus: {gone[:20]}")
     new = [s for s in shards if s.key not in registered]
-    todo = shards_to_score(shards, workdir)
+    todo = shards_to_score(shards, workdir.score_record)
     changed = [s for s in todo if s.key in registered]
     requests = []
     if workdir.pull(workdir.heads_path).exists():

@@ -1,10 +1,14 @@
 """One dynamic partition per SFT shard, and the sensor that discovers them (like `corpus_shard_sensor`).
 
 Each tick lists AI_SFT_INPUT, registers unknown shards as `sft_step_scores` partitions and requests one
-`score_sft_shards` run per shard file version (run key `<shard>:<fingerprint>`), once the head set exists.
+`score_sft_shards` run per shard whose current file has not been scored yet (its score summary names another
+fingerprint, or there is none; `io.corpus.is_scored`, as for corpus shards), with the run key
+`<shard>:<fingerprint>`, once the head set exists.
 """
 
 from __future__ import annotations
+
+import json
 
 import dagster as dg
 
@@ -21,6 +25,21 @@ def register_sft_shards(instance: dg.DagsterInstance, shards: list) -> list[str]
     if new:
         instance.add_dynamic_partitions(SFT_PARTITIONS, new)
     return new
+
+
+def sft_record(workdir: Workdir, key: str) -> dict | None:
+    """The score summary of an SFT shard (written last by `sft_step_scores`), or None."""
+    from ai_assets.sft_step_scores import sft_scores_dir
+
+    path = workdir.pull(sft_scores_dir(workdir) / f"{key}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def sft_shards_to_score(shards: list, workdir: Workdir) -> list:
+    """The SFT shards [(key, path, fingerprint)] never scored, or scored from a file that has changed."""
+    from attention_influence.io.corpus import is_scored
+
+    return [(k, p, fp) for k, p, fp in shards if not is_scored(sft_record(workdir, k), fp)]
 
 
 def sft_shard_sensor_for(job) -> dg.SensorDefinition:
@@ -47,8 +66,11 @@ def sft_shard_sensor_for(job) -> dg.SensorDefinition:
                 dynamic_partitions_requests=[sft_partitions.build_add_request(new)] if new else [],
                 skip_reason="retrieval_heads is not materialized yet: SFT shards registered, scoring waits",
             )
+        todo = sft_shards_to_score(shards, workdir)
+        if not new and not todo:
+            return dg.SkipReason(f"{len(shards)} SFT shards, none new or changed")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=k, run_key=f"{k}:{fp}") for k, _, fp in shards],
+            run_requests=[dg.RunRequest(partition_key=k, run_key=f"{k}:{fp}") for k, _, fp in todo],
             dynamic_partitions_requests=[sft_partitions.build_add_request(new)] if new else [],
         )
 

@@ -76,6 +76,7 @@ def sft_step_scores(
             post_training.max_samples or None,  # 0: every row
             profile.scoring.batch_tokens,
             progress=_log_progress(context, f"scoring {key}"),
+            fingerprint=fingerprint,
         )
     except (SFTShardError, SFTInputError) as exc:
         raise dg.Failure(str(exc)) from exc

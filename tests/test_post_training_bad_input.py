@@ -131,3 +131,45 @@ def test_unreadable_input_names_the_file_and_row(tmp_path):
     with pytest.raises(SFTInputError, match="no such SFT shard"):
         read_sft(tmp_path / "missing.jsonl", SFTFormat())
     assert len(read_sft(cols, SFTFormat(prompt_column="prompt", response_column="completion"))) == 1
+
+
+@pytest.mark.parametrize(
+    "record,prompt",
+    [
+        ({"messages": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "r"}]}, "p"),
+        ({"prompt": "p", "response": "r"}, "p"),
+        ({"question": "p", "answer": "r"}, "p"),
+        ({"instruction": "p", "output": "r"}, "p"),
+        ({"instruction": "p", "input": "x", "output": "r"}, "p\n\nx"),
+        ({"instruction": "p", "input": "", "output": "r"}, "p"),
+    ],
+)
+def test_common_sft_layouts_are_recognized_without_settings(tmp_path, record, prompt):
+    import gzip
+
+    path = tmp_path / "s.jsonl.gz"  # compressed JSON Lines read like plain ones
+    path.write_bytes(gzip.compress((json.dumps({"id": "a", **record}) + "\n").encode()))
+    (row,) = read_sft(path, SFTFormat())
+    assert row.reason is None
+    assert row.messages == [{"role": "user", "content": prompt}, {"role": "assistant", "content": "r"}]
+
+
+def test_an_unknown_sft_layout_names_the_columns_and_the_settings(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"input": "a", "target": "b"}\n')
+    with pytest.raises(SFTInputError) as exc:
+        read_sft(path, SFTFormat())
+    settings = ("post_training.prompt_column", "'instruction' + 'output'")
+    for part in ("odd.jsonl", "it has: input, target", *settings):
+        assert part in str(exc.value)
+
+
+def test_sft_listing_takes_compressed_json_lines_and_keys_by_file_name(tmp_path):
+    from attention_influence.post_training.sft import list_sft_shards
+
+    (tmp_path / "a.jsonl.gz").write_bytes(b"")
+    (tmp_path / "b.json").write_text("")
+    (tmp_path / "c.parquet").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    assert [k for k, _, _ in list_sft_shards(str(tmp_path))] == ["a", "b", "c"]
+    assert list_sft_shards(str(tmp_path / "*.nothing")) == []

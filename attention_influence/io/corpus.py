@@ -97,12 +97,15 @@ def _filesystem(spec: str):
         raise CorpusError(f"corpus {spec!r}: cannot open {protocol}:// ({exc}); install {hint}") from exc
 
 
-def _format_of(name: str, configured: str | None) -> str | None:
+def _format_of(name: str, configured: str | None, json_files: bool = False) -> str | None:
     """The shard format of a listed file, None when it is no shard. With a configured format every file is
-    one, but hidden ones (`.x`, `_SUCCESS`) and the metadata of a `datasets.save_to_disk` folder."""
+    one, but hidden ones (`.x`, `_SUCCESS`) and the metadata of a `datasets.save_to_disk` folder.
+    `json_files`: a plain `.json` file is JSON Lines too (SFT input, where it always was)."""
     base = name.rsplit("/", 1)[-1]
     if configured and (base.startswith((".", "_")) or base in SAVE_TO_DISK_METADATA):
         return None
+    if json_files and not configured and base.lower().endswith(".json"):
+        return "jsonl"
     try:
         fmt = detect(name, configured)
     except FormatError as exc:
@@ -110,9 +113,14 @@ def _format_of(name: str, configured: str | None) -> str | None:
     return fmt.name if fmt else None
 
 
-def list_shards(spec: str, fmt: str | None = None) -> list[Shard]:
+def list_shards(
+    spec: str, fmt: str | None = None, keys: str = "path", json_files: bool = False
+) -> list[Shard]:
     """Every shard the spec names, sorted by key: files of a known format (`fmt`, corpus.format: every file
-    the spec matches, read in that format). A folder means every shard below it. No shard is an error."""
+    the spec matches, read in that format). A folder means every shard below it. No shard is an error.
+
+    `keys`: "path" (the corpus: the path below the spec's root, see the module doc) or "name" (SFT input:
+    the file name alone, without its suffixes). `json_files`: plain `.json` files are JSON Lines."""
     if not spec:
         raise CorpusError("no corpus given: set AI_CORPUS to a shard glob, folder, file, s3:// or hf:// URI")
     protocol, path = _split_protocol(spec)
@@ -140,14 +148,15 @@ def list_shards(spec: str, fmt: str | None = None) -> list[Shard]:
         raise CorpusError(f"corpus {spec!r}: cannot list shards: {exc}") from exc
     shards: dict[str, Shard] = {}
     for name, info in sorted(found.items()):
-        shard_format = _format_of(name, fmt) if info.get("type", "file") == "file" else None
+        is_file = info.get("type", "file") == "file"
+        shard_format = _format_of(name, fmt, json_files) if is_file else None
         if shard_format is None:
             continue
         name = name if protocol != "file" else str(Path(name))
         rel = name[len(root) :].lstrip("/") if root and name.startswith(root) else name.rsplit("/", 1)[-1]
         if "/" not in rel:  # a file directly at the root: its folder still names the domain
             rel = f"{name.rsplit('/', 2)[-2]}/{rel}" if name.count("/") >= 1 else rel
-        key = shard_key(rel)
+        key = shard_key(rel if keys == "path" else name.rsplit("/", 1)[-1])
         uri = name if protocol == "file" else fs.unstrip_protocol(name)
         if key in shards:
             raise CorpusError(f"shards {shards[key].uri} and {uri} map to the same partition key {key!r}")
@@ -165,6 +174,19 @@ def list_shards(spec: str, fmt: str | None = None) -> list[Shard]:
         what = f"no files (corpus.format = {fmt!r})" if fmt else f"no shards: accepted formats are {ACCEPTED}"
         raise CorpusError(f"corpus {spec!r} matches {what}")
     return [shards[k] for k in sorted(shards)]
+
+
+def is_scored(record: dict | None, fingerprint: str) -> bool:
+    """Whether a shard's current file (its `fingerprint` now) has been scored: its score record (corpus: the
+    provenance of `document_scores`; SFT: the summary of `sft_step_scores`) names that fingerprint. The one
+    answer both sensors give to "is this shard already scored?"."""
+    return record is not None and record.get("shard_fingerprint") == fingerprint
+
+
+def shards_to_score(shards: list[Shard], record_of) -> list[Shard]:
+    """Shards never scored, or scored from a file that has changed since; `record_of(key)`: the shard's
+    score record or None."""
+    return [shard for shard in shards if not is_scored(record_of(shard.key), shard.fingerprint)]
 
 
 def resolve_shard(spec: str, key: str, fmt: str | None = None) -> Shard:

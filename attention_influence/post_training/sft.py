@@ -1,9 +1,11 @@
 """SFT shards: reading, validation, rendering and step segmentation of post-training samples.
 
-A shard is Parquet or JSON lines with either a `messages` column (a list of {role, content}) or a prompt and a
-response column (GSM8K's `question` / `answer`; names configurable). The response is the last assistant turn;
-earlier turns are context. A sample is rendered with the tokenizer's chat template; a tokenizer without one
-(the GGUF-converted or tiny test tokenizers) gets FALLBACK_TEMPLATE, `<|role|>\\n content \\n` per turn.
+A shard is Parquet or JSON lines (plain or compressed) with either a `messages` column (a list of {role,
+content}) or a prompt and a response column: the configured ones, else `prompt` / `response`, `question` /
+`answer` (GSM8K) or `instruction` [+ `input`] / `output` (Alpaca), recognized without settings. The response
+is the last assistant turn; earlier turns are context. A sample is rendered with the tokenizer's chat
+template; a tokenizer without one (the GGUF-converted or tiny test tokenizers) gets FALLBACK_TEMPLATE,
+`<|role|>\\n content \\n` per turn.
 
 Steps: the response is cut into consecutive character spans that cover it exactly (no gaps, no overlaps).
 `lines` (default): every line that is not blank starts a step (one GSM8K solution line is one step; blank
@@ -19,18 +21,18 @@ samples + quarantined.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from attention_influence.io.hashing import digest
 from attention_influence.shards.reader import InputError
 
 ROLES = ("system", "user", "assistant", "tool")
 STEP_RULES = ("lines", "blank_lines")
-SFT_SUFFIXES = (".parquet", ".pq", ".jsonl", ".json")
+# prompt / response layouts recognized without settings, in this order (`instruction` takes an optional
+# `input`, appended to it after a blank line, as in Alpaca)
+LAYOUTS = (("prompt", "response"), ("question", "answer"), ("instruction", "output"))
 FALLBACK_TEMPLATE = "<|{role}|>\n{content}\n"  # per turn, when the tokenizer has no chat template
 FALLBACK_GENERATION = "<|assistant|>\n"
 QUARANTINE_REASONS = (
@@ -115,24 +117,30 @@ class Sample:
 
 
 def list_sft_shards(pattern: str) -> list[tuple[str, Path, str]]:
-    """(key, path, fingerprint) of every SFT file the glob (or file, or folder) names, sorted by key."""
-    import glob
+    """(key, path, fingerprint) of every SFT file the glob (or file, or folder) names, sorted by key: the
+    corpus's shard listing (`io.corpus.list_shards`: formats, fingerprints) with keys from the file name
+    alone; plain `.json` files are JSON Lines. No match: []."""
+    from attention_influence.io.corpus import CorpusError, list_shards
 
-    p = Path(pattern).expanduser()
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix in SFT_SUFFIXES)
-    else:
-        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True))
-    out: dict[str, tuple[str, Path, str]] = {}
-    for f in files:
-        if not f.is_file() or f.suffix not in SFT_SUFFIXES:
-            continue
-        key = re.sub(r"[^A-Za-z0-9_.-]", "_", f.stem).strip(".") or "shard"
-        if key in out:
-            raise SFTInputError(f"SFT shards {out[key][1]} and {f} map to the same partition key {key!r}")
-        st = f.stat()
-        out[key] = (key, f.resolve(), digest({"size": st.st_size, "mtime": st.st_mtime_ns}))
-    return [out[k] for k in sorted(out)]
+    try:
+        shards = list_shards(str(Path(pattern).expanduser()), keys="name", json_files=True)
+    except CorpusError as exc:
+        if "matches no" in str(exc) or "does not exist" in str(exc):
+            return []
+        raise SFTInputError(str(exc)) from exc
+    return [(s.key, Path(s.uri).resolve(), s.fingerprint) for s in shards if s.format in ("parquet", "jsonl")]
+
+
+def _json_lines(path: Path):
+    """(line number, line) of a JSON Lines file, plain or compressed (`io.formats`: .gz, .zst, ...)."""
+    from attention_influence.io.formats import decompressed, iter_lines, split_compression
+
+    _, compression = split_compression(path.name)
+    try:
+        with path.open("rb") as raw:
+            yield from enumerate(iter_lines(decompressed(raw, compression)), start=1)
+    except OSError as exc:  # a truncated or corrupt compressed file
+        raise SFTInputError(f"{path}: cannot read ({exc})") from exc
 
 
 def _read_records(path: Path, limit: int | None) -> list[dict]:
@@ -147,21 +155,18 @@ def _read_records(path: Path, limit: int | None) -> list[dict]:
             raise SFTInputError(f"{path}: cannot read Parquet: {exc}") from exc
         return df.to_dicts()
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if limit is not None and len(rows) >= limit:
-                break
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SFTInputError(f"{path}: line {line_no}: invalid JSON: {exc}") from exc
-            if not isinstance(rec, dict):
-                raise SFTInputError(
-                    f"{path}: line {line_no}: expected a JSON object, got {type(rec).__name__}"
-                )
-            rows.append(rec)
+    for line_no, line in _json_lines(path):
+        if not line.strip():
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise SFTInputError(f"{path}: line {line_no}: invalid JSON: {exc}") from exc
+        if not isinstance(rec, dict):
+            raise SFTInputError(f"{path}: line {line_no}: expected a JSON object, got {type(rec).__name__}")
+        rows.append(rec)
     return rows
 
 
@@ -185,36 +190,57 @@ def _check_messages(messages) -> str | None:
     return None
 
 
+def detect_layout(path: Path, fmt: SFTFormat, columns: set[str]) -> tuple[str, str] | None:
+    """None for a messages shard, else its (prompt, response) columns: the configured ones, else the first
+    known layout (LAYOUTS) the shard has. Any other layout is an error listing the columns found and the
+    settings to use."""
+    if not columns or fmt.messages_column in columns:
+        return None
+    for layout in ((fmt.prompt_column, fmt.response_column), *LAYOUTS):
+        if set(layout) <= columns:
+            return layout
+    known = "; ".join(f"{p!r} + {r!r}" for p, r in LAYOUTS)
+    raise SFTInputError(
+        f"{path}: row 0 has neither a {fmt.messages_column!r} column nor {fmt.prompt_column!r} + "
+        f"{fmt.response_column!r} columns, nor a known layout ({known}, with an optional 'input'); it has: "
+        f"{', '.join(sorted(columns))}. Set post_training.messages_column, or post_training.prompt_column "
+        "and post_training.response_column (CLI --messages-column, --prompt-column, --response-column)"
+    )
+
+
+def _prompt(rec: dict, layout: tuple[str, str]):
+    """The prompt of a prompt/response row; Alpaca's `input`, when there is one, follows the instruction."""
+    prompt = rec.get(layout[0])
+    extra = rec.get("input") if layout[0] == "instruction" else None
+    if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
+        return f"{prompt}\n\n{extra}"
+    return prompt
+
+
 def read_sft(path: str | Path, fmt: SFTFormat, limit: int | None = None) -> list[SFTRow]:
     """Every row of the shard (the first `limit` only), validated: a row that cannot become a sample carries
     its reason. A missing column is an error naming the file and the columns it has."""
     path = Path(path)
     records = _read_records(path, limit)
-    columns = set(records[0]) if records else set()
-    use_messages = fmt.messages_column in columns
-    if records and not use_messages and not {fmt.prompt_column, fmt.response_column} <= columns:
-        raise SFTInputError(
-            f"{path}: row 0 has neither a {fmt.messages_column!r} column nor {fmt.prompt_column!r} + "
-            f"{fmt.response_column!r} columns (it has: {', '.join(sorted(columns))})"
-        )
+    layout = detect_layout(path, fmt, set(records[0]) if records else set())
     rows: list[SFTRow] = []
     first_row_of: dict[str, int] = {}
     for i, rec in enumerate(records):
         has_id = fmt.id_column in rec
         rid = rec.get(fmt.id_column) if has_id else f"{path.stem}-{i:06d}"
         source = rec.get(fmt.source_column) if fmt.source_column else None
-        if use_messages:
+        if layout is None:
             messages = rec.get(fmt.messages_column)
             if isinstance(messages, list | tuple):
                 messages = [dict(m) if isinstance(m, dict) else m for m in messages]
             reason = _check_messages(messages)
         else:
-            prompt, response = rec.get(fmt.prompt_column), rec.get(fmt.response_column)
+            prompt, response = _prompt(rec, layout), rec.get(layout[1])
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             if not isinstance(prompt, str) or not prompt.strip():
-                reason = f"missing prompt ({fmt.prompt_column!r} is empty or not a string)"
+                reason = f"missing prompt ({layout[0]!r} is empty or not a string)"
             elif not isinstance(response, str) or not response.strip():
-                reason = f"empty response ({fmt.response_column!r} is empty or not a string)"
+                reason = f"empty response ({layout[1]!r} is empty or not a string)"
             else:
                 reason = None
         if rid is None or (isinstance(rid, str) and not rid.strip()):

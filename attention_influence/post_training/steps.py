@@ -176,10 +176,12 @@ def score_sft_shard(
     limit: int | None = None,
     batch_tokens: int = 8192,
     progress: Progress = None,
+    fingerprint: str | None = None,
 ) -> dict:
     """Read, render, score one SFT shard; writes the step table to `steps_path` and, next to it, the sample
     table (`.samples.parquet`), the quarantine table and a JSON summary whose counts reconcile:
-    rows = samples + quarantined."""
+    rows = samples + quarantined. The summary, written last, is the shard's score record: it names the
+    shard `fingerprint` it was scored from (`io.corpus.is_scored`)."""
     fmt = fmt or SFTFormat()
     rows = read_sft(path, fmt, limit)
     samples, quarantined = build_samples(rows, lm.tokenizer, fmt)
@@ -205,6 +207,7 @@ def score_sft_shard(
         "max_tokens": fmt.max_tokens,
         "quarantine_reasons": reason_counts(quarantined),
         "paths": {k: str(v) for k, v in paths.items()},
+        "shard_fingerprint": fingerprint,
     }
     assert summary["rows"] == summary["samples"] + summary["quarantined"]
     atomic_write_json(paths["summary"], summary)
