@@ -108,7 +108,7 @@ class CodeLocationLauncher:
         )
         result = execute_run(recon_job_from_origin(remote_job.get_python_origin()), run, self.instance)
         if not result.success:
-            raise dg.DagsterExecutionError(f"run {run.run_id} of {job_name} failed (see `make ui`)")
+            raise dg.DagsterError(f"run {run.run_id} of {job_name} failed (see `make ui`)")
 
 
 def in_process_launcher(instance: dg.DagsterInstance, resources: dict) -> Launch:
