@@ -5,9 +5,11 @@ timed on a real Dagster instance.
 
 In a temporary DAGSTER_HOME (the default SQLite instance) and work dir it
   1. writes N tiny corpus shards (`<domain>/<domain>-NNNNN.parquet`, `rows` documents each);
-  2. times one tick of the repo's `corpus_shard_sensor` that discovers them all (heads.json present, so it
-     also builds a run request per shard), then applies its result the way the sensor daemon does (add the
-     dynamic partitions, store the shard observations), each part timed;
+  2. times the listing of the corpus and, averaged over 20 keys, what one scoring step spends resolving its
+     shard from its partition key (`resolve_shard_ms`); then one tick of the repo's `corpus_shard_sensor`
+     that discovers them all (heads.json present, so it also builds a run request per shard), then applies
+     its result the way the sensor daemon does (add the dynamic partitions, store the shard observations),
+     each part timed;
   3. times partition registration alone (`add_dynamic_partitions` of N keys on a fresh partitions definition);
   4. writes N score files in the score table's schema with their provenance JSON, times a steady-state sensor
      tick (everything registered and scored: the tick every 60 s must stay cheap), then
@@ -156,6 +158,11 @@ def run(
         t0 = time.perf_counter()
         listed = corpus.shards()
         out["list_corpus_s"] = round(time.perf_counter() - t0, 2)
+        # what one scoring step spends finding its shard (`Corpus.shard`: the partition key -> the file)
+        sample = listed[:: max(1, len(listed) // 20)][:20]
+        t0 = time.perf_counter()
+        assert all(corpus.shard(s.key).uri == s.uri for s in sample)
+        out["resolve_shard_ms"] = round((time.perf_counter() - t0) / len(sample) * 1000, 2)
         context = dg.build_sensor_context(instance=instance, resources={"corpus": corpus, "workdir": workdir})
         t0 = time.perf_counter()
         result = corpus_shard_sensor(context)

@@ -145,3 +145,34 @@ def test_workdir_paths_cannot_escape(tmp_path):
             work.score_path(bad)
     with pytest.raises(ValueError, match="escapes the work dir"):
         work.inside("..", "elsewhere")
+
+
+def test_a_shard_is_resolved_without_listing_the_corpus(tmp_path, monkeypatch):
+    """A scoring step finds its shard by looking up the paths its key can come from, not by a listing;
+    the result is the listing's Shard (same key, URI, fingerprint), in every layout and format."""
+    import fsspec.implementations.local as local
+
+    from attention_influence.io import corpus as corpus_mod
+
+    for rel in ["web/w-0.parquet", "web/w-1.jsonl.gz", "code/deep/c-0.jsonl", "top.parquet"]:
+        (tmp_path / "c" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "c" / rel).write_bytes(b"x")
+    specs = [str(tmp_path / "c"), str(tmp_path / "c" / "*" / "*.parquet"), str(tmp_path / "c" / "**")]
+    for spec in specs:
+        listed = corpus_mod.list_shards(spec)
+        calls = []
+        for name in ("glob", "find", "ls"):
+            original = getattr(local.LocalFileSystem, name)
+            monkeypatch.setattr(
+                local.LocalFileSystem,
+                name,
+                lambda self, *a, _o=original, _n=name, _c=calls, **k: _c.append(_n) or _o(self, *a, **k),
+            )
+        for shard in listed:
+            assert corpus_mod.resolve_shard(spec, shard.key) == shard
+        listing = [c for c in calls if c in ("glob", "find")]
+        monkeypatch.undo()
+        if "**" in spec:
+            assert listing, spec  # a ** glob is listed (its keys cannot be mapped back to one path)
+        else:
+            assert not listing, (spec, calls)

@@ -14,11 +14,12 @@ character), folders joined with `__`, the format and compression suffixes droppe
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from attention_influence.io.formats import ACCEPTED, FormatError, detect, stem
+from attention_influence.io.formats import ACCEPTED, COMPRESSIONS, FormatError, detect, stem
 from attention_influence.io.hashing import digest, sha256_hex
 from attention_influence.io.paths import safe_key
 
@@ -113,14 +114,8 @@ def _format_of(name: str, configured: str | None, json_files: bool = False) -> s
     return fmt.name if fmt else None
 
 
-def list_shards(
-    spec: str, fmt: str | None = None, keys: str = "path", json_files: bool = False
-) -> list[Shard]:
-    """Every shard the spec names, sorted by key: files of a known format (`fmt`, corpus.format: every file
-    the spec matches, read in that format). A folder means every shard below it. No shard is an error.
-
-    `keys`: "path" (the corpus: the path below the spec's root, see the module doc) or "name" (SFT input:
-    the file name alone, without its suffixes). `json_files`: plain `.json` files are JSON Lines."""
+def _located(spec: str):
+    """(protocol, path, filesystem) of a spec, the path absolute (local) or in the filesystem's spelling."""
     if not spec:
         raise CorpusError("no corpus given: set AI_CORPUS to a shard glob, folder, file, s3:// or hf:// URI")
     protocol, path = _split_protocol(spec)
@@ -130,6 +125,39 @@ def list_shards(
     fs = _filesystem(spec)
     if protocol != "file":  # the filesystem's own spelling of paths (e.g. a leading '/' for memory://)
         path = fs._strip_protocol(f"{protocol}://{path}")
+    return protocol, path, fs
+
+
+def _shard(name: str, info: dict, root: str, protocol: str, fs, fmt, keys: str, json_files: bool):
+    """The Shard of a listed file (its key, URI, folder, fingerprint, format), None when it is no shard."""
+    is_file = info.get("type", "file") == "file"
+    shard_format = _format_of(name, fmt, json_files) if is_file else None
+    if shard_format is None:
+        return None
+    name = name if protocol != "file" else str(Path(name))
+    rel = name[len(root) :].lstrip("/") if root and name.startswith(root) else name.rsplit("/", 1)[-1]
+    if "/" not in rel:  # a file directly at the root: its folder still names the domain
+        rel = f"{name.rsplit('/', 2)[-2]}/{rel}" if name.count("/") >= 1 else rel
+    size = info.get("size")
+    return Shard(
+        key=shard_key(rel if keys == "path" else name.rsplit("/", 1)[-1]),
+        uri=name if protocol == "file" else fs.unstrip_protocol(name),
+        folder=name.rsplit("/", 2)[-2] if name.count("/") >= 1 else "",
+        fingerprint=_fingerprint(info),
+        size=int(size) if size is not None else None,
+        format=shard_format,
+    )
+
+
+def list_shards(
+    spec: str, fmt: str | None = None, keys: str = "path", json_files: bool = False
+) -> list[Shard]:
+    """Every shard the spec names, sorted by key: files of a known format (`fmt`, corpus.format: every file
+    the spec matches, read in that format). A folder means every shard below it. No shard is an error.
+
+    `keys`: "path" (the corpus: the path below the spec's root, see the module doc) or "name" (SFT input:
+    the file name alone, without its suffixes). `json_files`: plain `.json` files are JSON Lines."""
+    protocol, path, fs = _located(spec)
     try:
         if GLOB_CHARS.search(path):
             root = _root_of(path)
@@ -148,32 +176,95 @@ def list_shards(
         raise CorpusError(f"corpus {spec!r}: cannot list shards: {exc}") from exc
     shards: dict[str, Shard] = {}
     for name, info in sorted(found.items()):
-        is_file = info.get("type", "file") == "file"
-        shard_format = _format_of(name, fmt, json_files) if is_file else None
-        if shard_format is None:
+        shard = _shard(name, info, root, protocol, fs, fmt, keys, json_files)
+        if shard is None:
             continue
-        name = name if protocol != "file" else str(Path(name))
-        rel = name[len(root) :].lstrip("/") if root and name.startswith(root) else name.rsplit("/", 1)[-1]
-        if "/" not in rel:  # a file directly at the root: its folder still names the domain
-            rel = f"{name.rsplit('/', 2)[-2]}/{rel}" if name.count("/") >= 1 else rel
-        key = shard_key(rel if keys == "path" else name.rsplit("/", 1)[-1])
-        uri = name if protocol == "file" else fs.unstrip_protocol(name)
-        if key in shards:
-            raise CorpusError(f"shards {shards[key].uri} and {uri} map to the same partition key {key!r}")
-        folder = name.rsplit("/", 2)[-2] if name.count("/") >= 1 else ""
-        size = info.get("size")
-        shards[key] = Shard(
-            key=key,
-            uri=uri,
-            folder=folder,
-            fingerprint=_fingerprint(info),
-            size=int(size) if size is not None else None,
-            format=shard_format,
-        )
+        if shard.key in shards:
+            raise CorpusError(
+                f"shards {shards[shard.key].uri} and {shard.uri} map to the same partition key {shard.key!r}"
+            )
+        shards[shard.key] = shard
     if not shards:
         what = f"no files (corpus.format = {fmt!r})" if fmt else f"no shards: accepted formats are {ACCEPTED}"
         raise CorpusError(f"corpus {spec!r} matches {what}")
     return [shards[k] for k in sorted(shards)]
+
+
+def _candidate_suffixes(pattern: str | None, fmt: str | None) -> list[str] | None:
+    """The file-name endings a shard of this spec can have: the literal tail of a glob's last part
+    (`*.jsonl.gz` -> `.jsonl.gz`), else every known one; None when names cannot be guessed (a configured
+    format without such a tail: the files may be called anything)."""
+    last = pattern.rsplit("/", 1)[-1] if pattern else ""
+    tail = re.split(r"[*?\[\]]", last)[-1] if GLOB_CHARS.search(last) else ""
+    if tail and detect("x" + tail, fmt) is not None:
+        return [tail]
+    if fmt:
+        return None
+    plain = [".parquet", ".pq", ".arrow", ".jsonl", ".ndjson"]
+    return plain + [f"{j}{c}" for j in (".jsonl", ".ndjson", ".json") for c in COMPRESSIONS]
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """Whether `path` is one the glob names (`*` within one folder, as fsspec's glob)."""
+    parts, globs = path.split("/"), pattern.split("/")
+    return len(parts) == len(globs) and all(
+        fnmatch.fnmatchcase(p, g) for p, g in zip(parts, globs, strict=True)
+    )
+
+
+def _resolve_directly(spec: str, key: str, fmt: str | None) -> Shard | None:
+    """The shard of `key` found by looking up the few paths it can come from (a stat each), not by listing
+    the corpus; None when the key cannot be mapped back (hashed long keys, names changed by `safe_key`, `**`
+    globs, a configured format): the caller then lists."""
+    protocol, path, fs = _located(spec)
+    if "**" in path:
+        return None
+    pattern = path if GLOB_CHARS.search(path) else None
+    if pattern is None and not fs.isdir(path):
+        return None  # one file: listing it is one stat
+    root = _root_of(path) if pattern else path.rstrip("/")
+    suffixes = _candidate_suffixes(pattern, fmt)
+    if suffixes is None:
+        return None
+    parts = key.split("__")
+    rels = ["/".join(parts)]
+    if len(parts) > 1 and parts[0] == root.rsplit("/", 1)[-1]:
+        rels.append("/".join(parts[1:]))  # a file directly at the root (its folder named in the key)
+    for rel in rels:
+        for suffix in suffixes:
+            candidate = f"{root}/{rel}{suffix}" if root else f"{rel}{suffix}"
+            if pattern and not _matches(candidate, pattern):
+                continue
+            try:
+                info = fs.info(candidate)
+            except (FileNotFoundError, OSError):
+                continue
+            shard = _shard(candidate, info, root, protocol, fs, fmt, "path", False)
+            if shard is not None and shard.key == key:
+                return shard
+    return None
+
+
+def resolve_shard(spec: str, key: str, fmt: str | None = None) -> Shard:
+    """The shard behind a registered partition key, or an error naming it (deleted, renamed, corpus
+    changed). A scoring step looks its shard up directly (`_resolve_directly`: a stat per candidate path,
+    not a listing of the corpus); only a key that cannot be mapped back to a path lists the corpus."""
+    validate_key(key)
+    try:
+        found = _resolve_directly(spec, key, fmt)
+    except CorpusError:
+        raise
+    except Exception:  # noqa: BLE001 - anything odd about the lookup: the listing says what is wrong
+        found = None
+    if found is not None:
+        return found
+    for shard in list_shards(spec, fmt):
+        if shard.key == key:
+            return shard
+    raise CorpusError(
+        f"shard {key!r} was registered as a partition but is no longer in the corpus {spec!r} "
+        "(deleted or renamed?); restore the file or delete the partition"
+    )
 
 
 def is_scored(record: dict | None, fingerprint: str) -> bool:
@@ -187,19 +278,6 @@ def shards_to_score(shards: list[Shard], record_of) -> list[Shard]:
     """Shards never scored, or scored from a file that has changed since; `record_of(key)`: the shard's
     score record or None."""
     return [shard for shard in shards if not is_scored(record_of(shard.key), shard.fingerprint)]
-
-
-def resolve_shard(spec: str, key: str, fmt: str | None = None) -> Shard:
-    """The shard behind a registered partition key, or an error naming it
-    (deleted, renamed, corpus changed)."""
-    validate_key(key)
-    for shard in list_shards(spec, fmt):
-        if shard.key == key:
-            return shard
-    raise CorpusError(
-        f"shard {key!r} was registered as a partition but is no longer in the corpus {spec!r} "
-        "(deleted or renamed?); restore the file or delete the partition"
-    )
 
 
 def shard_rows(shard: Shard) -> int | None:
