@@ -392,3 +392,21 @@ def test_duplicate_check_across_record_batches_equals_one_pass():
         "same id as row 4",
         "same id as row 0",
     ]
+
+
+@pytest.mark.parametrize("max_docs", [None, 2500])
+def test_parquet_is_read_in_bounded_record_batches(tmp_path, max_docs):
+    """A Parquet shard comes in batches of at most PARQUET_BATCH_ROWS rows (pyarrow iter_batches), rows
+    numbered across batches, the same rows as reading the file whole."""
+    from attention_influence.shards.reader import PARQUET_BATCH_ROWS, iter_shard
+
+    n = 3 * PARQUET_BATCH_ROWS + 5
+    df = pl.DataFrame({"id": [f"d{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)]})
+    df.write_parquet(path := tmp_path / "web" / "s.parquet", row_group_size=1000, mkdir=True)
+    batches = list(iter_shard(str(path), "text", "id", None, max_docs=max_docs))
+    assert max(b.height for b in batches) <= PARQUET_BATCH_ROWS and len(batches) >= 3
+    whole = pl.concat(batches)
+    expected = df.head(max_docs or n)
+    assert whole["id"].to_list() == expected["id"].to_list()
+    assert whole["text"].to_list() == expected["text"].to_list()
+    assert whole["row"].to_list() == list(range(expected.height))

@@ -63,38 +63,54 @@ def _read_schema(path: str, fmt: ShardFormat) -> dict:
         raise InputError(describe_unreadable(path, exc, what=_what(fmt))) from exc
 
 
-def _read_columns(path: str, columns: list[str], max_docs: int | None) -> pl.DataFrame:
-    """The columns, strings read as bytes when the file holds invalid UTF-8 (decoded row by row later)."""
-    try:
-        lazy = pl.scan_parquet(path).select(columns)
-        return (lazy.head(max_docs) if max_docs else lazy).collect()
-    except Exception as exc:  # noqa: BLE001
-        if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
-            raise InputError(describe_unreadable(path, exc)) from exc
-    try:  # pyarrow does not validate UTF-8 on read; ask it for bytes so nothing is silently replaced
-        return _read_columns_as_bytes(path, columns, max_docs)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(describe_unreadable(path, exc)) from exc
+PARQUET_BATCH_ROWS = 1024  # rows per record batch read from a Parquet shard: memory is one batch
 
 
-def _read_columns_as_bytes(path: str, columns: list[str], max_docs: int | None) -> pl.DataFrame:
-    import pyarrow as pa
+def _parquet_file(path: str):
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
-    fields = [schema.field(c) for c in columns]
-    as_bytes = pa.schema(
-        [
-            pa.field(f.name, pa.large_binary())
-            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-            else f
-            for f in fields
-        ]
-    )
-    table = pq.read_table(path, columns=columns, schema=as_bytes)
-    if max_docs:
-        table = table.slice(0, max_docs)
-    return pl.from_arrow(table)
+    from attention_influence.io.formats import open_binary
+
+    return pq.ParquetFile(path if "://" not in path else open_binary(path))
+
+
+def _checked_utf8(table):
+    """The table, with a string column that holds invalid UTF-8 turned into bytes: pyarrow does not validate
+    UTF-8 on read, so a broken value is decoded (and named) row by row in `_normalize` instead of being
+    silently replaced."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            try:
+                table.column(i).validate(full=True)
+            except pa.ArrowInvalid:
+                table = table.set_column(i, field.name, table.column(i).cast(pa.large_binary()))
+    return table
+
+
+def _read_parquet(
+    path: str, columns: list[str], max_docs: int | None, batch_rows: int = PARQUET_BATCH_ROWS
+) -> Iterator[pl.DataFrame]:
+    """The columns of a Parquet shard in record batches of `batch_rows` (pyarrow `iter_batches`: memory is
+    one batch, not the shard), the first `max_docs` rows only."""
+    import pyarrow as pa
+
+    left = max_docs
+    try:
+        reader = _parquet_file(path)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+            if left is not None and left <= 0:
+                break
+            table = pa.Table.from_batches([batch])
+            if left is not None:
+                table = table.slice(0, left)
+                left -= table.num_rows
+            yield pl.from_arrow(_checked_utf8(table))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt file, missing file, bad URI: name it
+        raise InputError(describe_unreadable(path, exc)) from exc
 
 
 class _open_ipc:
@@ -284,11 +300,9 @@ def _columnar_batches(
     columns = list(dict.fromkeys(top for top, _ in [*found.values(), *extras.values()]))
     exprs = {role: expr for role, (_, expr) in found.items()}
     numbers = {name: expr for name, (_, expr) in extras.items()}
-    if fmt.name == "parquet":  # one batch: the columns read whole (the UTF-8 fallback needs the file)
-        yield _normalize(path, _read_columns(path, columns, max_docs), exprs, fallback, 0, shard, numbers)
-        return
+    batches = _read_parquet if fmt.name == "parquet" else _read_arrow
     offset = 0
-    for raw in _read_arrow(path, columns, max_docs):
+    for raw in batches(path, columns, max_docs):
         yield _normalize(path, raw, exprs, fallback, offset, shard, numbers)
         offset += raw.height
 
@@ -304,10 +318,9 @@ def iter_shard(
     fmt: str | None = None,
     extra: Sequence[str] = (),
 ) -> Iterator[pl.DataFrame]:
-    """The shard's rows in record batches (see `read_shard`); memory is one batch, except for Parquet, whose
-    needed columns are read in one batch. `extra`: numeric columns (quality labels) carried along as
-    floats after the others; a columnar shard without one leaves it out, JSON Lines give it null where a
-    record lacks it."""
+    """The shard's rows in record batches (see `read_shard`); memory is one batch. `extra`: numeric columns
+    (quality labels) carried along as floats after the others; a columnar shard without one leaves it out,
+    JSON Lines give it null where a record lacks it."""
     shard_fmt = shard_format(path, fmt)
     fallback = domain_fallback or _folder_name(path)
     shard = shard or shard_name(path)
