@@ -96,7 +96,9 @@ def child(shard: str, out: str, docs: int) -> None:
 
     lm = random_model("tiny", "smollm2-135m", "float32", "cpu")
     t0 = time.perf_counter()
-    job = ShardJob(input_path=shard, output_path=Path(out), max_docs=docs, max_tokens=128, batch_tokens=2048)
+    job = ShardJob(
+        input_path=shard, output_path=Path(out), max_docs=docs or None, max_tokens=128, batch_tokens=2048
+    )
     summary = score_shard(lm, HeadSet([(1, 0), (2, 1)], "bench-heads"), job)
     print(
         json.dumps(
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=3, metavar=("SHARD", "OUT", "DOCS"), help=argparse.SUPPRESS)
     parser.add_argument("--big-mb", type=float, default=1000.0)
     parser.add_argument("--small-mb", type=float, default=10.0)
-    parser.add_argument("--docs", type=int, default=32, help="document limit of each scoring run")
+    parser.add_argument("--docs", type=int, default=32, help="document limit of each scoring run (0: none)")
     parser.add_argument("--formats", default="parquet,jsonl.gz")
     parser.add_argument("--dir", default="/tmp/shard-memory", help="where the shards are written and kept")
     parser.add_argument("--out", default=None, help="also write the JSON here")

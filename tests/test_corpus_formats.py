@@ -410,3 +410,42 @@ def test_parquet_is_read_in_bounded_record_batches(tmp_path, max_docs):
     assert whole["id"].to_list() == expected["id"].to_list()
     assert whole["text"].to_list() == expected["text"].to_list()
     assert whole["row"].to_list() == list(range(expected.height))
+
+
+@pytest.mark.parametrize("name", ["s.parquet", "s.jsonl.gz"])
+def test_a_shard_too_large_to_hold_is_scored_chunk_by_chunk_from_a_second_read(
+    tmp_path, lm, name, monkeypatch
+):
+    """With the held-text limit at 0 the valid rows are not kept after validating: each chunk is read again
+    from the shard (batches of 7 rows, chunks of 4). The score table and the quarantine equal those of the
+    held path, a duplicate id across batches and a bad row included."""
+    import attention_influence.shards.job as job_mod
+    import attention_influence.shards.jsonl as jsonl_mod
+    import attention_influence.shards.reader as reader_mod
+
+    rng = random.Random(5)
+    ids = [f"d{i:02d}" for i in range(30)]
+    ids[20] = ids[3]  # a repeat in a later batch
+    texts = [text(rng, rng.randint(5, 30)) for _ in ids]
+    texts[11] = ""  # quarantined: empty text
+    df = pl.DataFrame({"id": ids, "text": texts, "domain": ["web"] * 30})
+    write_format(df, tmp_path, "parquet" if name.endswith("parquet") else "jsonl_gz", "web", "s")
+    shard = next((tmp_path).rglob(name))
+    monkeypatch.setattr(reader_mod, "PARQUET_BATCH_ROWS", 7)
+    monkeypatch.setattr(jsonl_mod, "BATCH_ROWS", 7)
+    heads = HeadSet(HEADS, "h")
+
+    def run(out: Path, hold: int) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+        monkeypatch.setattr(job_mod, "HOLD_TEXT_BYTES", hold)
+        job = ShardJob(
+            input_path=str(shard), output_path=out, max_tokens=64, checkpoint_every=4, batch_tokens=1024
+        )
+        summary = score_shard(lm, heads, job)
+        return pl.read_parquet(out), pl.read_parquet(quarantine_path(out)), summary
+
+    held = run(tmp_path / "held" / "scores.parquet", 1 << 30)
+    streamed = run(tmp_path / "streamed" / "scores.parquet", 0)
+    assert_frame_equal(streamed[0], held[0], check_exact=True)
+    assert_frame_equal(streamed[1], held[1], check_exact=True)
+    assert streamed[1]["reason"].to_list() == ["empty text", "duplicate id within shard"]
+    assert streamed[0].height == 28 and streamed[2]["documents_in"] == 30

@@ -26,7 +26,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,14 +268,15 @@ def _score_chunks(
     lm: LoadedModel,
     heads: HeadSet,
     job: ShardJob,
-    valid: pl.DataFrame,
+    valid: ValidRows,
+    chunks: Iterator[pl.DataFrame],
     parts_dir: Path,
     progress: Progress,
     log: Log,
     wait: InputWait | None = None,
 ) -> tuple[int, int]:
     """Score every chunk that has no usable part yet, the next chunk's input prepared while this one is
-    scored; returns (chunks, chunks resumed)."""
+    scored; `chunks`: the valid rows, chunk by chunk; returns (chunks, chunks resumed)."""
     shard, every = job.name, job.checkpoint_every
     n_chunks = -(-valid.height // every)
     done = [k for k in range(n_chunks) if _usable_part(_part(parts_dir, k), log)]
@@ -284,13 +285,19 @@ def _score_chunks(
     if progress and n_chunks:
         progress(len(done), n_chunks)
     finished = len(done)
-    todo = [k for k in range(n_chunks) if not _part(parts_dir, k).exists()]
+    todo = {k for k in range(n_chunks) if not _part(parts_dir, k).exists()}
 
-    def prepare(k: int) -> tuple[pl.DataFrame, list[list[int]]]:
-        chunk = valid.slice(k * every, every)
-        return chunk, prepare_chunk(lm, job, chunk)
+    def wanted() -> Iterator[tuple[int, pl.DataFrame]]:  # in order; done ones skipped, none past the last
+        for k, chunk in enumerate(chunks) if todo else ():
+            if k in todo:
+                yield k, chunk
+            if k >= max(todo):
+                return
 
-    for k, (chunk, token_lists) in prefetched(todo, prepare, overlap=job.overlap_input, wait=wait):
+    def prepare(item: tuple[int, pl.DataFrame]) -> tuple[pl.DataFrame, list[list[int]]]:
+        return item[1], prepare_chunk(lm, job, item[1])
+
+    for (k, _), (chunk, token_lists) in prefetched(wanted(), prepare, overlap=job.overlap_input, wait=wait):
         atomic_write_parquet(_score_chunk(lm, heads, job, chunk, token_lists), _part(parts_dir, k))
         finished += 1
         if progress:
@@ -306,14 +313,31 @@ def _score_table(parts_dir: Path, n_chunks: int) -> pl.DataFrame:
     return pl.concat(parts) if parts else pl.DataFrame(schema=SCORE_SCHEMA)
 
 
-def _read_valid(job: ShardJob, fmt: str) -> tuple[int, pl.DataFrame, pl.DataFrame, str]:
-    """(rows read, valid rows, quarantined rows, content digest), the shard read in record batches: the
-    duplicate-id check and the content digest are updated batch by batch, and only the valid rows' id,
-    domain and text are kept (scoring in chunks still needs them all: streaming that is the next step)."""
-    earlier: dict[str, int] = {}
-    content = ContentDigest()
-    n, valid, quarantined = 0, [], []
-    batches = iter_shard(
+HOLD_TEXT_BYTES = 64 << 20  # valid text held from the validating pass; a larger shard is read again per chunk
+
+
+@dataclass
+class ValidRows:
+    """What the validating pass keeps of a shard: the counts, the quarantined rows, the content digest, the
+    first row of every valid id (ids only), and the valid rows themselves only while their text is small
+    (`frame`); else `chunks` reads the shard again and yields the same valid rows, chunk by chunk."""
+
+    rows_read: int
+    height: int  # valid rows
+    quarantined: pl.DataFrame
+    content: str
+    first_row: dict[str, int]
+    frame: pl.DataFrame | None  # None: streamed
+
+    def ids(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"id": list(self.first_row), "row": list(self.first_row.values())},
+            schema={"id": pl.String, "row": pl.Int64},
+        )
+
+
+def _batches(job: ShardJob, fmt: str) -> Iterator[pl.DataFrame]:
+    return iter_shard(
         job.input_path,
         job.text_column,
         job.id_column,
@@ -323,16 +347,55 @@ def _read_valid(job: ShardJob, fmt: str) -> tuple[int, pl.DataFrame, pl.DataFram
         shard=job.name,
         fmt=fmt,
     )
-    for batch in batches:
+
+
+def _read_valid(job: ShardJob, fmt: str) -> ValidRows:
+    """The validating pass over the shard, in record batches: the duplicate-id check and the content digest
+    are updated batch by batch; the valid rows are kept only while their text stays under HOLD_TEXT_BYTES, so
+    memory does not grow with the shard's text (ids and quarantined rows are kept)."""
+    earlier: dict[str, int] = {}
+    content = ContentDigest()
+    n, n_valid, held, held_bytes, quarantined = 0, 0, [], 0, []
+    for batch in _batches(job, fmt):
         good, bad = split_valid(batch, job.name, job.allowed_domains, earlier)
         content.update(good)
-        n += batch.height
-        valid.append(good)
+        n, n_valid = n + batch.height, n_valid + good.height
         quarantined.append(bad)
-    if not valid:  # an empty shard (no batch at all): the frames of an empty batch
+        if held is not None:
+            held.append(good)
+            held_bytes += int(good.get_column("text").str.len_bytes().sum() or 0)
+            if held_bytes > HOLD_TEXT_BYTES:
+                held = None  # too large to hold: the chunks read the shard again
+    if not quarantined:  # an empty shard (no batch at all): the frames of an empty batch
         good, bad = split_valid(pl.DataFrame(schema=ROWS_SCHEMA), job.name)
-        valid, quarantined = [good], [bad]
-    return n, _concat(valid), _concat(quarantined), content.hexdigest()
+        quarantined, held = [bad], [good]
+    frame = _concat(held) if held is not None else None
+    return ValidRows(n, n_valid, _concat(quarantined), content.hexdigest(), earlier, frame)
+
+
+def _valid_chunks(job: ShardJob, fmt: str, valid: ValidRows) -> Iterator[pl.DataFrame]:
+    """The valid rows in chunks of `checkpoint_every`: sliced from the held frame, or read again from the
+    shard batch by batch (the same rows, in the same order: validation is deterministic), one chunk held."""
+    every = job.checkpoint_every
+    if valid.frame is not None:
+        for start in range(0, valid.height, every):
+            yield valid.frame.slice(start, every)
+        return
+    earlier: dict[str, int] = {}
+    pending: list[pl.DataFrame] = []
+    size = 0
+    for batch in _batches(job, fmt):
+        good, _ = split_valid(batch, job.name, job.allowed_domains, earlier)
+        while good.height:
+            take = good.slice(0, every - size)
+            pending.append(take)
+            size += take.height
+            good = good.slice(take.height)
+            if size == every:
+                yield _concat(pending)
+                pending, size = [], 0
+    if size:
+        yield _concat(pending)
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -358,7 +421,8 @@ def score_shard(
         raise InputError(f"{input_path}: the output would overwrite the input shard; choose another output")
     fmt = shard_format(input_path, job.input_format)
     total_rows = shard_row_count(input_path, fmt.name) if fmt.name == "parquet" else None  # footer only
-    documents_in, valid, quarantined, content = _read_valid(job, fmt.name)
+    valid = _read_valid(job, fmt.name)
+    documents_in, quarantined = valid.rows_read, valid.quarantined
     if total_rows is None:  # read whole, or counted in one more (decompressing) pass when cut short
         cut_short = job.max_docs and documents_in >= job.max_docs
         total_rows = shard_row_count(input_path, fmt.name) if cut_short else documents_in
@@ -368,12 +432,13 @@ def score_shard(
             if log:
                 log(f"{shard}: removed {tmp.name}, left by an interrupted writer")
         parts_dir = parts_path(out)
-        _claim_parts(parts_dir, job_fingerprint(lm, heads, job, content))
+        _claim_parts(parts_dir, job_fingerprint(lm, heads, job, valid.content))
         wait = InputWait()
-        n_chunks, resumed = _score_chunks(lm, heads, job, valid, parts_dir, progress, log, wait)
+        chunks = _valid_chunks(job, fmt.name, valid)
+        n_chunks, resumed = _score_chunks(lm, heads, job, valid, chunks, parts_dir, progress, log, wait)
         wait.finish()
         table, quarantined = set_aside_unscorable(
-            _score_table(parts_dir, n_chunks), quarantined, valid, shard
+            _score_table(parts_dir, n_chunks), quarantined, valid.ids(), shard
         )
         table = table.with_columns(
             pl.lit(shard, dtype=pl.String).alias("shard"), pl.lit(lm.identity, dtype=pl.String).alias("model")

@@ -214,11 +214,12 @@ def jsonl_batches(
     max_docs: int | None,
     fallback: str,
     shard: str,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
     extra: tuple[str, ...] = (),
 ) -> Iterator[pl.DataFrame]:
     """Frames of `SCHEMA`, `batch_rows` records each, of the first `max_docs` records (all when None);
     `extra`: numeric fields carried along as float columns (null where a record lacks one)."""
+    batch_rows = batch_rows or BATCH_ROWS
     wanted = [name for name in (fields.text, fields.id) if name]
     seen: set[str] = set()
     first: list[str] | None = None  # the first object's keys, for the misnamed-field error

@@ -90,7 +90,7 @@ def _checked_utf8(table):
 
 
 def _read_parquet(
-    path: str, columns: list[str], max_docs: int | None, batch_rows: int = PARQUET_BATCH_ROWS
+    path: str, columns: list[str], max_docs: int | None, batch_rows: int | None = None
 ) -> Iterator[pl.DataFrame]:
     """The columns of a Parquet shard in record batches of `batch_rows` (pyarrow `iter_batches`: memory is
     one batch, not the shard), the first `max_docs` rows only."""
@@ -99,7 +99,8 @@ def _read_parquet(
     left = max_docs
     try:
         reader = _parquet_file(path)
-        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+        size = batch_rows or PARQUET_BATCH_ROWS
+        for batch in reader.iter_batches(batch_size=size, columns=columns, use_threads=False):
             if left is not None and left <= 0:
                 break
             table = pa.Table.from_batches([batch])
