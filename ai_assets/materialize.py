@@ -187,9 +187,6 @@ def materialize_post_training(instance: dg.DagsterInstance, resources: dict, ste
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ai_assets.definitions import build_resources
-    from attention_influence.config import load_config
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -199,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.config:  # the runs launched through the code location load the same file
         os.environ["AI_CONFIG"] = os.path.abspath(args.config)
+    # imported only now: ai_assets.definitions builds its resources from AI_CONFIG when first imported
+    from ai_assets.definitions import build_resources
+    from attention_influence.config import load_config
+
     config = load_config(args.config).config
     resources = build_resources(config)
     with dg.DagsterInstance.get() as instance:
