@@ -241,6 +241,30 @@ class DeployConfig(Section):
     k8s_model_cache_mount: str = Field("/models", description="Kubernetes: where the model cache is mounted.")
 
 
+class RayConfig(Section):
+    """Scoring on a Ray cluster (docs/deploy.md): with an address, each document_scores partition is one Ray
+    task on the cluster; Dagster still orchestrates."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to score on (the head's host:port, or ray://host:10001). Null: score in "
+        "the step's own process. Environment: AI_RAY_ADDRESS.",
+    )
+    num_gpus: Annotated[float, Field(ge=0.0)] = Field(1.0, description="GPUs each shard's task asks for.")
+    num_cpus: Annotated[float, Field(ge=0.0)] = Field(
+        1.0, description="CPUs each shard's task asks for (what places it on a CPU-only cluster)."
+    )
+    max_retries: NonNegative = Field(
+        3, description="Times a shard's task is retried when its node or worker process dies."
+    )
+    namespace: str = Field("attention-influence", description="Ray namespace of the driver.")
+    auth_token_file: str | None = Field(
+        None,
+        description="File holding the cluster's token (Ray token authentication, RAY_AUTH_MODE=token); "
+        "null: no token sent. Environment: AI_RAY_TOKEN_FILE.",
+    )
+
+
 class Config(Section):
     """The whole configuration; `profile` names the shipped profile file it starts from."""
 
@@ -256,6 +280,7 @@ class Config(Section):
     proxy: ProxyConfig = ProxyConfig()
     post_training: PostTrainingConfig = PostTrainingConfig()
     deploy: DeployConfig = DeployConfig()
+    ray: RayConfig = RayConfig()
 
     # resolved paths: one place that applies the documented "null means" defaults
     @property
@@ -307,6 +332,8 @@ DEPLOYMENT_ENV = {
     "AI_K8S_SCORE_CPU": "deploy.k8s_score_cpu",
     "AI_K8S_GPUS": "deploy.k8s_gpus",
     "AI_DEVICE": "model.device",
+    "AI_RAY_ADDRESS": "ray.address",
+    "AI_RAY_TOKEN_FILE": "ray.auth_token_file",
 }
 
 # the run settings that were environment variables before the configuration file; still read, with a warning

@@ -100,10 +100,16 @@ def score_record(
 
 
 def score_and_record(
-    lm, request: ShardScoring, heads_doc: dict, data_version: str, progress: Progress = None, log: Log = None
+    lm,
+    request: ShardScoring,
+    heads_doc: dict,
+    data_version: str,
+    progress: Progress = None,
+    log: Log = None,
+    extra: dict | None = None,
 ) -> dict:
     """Stage the shard, score it with the head set of heads.json masked, remove the staged copy and write
-    the record to `request.provenance_path`; returns the record."""
+    the record (plus `extra`, e.g. the Ray node that scored it) to `request.provenance_path`; returns it."""
     from attention_influence.shards.job import HeadSet, ShardJob, score_shard
 
     started, shard, scoring = time.time(), request.shard, request.scoring
@@ -133,6 +139,7 @@ def score_and_record(
     if input_path != shard.uri:
         request.staging_path.unlink(missing_ok=True)
     record = score_record(result, request, heads_doc, total, data_version, lm.identity, lm.spec, started)
+    record.update(extra or {})
     atomic_write_json(request.provenance_path, record)
     return record
 

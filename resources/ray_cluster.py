@@ -1,0 +1,39 @@
+"""The `ray` section as a resource: with an address, a shard is scored by a Ray task on the cluster
+(`attention_influence.cluster.scoring`); without one, nothing changes. Ray is imported only when used."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from attention_influence.config import RayConfig, ScoringConfig
+from resources.sections import section_resource, validated
+
+
+class RayCluster(section_resource(RayConfig)):
+    """The Ray cluster that scores shards (`ray.address`); Dagster keeps partitions, versions, metadata."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def score_shard(self, model, request, heads_doc: dict, data_version: str) -> dict:
+        """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
+        record with `placement` (node, device) and `timings`. A lost node's task is retried by Ray."""
+        from attention_influence.cluster.scoring import (
+            ModelSpec,
+            ShardTask,
+            TaskResources,
+            connect,
+            score_shards,
+        )
+
+        cfg = validated(RayConfig, self, "the run's resource config", "ray")
+        connect(cfg.address, cfg.namespace, cfg.auth_token_file)
+        spec = ModelSpec(
+            model.spec, model.dtype, model.device, model.trust_remote_code, model.cache_dir or None
+        )
+        # plain library values travel to the worker (no Dagster config classes)
+        scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
+        task = ShardTask(spec, dataclasses.replace(request, scoring=scoring), heads_doc, data_version)
+        resources = TaskResources(cfg.num_gpus, cfg.num_cpus, cfg.max_retries)
+        return score_shards([task], resources)[0]
