@@ -242,8 +242,8 @@ class DeployConfig(Section):
 
 
 class RayConfig(Section):
-    """Scoring on a Ray cluster (docs/deploy.md): with an address, each document_scores partition is one Ray
-    task on the cluster; Dagster still orchestrates."""
+    """Scoring on a Ray cluster (docs/deploy.md): with an address, each document_scores or sft_step_scores
+    partition is one Ray task on the cluster; Dagster still orchestrates."""
 
     address: str | None = Field(
         None,

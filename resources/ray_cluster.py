@@ -19,21 +19,40 @@ class RayCluster(section_resource(RayConfig)):
     def score_shard(self, model, request, heads_doc: dict, data_version: str) -> dict:
         """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
         record with `placement` (node, device) and `timings`. A lost node's task is retried by Ray."""
-        from attention_influence.cluster.scoring import (
-            ModelSpec,
-            ShardTask,
-            TaskResources,
-            connect,
-            score_shards,
-        )
+        from attention_influence.cluster.scoring import ShardTask, score_shards
 
-        cfg = validated(RayConfig, self, "the run's resource config", "ray")
-        connect(cfg.address, cfg.namespace, cfg.auth_token_file)
-        spec = ModelSpec(
-            model.spec, model.dtype, model.device, model.trust_remote_code, model.cache_dir or None
-        )
+        cfg = self._connect()
+        spec = self._model_spec(model)
         # plain library values travel to the worker (no Dagster config classes)
         scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
         task = ShardTask(spec, dataclasses.replace(request, scoring=scoring), heads_doc, data_version)
-        resources = TaskResources(cfg.num_gpus, cfg.num_cpus, cfg.max_retries)
-        return score_shards([task], resources)[0]
+        return score_shards([task], self._resources(cfg))[0]
+
+    def run_with_model(self, model, fn, *args, **kwargs) -> dict:
+        """`fn(lm, *args, **kwargs)` as a Ray task with the selector model loaded on the worker (the SFT
+        step scores); returns {"result", "placement", "timings"}."""
+        from attention_influence.cluster.scoring import run_with_model
+
+        cfg = self._connect()
+        return run_with_model(fn, self._model_spec(model), args, kwargs, self._resources(cfg))
+
+    def _connect(self) -> RayConfig:
+        from attention_influence.cluster.scoring import connect
+
+        cfg = validated(RayConfig, self, "the run's resource config", "ray")
+        connect(cfg.address, cfg.namespace, cfg.auth_token_file)
+        return cfg
+
+    @staticmethod
+    def _model_spec(model):
+        from attention_influence.cluster.scoring import ModelSpec
+
+        return ModelSpec(
+            model.spec, model.dtype, model.device, model.trust_remote_code, model.cache_dir or None
+        )
+
+    @staticmethod
+    def _resources(cfg: RayConfig):
+        from attention_influence.cluster.scoring import TaskResources
+
+        return TaskResources(cfg.num_gpus, cfg.num_cpus, cfg.max_retries)

@@ -26,19 +26,20 @@ N_SHARDS, N_DOCS = 4, 160
 DRIVER_TIMEOUT = 300  # 40 chunks of 4 documents per shard: a kill lands mid-shard
 
 DRIVER = r"""
-import sys
+import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import dagster as dg
 from graph_helpers import graph_resources
 from ai_assets.definitions import ASSETS
 model_dir, corpus, work, address, token, key = sys.argv[2:8]
+asset, overrides = sys.argv[8], json.loads(sys.argv[9])
 resources = graph_resources(
     Path(model_dir), Path(corpus), Path(work), ray__address=address, ray__auth_token_file=token,
-    ray__num_gpus=0, ray__num_cpus=1,
+    ray__num_gpus=0, ray__num_cpus=1, **overrides,
 )
 with dg.DagsterInstance.get() as instance:
-    result = dg.materialize(ASSETS, selection=["document_scores"], partition_key=key, instance=instance,
+    result = dg.materialize(ASSETS, selection=[asset], partition_key=key, instance=instance,
                             resources=resources, raise_on_error=False)
 sys.exit(0 if result.success else 1)
 """
@@ -59,14 +60,17 @@ def cluster(tmp_path_factory):
         assert not [p for p in c.pids() if psutil.pid_exists(p)], "a Ray process outlived the test"
 
 
-def _drivers(cluster, home, model_dir, corpus, work, keys) -> list[subprocess.Popen]:
+def _drivers(
+    cluster, home, model_dir, corpus, work, keys, asset="document_scores", overrides=None
+) -> list[subprocess.Popen]:
     """One Dagster run per partition, all at once, each in its own process (a backfill's runs)."""
     env = {**cli_env(), **cluster.driver_env(), "DAGSTER_HOME": str(home)}
     argv = [str(REPO / "tests"), str(model_dir), str(corpus), str(work), cluster.address]
     procs = []
     for key in keys:
         with open(work.parent / f"{work.name}-{key}.log", "w") as log:  # a pipe could fill and block it
-            cmd = [sys.executable, "-c", DRIVER, *argv, str(cluster.token_file), key]
+            cmd = [sys.executable, "-c", DRIVER, *argv, str(cluster.token_file), key, asset]
+            cmd.append(json.dumps(overrides or {}))
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         proc.log = Path(log.name)
         procs.append(proc)
@@ -113,6 +117,56 @@ def _check_tables(work, reference, keys) -> None:
         assert table.height + quarantine.height == N_DOCS, key  # rows in = rows out
         assert table["id"].n_unique() == table.height, f"{key}: duplicated rows"
         assert table.equals(reference[key]), f"{key}: scores differ from the one-process run"
+
+
+def test_sft_step_scores_on_a_ray_cluster(tmp_path, tiny_model_dir, cluster):
+    """An SFT partition scored as a Ray task equals the one-process scores; the metadata names the node."""
+    from graph_helpers import build_corpus, graph_resources
+
+    from ai_assets.definitions import ASSETS
+    from ai_assets.sft_partitions import SFT_PARTITIONS
+    from attention_influence.head_selection import head_set_of
+    from attention_influence.influence.models import load_model
+    from attention_influence.post_training import sft_demo
+    from attention_influence.post_training.steps import score_sft_shard
+
+    corpus, work, home = build_corpus(tmp_path / "corpus"), tmp_path / "work", tmp_path / "dagster_home"
+    sft_demo.build(tmp_path / "sft", 12, eval_dir=tmp_path / "no-eval")
+    sft = {"post_training__input": str(tmp_path / "sft" / "*.jsonl"), "post_training__max_tokens": 256}
+    resources = graph_resources(tiny_model_dir, corpus, work, **sft)
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        dg.materialize(
+            ASSETS,
+            selection=["retrieval_probe_set", "retrieval_heads"],
+            instance=instance,
+            resources=resources,
+        )
+        ((key, path, _),) = resources["post_training"].shards()
+        instance.add_dynamic_partitions(SFT_PARTITIONS, [key])
+    _finish(_drivers(cluster, home, tiny_model_dir, corpus, work, [key], "sft_step_scores", sft), 300)
+
+    steps = work / "sft" / "scores" / f"{key}.steps.parquet"
+    lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    heads, hid = head_set_of(work / "heads" / "heads.json", lm.identity)
+    alone = tmp_path / "alone" / "steps.parquet"
+    post = resources["post_training"]
+    batch = resources["profile"].scoring.batch_tokens
+    summary = score_sft_shard(lm, path, alone, heads, hid, post.sft_format(), None, batch)
+    assert summary["samples"] > 0
+    assert pl.read_parquet(steps).equals(pl.read_parquet(alone))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        meta = (
+            instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("sft_step_scores"), asset_partitions=[key]),
+                limit=1,
+            )
+            .records[0]
+            .asset_materialization.metadata
+        )
+    assert cluster.node(meta["ray_node_id"].value).name.startswith("worker")
+    assert meta["samples"].value == summary["samples"] and meta["device"].value == "cpu"
 
 
 def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir, cluster):
@@ -212,7 +266,8 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
 
     # only loopback: every Ray port of the cluster and of the driver, seen while scoring
     assert listening, "no listening socket found"
-    wide = [(pid, ip, port) for pid, ip, port in listening if ip not in ("127.0.0.1", "::ffff:127.0.0.1")]
+    loopback = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+    wide = [(pid, ip, port) for pid, ip, port in listening if ip not in loopback]
     assert not wide, f"Ray ports listening beyond loopback: {wide}"
 
     records = {k: json.loads((work2 / "scores" / f"{k}.json").read_text()) for k in keys}

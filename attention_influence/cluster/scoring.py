@@ -123,8 +123,30 @@ def score_task(task: ShardTask) -> dict:
     return {**record, "timings": timings}
 
 
-def remote_scorer(resources: TaskResources):
-    """`score_task` as a Ray remote function asking for `resources`."""
+def model_task(model: ModelSpec, fn, args: tuple, kwargs: dict) -> dict:
+    """Body of a Ray task that runs `fn(lm, *args, **kwargs)` with this worker's model (SFT step scores);
+    returns {"result", "placement", "timings"}."""
+    t0 = time.perf_counter()
+    lm, load_seconds = worker_model(model)
+    where = placement(str(lm.device))
+    result = fn(lm, *args, **kwargs)
+    timings = {"model_load_seconds": round(load_seconds, 3), "task_seconds": time.perf_counter() - t0}
+    return {"result": result, "placement": where, "timings": timings}
+
+
+def run_with_model(fn, model: ModelSpec, args: tuple, kwargs: dict, resources: TaskResources) -> dict:
+    """`fn(lm, *args, **kwargs)` on the cluster (connect first), with the worker's loaded model; its result
+    under "result", with where it ran and timings. `fn` must be importable on the workers."""
+    import ray
+
+    t0 = time.perf_counter()
+    out = ray.get(remote_scorer(resources, model_task).remote(model, fn, args, kwargs))
+    out["timings"]["driver_seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def remote_scorer(resources: TaskResources, body=score_task):
+    """`body` (`score_task`) as a Ray remote function asking for `resources`."""
     import ray
 
     return ray.remote(
@@ -134,7 +156,7 @@ def remote_scorer(resources: TaskResources):
         max_retries=resources.max_retries,
         retry_exceptions=False,  # a bad shard fails the same way on every node: only lost nodes retry
         max_calls=0,  # keep the worker process (and its loaded model) for the next shard
-    )(score_task)
+    )(body)
 
 
 def score_shards(tasks: list[ShardTask], resources: TaskResources) -> list[dict]:
