@@ -69,10 +69,12 @@ def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: W
 
 
 def _placement(record: dict) -> dict:
-    """Where a Ray task scored the shard (node, address, host, process, device); empty when local."""
-    where = record.get("placement") or {}
+    """Where a Ray scorer scored the shard (node, address, host, process, device, the scorer actor and
+    whether its model was already loaded); empty when local."""
+    where, worker = record.get("placement") or {}, record.get("worker") or {}
     keys = ("node_id", "node_ip", "hostname", "pid", "gpu_ids")
-    return {f"ray_{k}": str(where[k]) for k in keys if k in where}
+    out = {f"ray_{k}": str(where[k]) for k in keys if k in where}
+    return {**out, **{f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}}
 
 
 def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) -> dict:

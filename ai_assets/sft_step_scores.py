@@ -77,7 +77,7 @@ def sft_step_scores(
         if ray_cluster.enabled:  # 0 max_samples above: every row
             context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
             done = ray_cluster.run_with_model(model, score_sft_shard, *args, profile.scoring.batch_tokens)
-            summary, where = done["result"], done["placement"]
+            summary, where = done["result"], {**done["placement"], **done["worker"]}
         else:
             progress = _log_progress(context, f"scoring {key}")
             summary = score_sft_shard(model.lm, *args, profile.scoring.batch_tokens, progress=progress)

@@ -243,21 +243,24 @@ class DeployConfig(Section):
 
 class RayConfig(Section):
     """Scoring on a Ray cluster (docs/deploy.md): with an address, each document_scores or sft_step_scores
-    partition is one Ray task on the cluster; Dagster still orchestrates."""
+    partition is scored by a detached scorer actor that keeps the model loaded across runs; Dagster still
+    orchestrates."""
 
     address: str | None = Field(
         None,
         description="Ray cluster to score on (the head's host:port, or ray://host:10001). Null: score in "
         "the step's own process. Environment: AI_RAY_ADDRESS.",
     )
-    num_gpus: Annotated[float, Field(ge=0.0)] = Field(1.0, description="GPUs each shard's task asks for.")
+    num_gpus: Annotated[float, Field(ge=0.0)] = Field(1.0, description="GPUs each scorer actor holds.")
     num_cpus: Annotated[float, Field(ge=0.0)] = Field(
-        1.0, description="CPUs each shard's task asks for (what places it on a CPU-only cluster)."
+        1.0, description="CPUs each scorer actor holds (what places it on a CPU-only cluster)."
     )
     max_retries: NonNegative = Field(
-        3, description="Times a shard's task is retried when its node or worker process dies."
+        3, description="Times a shard goes to another scorer when its scorer's node or process dies."
     )
-    namespace: str = Field("attention-influence", description="Ray namespace of the driver.")
+    namespace: str = Field(
+        "attention-influence", description="Ray namespace of the driver and of the detached scorer actors."
+    )
     auth_token_file: str | None = Field(
         None,
         description="File holding the cluster's token (Ray token authentication, RAY_AUTH_MODE=token); "

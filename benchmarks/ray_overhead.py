@@ -2,12 +2,14 @@
 
 Starts a local Ray cluster (a head and one worker node, loopback, token auth: `cluster.local`) and scores
 shards of real sample-corpus documents one after another through `cluster.scoring.score_shards`,
-as the document_scores asset does, for each model. Per shard it prints: the driver's wall time (submission to
-result), the worker's task time, the model load in it, and `score_shard`'s own time (reading, scoring, writing
-the tables: what one process does too). Overhead = driver time - score_shard time (task dispatch, model load
-when the worker process has none, the record returned). The first shard of a driver starts a worker process
-and loads the model (cold); the next ones reuse both (warm). The share at a 10,000-document shard is
-extrapolated: fixed overhead / (10,000 x scoring seconds per document measured here).
+as the document_scores asset does, for each model, each shard from a new driver (a new Ray job, as each
+Dagster run of a backfill is). Per shard it prints: the driver's wall time (lease to result), the scorer's
+call time, the model load in it, and `score_shard`'s own time (reading, scoring, writing the tables: what one
+process does too). Overhead = driver time - score_shard time (lease, call, model load when the scorer has
+none, the record returned). The first shard of a model creates the detached scorer actor or loads the model
+into it (cold); the next ones, each the first shard of its run, find both (warm). The share at a
+10,000-document shard is extrapolated: fixed overhead / (10,000 x scoring seconds per document measured
+here).
 
     PYTHONPATH=. python benchmarks/ray_overhead.py [--docs 64] [--max-tokens 256]
 """
@@ -53,8 +55,10 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
-def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: int) -> list[dict]:
-    from attention_influence.cluster.scoring import ModelSpec, ShardTask, TaskResources, score_shards
+def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: int, cluster) -> list[dict]:
+    import ray
+
+    from attention_influence.cluster.scoring import ModelSpec, ShardTask, TaskResources, connect, score_shards
     from attention_influence.config import ScoringConfig
     from attention_influence.io.corpus import Shard
     from attention_influence.shards.record import ShardScoring
@@ -70,6 +74,8 @@ def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: 
             "text", "id", "domain", scoring, {}, "bench", "bench",
         )  # fmt: skip
         task = ShardTask(ModelSpec(spec, dtype="float32", device="cpu"), request, heads, "bench")
+        ray.shutdown()  # a new driver, a new Ray job: what each run of a backfill is
+        connect(cluster.address, token_file=str(cluster.token_file))
         record = score_shards([task], TaskResources(num_gpus=0, num_cpus=1, max_retries=0))[0]
         t = record["timings"]
         rows.append(
@@ -80,6 +86,7 @@ def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: 
                 "driver_s": t["driver_seconds"],
                 "task_s": round(t["task_seconds"], 3),
                 "load_s": t["model_load_seconds"],
+                "reused": record["worker"]["model_reused"],
                 "score_s": record["seconds"],
             }
         )
@@ -97,6 +104,7 @@ def summary(rows: list[dict]) -> dict:
         "score_s_per_doc": round(per_doc, 5),
         "overhead_s_warm": round(warm_overhead, 3),
         "overhead_s_cold": round(cold_overhead, 3),
+        "warm_shards_reused_model": all(r["reused"] for r in warm),
         "model_load_s": cold["load_s"],
         "scoring_s_at_10k_docs": round(scoring_10k, 1),
         "overhead_pct_at_10k_warm": round(100 * warm_overhead / scoring_10k, 3),
@@ -122,14 +130,11 @@ def main() -> None:
         env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         with LocalRayCluster(root / "ray", workers=[{"num_cpus": 1}], env=env) as cluster:
             os.environ.update(cluster.driver_env())  # before Ray is imported: loopback, token
-            from attention_influence.cluster.scoring import connect
-
-            connect(cluster.address, token_file=str(cluster.token_file))
             shards = write_shards(root, args.shards, args.docs)
             rows = []
             for name in args.models.split(","):
                 spec = tiny_model(root / "tiny") if name == "tiny" else name
-                rows += run_model(name, spec, shards, root / "work" / name, args.max_tokens)
+                rows += run_model(name, spec, shards, root / "work" / name, args.max_tokens, cluster)
     print(pl.DataFrame(rows))
     for name in args.models.split(","):
         print(summary([r for r in rows if r["model"] == name]))

@@ -1,5 +1,6 @@
-"""The `ray` section as a resource: with an address, a shard is scored by a Ray task on the cluster
-(`attention_influence.cluster.scoring`); without one, nothing changes. Ray is imported only when used."""
+"""The `ray` section as a resource: with an address, a shard is scored by a detached scorer actor on the
+cluster that keeps the model loaded across runs (`attention_influence.cluster.scoring`); without one, nothing
+changes. Ray is imported only when used."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class RayCluster(section_resource(RayConfig)):
 
     def score_shard(self, model, request, heads_doc: dict, data_version: str) -> dict:
         """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
-        record with `placement` (node, device) and `timings`. A lost node's task is retried by Ray."""
+        record with `placement` (node, device), `worker` (scorer, model loads) and `timings`. A shard whose
+        scorer's node dies is retried on another scorer and resumes from its chunks."""
         from attention_influence.cluster.scoring import ShardTask, score_shards
 
         cfg = self._connect()
@@ -29,12 +31,19 @@ class RayCluster(section_resource(RayConfig)):
         return score_shards([task], self._resources(cfg))[0]
 
     def run_with_model(self, model, fn, *args, **kwargs) -> dict:
-        """`fn(lm, *args, **kwargs)` as a Ray task with the selector model loaded on the worker (the SFT
-        step scores); returns {"result", "placement", "timings"}."""
+        """`fn(lm, *args, **kwargs)` on a scorer actor with the selector model loaded (the SFT step
+        scores); returns {"result", "placement", "worker", "timings"}."""
         from attention_influence.cluster.scoring import run_with_model
 
         cfg = self._connect()
         return run_with_model(fn, self._model_spec(model), args, kwargs, self._resources(cfg))
+
+    def shutdown_scorers(self) -> list[str]:
+        """Kill the detached scorer actors and their pool in `ray.namespace` (they keep their GPUs and
+        models until then); the names killed."""
+        from attention_influence.cluster.scoring import shutdown_scorers
+
+        return shutdown_scorers(self._connect().namespace)
 
     def _connect(self) -> RayConfig:
         from attention_influence.cluster.scoring import connect

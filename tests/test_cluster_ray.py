@@ -1,11 +1,12 @@
 """Scoring on a real multi-node Ray cluster on this machine: a head (no CPUs) and two worker nodes, each its
 own `ray start` process tree, token authentication on, every port on loopback.
 
-Four `document_scores` partitions are materialized at once through Dagster with `ray.address` set: the shards
-spread over both workers, the metadata names the node that scored each one, and every table equals a
-one-process run. A second run SIGKILLs the worker node that is scoring a shard, mid-shard: Ray retries the
-task on the other node, which resumes from the chunks already written; every partition materializes, no row
-is lost or duplicated and the scores still equal the one-process run's."""
+Four `document_scores` partitions are materialized at once through Dagster with `ray.address` set, each its
+own run: the shards spread over both workers, the metadata names the node that scored each one, every table
+equals a one-process run, and the runs share two detached scorer actors that load the model once. A second
+run SIGKILLs the worker node that is scoring a shard, mid-shard: the driver sends the shard to the other
+node's scorer, which resumes from the chunks already written; every partition materializes, no row is lost
+or duplicated and the scores still equal the one-process run's."""
 
 from __future__ import annotations
 
@@ -227,6 +228,12 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
     print(f"run 1 ({first_run:.0f}s): placement {placed}")
     assert set(placed.values()) == set(workers), f"shards did not spread over both workers: {placed}"
     assert all(r["placement"]["node_ip"] == "127.0.0.1" for r in records.values())
+    # every run is its own driver: two scorer actors (one per node) served four runs, loading the model once
+    actors = {r["worker"]["actor"] for r in records.values()}
+    reused = [k for k, r in records.items() if r["worker"]["model_reused"]]
+    print(f"run 1: scorers {sorted(actors)}; model reused in {reused}")
+    assert len(reused) >= N_SHARDS - len(actors), f"the model was loaded again: {records}"
+    assert all(r["worker"]["model_loads"] == 1 for r in records.values())
     _check_tables(work, reference, keys)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for key in keys:
@@ -237,6 +244,7 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
             meta = mat.asset_materialization.metadata
             assert meta["ray_node_id"].value == records[key]["placement"]["node_id"], key
             assert meta["device"].value == "cpu"
+            assert meta["ray_model_reused"].value == records[key]["worker"]["model_reused"], key
 
     # run 2, into a fresh work dir: SIGKILL the worker node scoring a shard once it has written chunks
     work2 = tmp_path / "work2"
@@ -280,3 +288,18 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
     assert cluster.node(records[key]["placement"]["node_id"]).name == survivor
     for k, r in records.items():
         assert r["scored"] + r["quarantined"] == r["documents_in"] == N_DOCS, k
+    # new runs, same scorers: the survivor (and the killed shard's retry on it) used the model it loaded in
+    # run 1; no scorer loaded it twice
+    assert all(r["worker"]["model_reused"] and r["worker"]["model_loads"] == 1 for r in records.values())
+    assert records[key]["worker"]["actor"] in actors, records[key]["worker"]
+
+    # the documented teardown removes the detached actors
+    env = {**cli_env(), **cluster.driver_env()}
+    down = (
+        "import json; from attention_influence.cluster.scoring import connect, shutdown_scorers; "
+        f"connect({cluster.address!r}); print(json.dumps(sorted(shutdown_scorers())))"
+    )
+    out = subprocess.run([sys.executable, "-c", down], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    killed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "scorer-pool" in killed and set(killed) & actors, killed
