@@ -33,7 +33,16 @@ from ai_assets.sft_selection import sft_selection
 from ai_assets.sft_step_scores import sft_step_scores
 from ai_assets.sft_training_set import sft_training_set
 from attention_influence.config import Config, load_config
-from resources import Corpus, DuckDB, MLflow, PostTraining, SelectionProfile, SelectorModel, Workdir
+from resources import (
+    Corpus,
+    DuckDB,
+    MLflow,
+    PostTraining,
+    RayCluster,
+    SelectionProfile,
+    SelectorModel,
+    Workdir,
+)
 
 ASSETS = [
     selector_model,
@@ -74,6 +83,7 @@ def build_resources(config: Config) -> dict:
         "duckdb": DuckDB(database=str(workdir / "selection.duckdb")),
         "mlflow": MLflow(**{**config.mlflow.model_dump(), "tracking_uri": config.mlflow_tracking_uri}),
         "post_training": PostTraining(**{**config.post_training.model_dump(), "input": config.sft_input}),
+        "ray_cluster": RayCluster(**config.ray.model_dump()),
     }
 
 

@@ -5,7 +5,9 @@ checkpointed and the table is written atomically to `$AI_WORKDIR/scores/<shard_k
 file next to it (`<shard_key>.json`) records what produced it; its `data_version` hashes the shard
 fingerprint, the model, the head set, the scoring knobs and this code version, so a re-run with nothing
 changed is recognised (and reused without recomputation), while a new model or head set makes every partition
-stale. Staging, the record and the reuse check are `attention_influence.shards.record`.
+stale. Staging, the record and the reuse check are `attention_influence.shards.record`. With `ray.address`
+set, the scoring itself is a Ray task on that cluster (`resources.RayCluster`); the metadata names the node
+and device that scored the shard.
 """
 
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
 from attention_influence.head_selection import HeadSetError, require_model
 from attention_influence.io.corpus import CorpusError, Shard
-from resources import Corpus, SelectionProfile, SelectorModel, Workdir
+from resources import Corpus, RayCluster, SelectionProfile, SelectorModel, Workdir
 
 if TYPE_CHECKING:  # attention_influence.shards imports torch: the code location loads without it
     from attention_influence.shards.record import ShardScoring
@@ -66,11 +68,21 @@ def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: W
     )
 
 
+def _placement(record: dict) -> dict:
+    """Where a Ray scorer scored the shard (node, address, host, process, device, the scorer actor and
+    whether its model was already loaded); empty when local."""
+    where, worker = record.get("placement") or {}, record.get("worker") or {}
+    keys = ("node_id", "node_ip", "hostname", "pid", "gpu_ids")
+    out = {f"ray_{k}": str(where[k]) for k in keys if k in where}
+    return {**out, **{f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}}
+
+
 def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) -> dict:
     """The partition's page: counts that reconcile, quarantine reasons, throughput, score stats, lineage."""
     from attention_influence.shards.record import quarantine_rows, score_stats, tokens_per_second
 
     return {
+        **_placement(record),
         "shard": request.shard.key,
         "uri": record["uri"],
         "path": dg.MetadataValue.path(str(request.output_path)),
@@ -110,19 +122,20 @@ def document_scores(
     corpus: Corpus,
     profile: SelectionProfile,
     workdir: Workdir,
+    ray_cluster: RayCluster,
 ) -> dg.MaterializeResult:
     from attention_influence.shards.record import is_unchanged, score_and_record
 
     key = context.partition_key
     try:
         shard = corpus.shard(key)
-        lm = model.lm
+        identity = model.identity() if ray_cluster.enabled else model.lm.identity
         heads_doc = read_head_set(workdir.pull(workdir.heads_path))
-        require_model(heads_doc, lm.identity, workdir.heads_path)
+        require_model(heads_doc, identity, workdir.heads_path)
     except (CorpusError, HeadSetError) as exc:
         raise dg.Failure(str(exc)) from exc
     request = _scoring(shard, corpus, profile, workdir)
-    data_version = request.data_version(lm.identity, heads_doc["head_set_id"])
+    data_version = request.data_version(identity, heads_doc["head_set_id"])
     previous = workdir.score_record(key)
     reused = is_unchanged(previous, data_version, config.force)
     if reused:
@@ -130,10 +143,15 @@ def document_scores(
             f"{key}: unchanged since {previous['scored_at']} (data version {data_version}); reused"
         )
         record = previous
+    elif ray_cluster.enabled:
+        context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+        record = ray_cluster.score_shard(model, request, heads_doc, data_version)
+        context.log.info(f"{key}: scored on Ray node {record['placement']['node_id']} ({record['timings']})")
     else:
         progress, log = _progress(context, key), context.log.info
-        record = score_and_record(lm, request, heads_doc, data_version, progress=progress, log=log)
+        record = score_and_record(model.lm, request, heads_doc, data_version, progress=progress, log=log)
+    device = (record.get("placement") or {}).get("device") or str(model.lm.device)
     return dg.MaterializeResult(
-        metadata=_metadata(record, request, str(lm.device), reused),
+        metadata=_metadata(record, request, device, reused),
         data_version=dg.DataVersion(record["data_version"]),
     )

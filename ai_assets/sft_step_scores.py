@@ -1,5 +1,5 @@
 """`sft_step_scores`: AIR step and sample scores of one SFT shard (a dynamic partition), with the selector
-model and the retrieval head set of the pretraining group."""
+model and the retrieval head set of the pretraining group; with `ray.address` set, scored as a Ray task."""
 
 import dagster as dg
 
@@ -14,7 +14,7 @@ from attention_influence.post_training.step_record import (
     step_scores_version,
     top_steps,
 )
-from resources import PostTraining, SelectionProfile, SelectorModel, Workdir
+from resources import PostTraining, RayCluster, SelectionProfile, SelectorModel, Workdir
 
 CODE_VERSION = "1"
 
@@ -23,9 +23,12 @@ def sft_scores_dir(workdir: Workdir):
     return workdir.inside("sft", "scores")
 
 
-def _metadata(summary: dict, hid: str, path, out) -> dict:
-    """The partition's page: counts that reconcile (rows = samples + quarantined), lineage, the top steps."""
+def _metadata(summary: dict, hid: str, path, out, where: dict) -> dict:
+    """The partition's page: counts that reconcile (rows = samples + quarantined), lineage, the top steps,
+    and the Ray node that scored it (when on a cluster)."""
     return {
+        **{f"ray_{k}": str(v) for k, v in where.items() if k != "device"},
+        **({"device": where["device"]} if "device" in where else {}),
         "rows": summary["rows"],
         "samples": summary["samples"],
         "quarantined": summary["quarantined"],
@@ -55,6 +58,7 @@ def sft_step_scores(
     profile: SelectionProfile,
     post_training: PostTraining,
     workdir: Workdir,
+    ray_cluster: RayCluster,
 ) -> dg.MaterializeResult:
     from attention_influence.post_training.sft import SFTInputError
     from attention_influence.post_training.steps import score_sft_shard
@@ -62,29 +66,32 @@ def sft_step_scores(
     key = context.partition_key
     if not workdir.pull(workdir.heads_path).exists():
         raise dg.Failure(f"{workdir.heads_path} does not exist: materialize retrieval_heads first")
-    heads, hid = head_set_of(workdir.heads_path, model.lm.identity)
+    heads, hid = head_set_of(
+        workdir.heads_path, model.identity() if ray_cluster.enabled else model.lm.identity
+    )
+    where: dict = {}
     try:
         path, fingerprint = find_sft_shard(post_training.shards(), key, post_training.input)
         out = sft_scores_dir(workdir) / f"{key}.steps.parquet"
-        summary = score_sft_shard(
-            model.lm,
-            path,
-            out,
-            heads,
-            hid,
-            post_training.sft_format(),
-            post_training.max_samples or None,  # 0: every row
-            profile.scoring.batch_tokens,
-            progress=_log_progress(context, f"scoring {key}"),
-            fingerprint=fingerprint,
-        )
+        args = (path, out, heads, hid, post_training.sft_format(), post_training.max_samples or None)
+        if ray_cluster.enabled:  # 0 max_samples above: every row
+            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+            done = ray_cluster.run_with_model(
+                model, score_sft_shard, *args, profile.scoring.batch_tokens, fingerprint=fingerprint
+            )
+            summary, where = done["result"], {**done["placement"], **done["worker"]}
+        else:
+            progress = _log_progress(context, f"scoring {key}")
+            summary = score_sft_shard(
+                model.lm, *args, profile.scoring.batch_tokens, progress=progress, fingerprint=fingerprint
+            )
     except (SFTShardError, SFTInputError) as exc:
         raise dg.Failure(str(exc)) from exc
     context.log.info(
         f"{key}: {summary['rows']} rows = {summary['samples']} samples + {summary['quarantined']} quarantined"
     )
     return dg.MaterializeResult(
-        metadata=_metadata(summary, hid, path, out),
+        metadata=_metadata(summary, hid, path, out, where),
         data_version=dg.DataVersion(
             step_scores_version(fingerprint, hid, post_training.knobs(), CODE_VERSION)
         ),

@@ -254,6 +254,33 @@ class DeployConfig(Section):
     k8s_model_cache_mount: str = Field("/models", description="Kubernetes: where the model cache is mounted.")
 
 
+class RayConfig(Section):
+    """Scoring on a Ray cluster (docs/deploy.md): with an address, each document_scores or sft_step_scores
+    partition is scored by a detached scorer actor that keeps the model loaded across runs; Dagster still
+    orchestrates."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to score on (the head's host:port, or ray://host:10001). Null: score in "
+        "the step's own process. Environment: AI_RAY_ADDRESS.",
+    )
+    num_gpus: Annotated[float, Field(ge=0.0)] = Field(1.0, description="GPUs each scorer actor holds.")
+    num_cpus: Annotated[float, Field(ge=0.0)] = Field(
+        1.0, description="CPUs each scorer actor holds (what places it on a CPU-only cluster)."
+    )
+    max_retries: NonNegative = Field(
+        3, description="Times a shard goes to another scorer when its scorer's node or process dies."
+    )
+    namespace: str = Field(
+        "attention-influence", description="Ray namespace of the driver and of the detached scorer actors."
+    )
+    auth_token_file: str | None = Field(
+        None,
+        description="File holding the cluster's token (Ray token authentication, RAY_AUTH_MODE=token); "
+        "null: no token sent. Environment: AI_RAY_TOKEN_FILE.",
+    )
+
+
 class Config(Section):
     """The whole configuration; `profile` names the shipped profile file it starts from."""
 
@@ -269,6 +296,7 @@ class Config(Section):
     proxy: ProxyConfig = ProxyConfig()
     post_training: PostTrainingConfig = PostTrainingConfig()
     deploy: DeployConfig = DeployConfig()
+    ray: RayConfig = RayConfig()
 
     # resolved paths: one place that applies the documented "null means" defaults
     @property
@@ -320,6 +348,8 @@ DEPLOYMENT_ENV = {
     "AI_K8S_SCORE_CPU": "deploy.k8s_score_cpu",
     "AI_K8S_GPUS": "deploy.k8s_gpus",
     "AI_DEVICE": "model.device",
+    "AI_RAY_ADDRESS": "ray.address",
+    "AI_RAY_TOKEN_FILE": "ray.auth_token_file",
 }
 
 # the run settings that were environment variables before the configuration file; still read, with a warning

@@ -1,4 +1,5 @@
-"""The selector model as a resource: loaded once per process in `setup_for_execution`.
+"""The selector model as a resource: loaded once per process, when a step first uses `lm` (a step that
+scores on a Ray cluster never loads it: the workers do).
 
 With device `auto` on a machine with several GPUs, the step first claims a free one
 (`attention_influence.devices`: an flock'd file per device under `<instance dir>/device_claims`), so the N
@@ -27,6 +28,7 @@ class SelectorModel(section_resource(ModelConfig)):
 
     _lm: object = PrivateAttr(default=None)
     _claim: object = PrivateAttr(default=None)
+    _context: object = PrivateAttr(default=None)
 
     def claim_device(self, context: dg.InitResourceContext) -> str:
         """The device to load on: `auto` with several GPUs claims a free one, anything else is kept."""
@@ -44,9 +46,12 @@ class SelectorModel(section_resource(ModelConfig)):
         return self._claim.device
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        validated(ModelConfig, self, "the run's resource config", "model")
+        self._context = context
+
+    def _load(self, context: dg.InitResourceContext) -> None:
         from attention_influence.influence.models import load_model
 
-        validated(ModelConfig, self, "the run's resource config", "model")
         device = self.claim_device(context)
         key = (self.spec, self.dtype, device, self.trust_remote_code, self.cache_dir)
         with _LOCK:
@@ -73,7 +78,9 @@ class SelectorModel(section_resource(ModelConfig)):
     def lm(self):
         """The `LoadedModel` (model, tokenizer, identity)."""
         if self._lm is None:
-            raise RuntimeError("SelectorModel used outside a Dagster step: call setup_for_execution first")
+            if self._context is None:
+                raise RuntimeError("SelectorModel used outside a Dagster step: call setup_for_execution")
+            self._load(self._context)
         return self._lm
 
     def identity(self) -> str:

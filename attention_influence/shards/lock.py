@@ -2,11 +2,15 @@
 
 Two processes scoring into the same file would interleave checkpoints; the second one fails at once instead
 (`OutputBusyError`). Holding the lock also makes any temporary file of this output one a killed writer left.
+The lock is an flock: the kernel drops it when its holder dies (SIGKILL, a lost node's processes), so a
+retry is never blocked by a dead writer; the file says who holds it (pid and host), for people and tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +44,9 @@ def output_lock(output_path: Path) -> Iterator[None]:
                 f"{output_path}: another process is scoring into this file right now "
                 f"(lock {lock}); wait for it or choose another output"
             ) from exc
+        handle.truncate(0)
+        handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+        handle.flush()
         try:
             yield
         finally:

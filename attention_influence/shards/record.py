@@ -115,10 +115,16 @@ def _input(request: ShardScoring) -> tuple[str, str | None, int | None, dict]:
 
 
 def score_and_record(
-    lm, request: ShardScoring, heads_doc: dict, data_version: str, progress: Progress = None, log: Log = None
+    lm,
+    request: ShardScoring,
+    heads_doc: dict,
+    data_version: str,
+    progress: Progress = None,
+    log: Log = None,
+    extra: dict | None = None,
 ) -> dict:
     """Stage the shard, score it with the head set of heads.json masked, remove the staged copy and write
-    the record to `request.provenance_path`; returns the record."""
+    the record (plus `extra`, e.g. the Ray node that scored it) to `request.provenance_path`; returns it."""
     from attention_influence.shards.job import HeadSet, ShardJob, score_shard
 
     started, shard, scoring = time.time(), request.shard, request.scoring
@@ -152,6 +158,7 @@ def score_and_record(
         request.staging_path.unlink(missing_ok=True)
     total = result["documents_in_shard"] if total is None else total
     record = score_record(result, request, heads_doc, total, data_version, lm.identity, lm.spec, started)
+    record.update(extra or {})
     atomic_write_json(request.provenance_path, record)
     return record
 

@@ -1,0 +1,67 @@
+"""The `ray` section as a resource: with an address, a shard is scored by a detached scorer actor on the
+cluster that keeps the model loaded across runs (`attention_influence.cluster.scoring`); without one, nothing
+changes. Ray is imported only when used."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from attention_influence.config import RayConfig, ScoringConfig
+from resources.sections import section_resource, validated
+
+
+class RayCluster(section_resource(RayConfig)):
+    """The Ray cluster that scores shards (`ray.address`); Dagster keeps partitions, versions, metadata."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def score_shard(self, model, request, heads_doc: dict, data_version: str) -> dict:
+        """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
+        record with `placement` (node, device), `worker` (scorer, model loads) and `timings`. A shard whose
+        scorer's node dies is retried on another scorer and resumes from its chunks."""
+        from attention_influence.cluster.scoring import ShardTask, score_shards
+
+        cfg = self._connect()
+        spec = self._model_spec(model)
+        # plain library values travel to the worker (no Dagster config classes)
+        scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
+        task = ShardTask(spec, dataclasses.replace(request, scoring=scoring), heads_doc, data_version)
+        return score_shards([task], self._resources(cfg))[0]
+
+    def run_with_model(self, model, fn, *args, **kwargs) -> dict:
+        """`fn(lm, *args, **kwargs)` on a scorer actor with the selector model loaded (the SFT step
+        scores); returns {"result", "placement", "worker", "timings"}."""
+        from attention_influence.cluster.scoring import run_with_model
+
+        cfg = self._connect()
+        return run_with_model(fn, self._model_spec(model), args, kwargs, self._resources(cfg))
+
+    def shutdown_scorers(self) -> list[str]:
+        """Kill the detached scorer actors and their pool in `ray.namespace` (they keep their GPUs and
+        models until then); the names killed."""
+        from attention_influence.cluster.scoring import shutdown_scorers
+
+        return shutdown_scorers(self._connect().namespace)
+
+    def _connect(self) -> RayConfig:
+        from attention_influence.cluster.scoring import connect
+
+        cfg = validated(RayConfig, self, "the run's resource config", "ray")
+        connect(cfg.address, cfg.namespace, cfg.auth_token_file)
+        return cfg
+
+    @staticmethod
+    def _model_spec(model):
+        from attention_influence.cluster.scoring import ModelSpec
+
+        return ModelSpec(
+            model.spec, model.dtype, model.device, model.trust_remote_code, model.cache_dir or None
+        )
+
+    @staticmethod
+    def _resources(cfg: RayConfig):
+        from attention_influence.cluster.scoring import TaskResources
+
+        return TaskResources(cfg.num_gpus, cfg.num_cpus, cfg.max_retries)
