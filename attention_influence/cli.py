@@ -516,8 +516,8 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="plain,single,ai,naive",
-        help="subset of plain,single,ai,naive,packed,padded to time (packed/padded: (b) forced to packed "
-        "rows / length buckets)",
+        help="subset of plain,single,ai,naive,packed,padded,overwrite to time (packed/padded: (b) forced to "
+        "packed rows / length buckets; overwrite: (b) masking by overwritten outputs, not zeroed queries)",
     )
     p.add_argument(
         "--input-wait",

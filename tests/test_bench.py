@@ -129,6 +129,31 @@ def test_bench_rss_check_runs_1x_and_4x(tiny_model_dir, corpus, capsys):
     assert "plain_tok_s" not in res and "ai_tok_s" in res
 
 
+def test_bench_compares_zeroed_queries_with_overwritten_outputs(tiny_model_dir, corpus, capsys):
+    """`--methods ai,overwrite`: the two maskings time side by side and give the same scores."""
+    res = run_bench(
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--corpus",
+        str(corpus / "*" / "*.parquet"),
+        "--docs",
+        "3",
+        "--max-tokens",
+        "32",
+        "--rounds",
+        "1",
+        "--methods",
+        "ai,overwrite",
+    )
+    assert res["ai_over_overwrite"] == pytest.approx(res["ai_tok_s"] / res["overwrite_tok_s"], abs=1e-4)
+    assert res["max_abs_score_diff_vs_overwrite"] < 1e-5
+
+
 def test_bench_rejects_unknown_method(tiny_model_dir, corpus):
     with pytest.raises(SystemExit, match="unknown method"):
         cli.main(

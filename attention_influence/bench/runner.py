@@ -7,6 +7,8 @@
       forward as (a) with chunked cross-entropy on real tokens; b/a' isolates what the second pass costs from
       what the yardstick's full-vocabulary float32 loss costs;
   (b) ai: `score_texts` (shared prefix, length buckets, written-out Llama layers, chunked cross-entropy);
+  (b') overwrite: (b) with the masked heads' outputs overwritten by the running mean of their values after
+      attention, instead of their queries zeroed before it (the default); `ai_over_overwrite` compares them;
   (c) naive: a base model and a deep-copied masked model, batch size 1, two full forwards with labels per doc.
 Every method tokenizes inside its timed region. Documents are split into rounds and the methods alternate
 within each round (order rotated), so load from other processes on a shared machine hits all of them alike.
@@ -39,8 +41,10 @@ from attention_influence.influence.batching import (
 )
 from attention_influence.influence.masking import (
     ATTN_NAME,
+    OVERWRITE,
     enable_head_masking,
     heads_by_layer,
+    masking_strategy,
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
@@ -135,6 +139,9 @@ def method_runner(lm: LoadedModel, heads, cfg: BenchConfig, batch_tokens: int) -
             return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile)
         if method == "single":
             return run_ai(lm, docs, [], cfg.max_tokens, batch_tokens, cfg.compile)
+        if method == "overwrite":
+            with masking_strategy(OVERWRITE):
+                return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile)
         if method in ("packed", "padded"):
             return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile, method == "packed")
         return run_naive(lm, masked_copy, docs, cfg.max_tokens)
@@ -160,7 +167,7 @@ def timed_rounds(
     the (b) and (c) scores, both in the same document order."""
     wall = dict.fromkeys(methods, 0.0)
     cpu = dict.fromkeys(methods, 0.0)
-    scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": [], "packed": [], "padded": []}
+    scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": [], "packed": [], "padded": [], "overwrite": []}
     for r, docs in enumerate(groups):
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for method in order:
@@ -187,12 +194,16 @@ def speedups(res: dict, methods: tuple[str, ...], scores: dict[str, list[np.ndar
         out["max_abs_score_diff_packed_vs_padded"] = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
     if "ai" not in methods:
         return out
-    for other in ("plain", "single", "naive"):
+    for other in ("plain", "single", "naive", "overwrite"):
         if other in methods:
             out[f"ai_over_{other}"] = round(res["ai_tok_s"] / res[f"{other}_tok_s"], 4)
     if "naive" in methods:
         a, n = np.concatenate(scores["ai"]), np.concatenate(scores["naive"])
         out["max_abs_score_diff_vs_naive"] = float(np.nanmax(np.abs(a - n))) if np.isfinite(a).any() else 0.0
+    if "overwrite" in methods:
+        a, o = np.concatenate(scores["ai"]), np.concatenate(scores["overwrite"])
+        diff = float(np.nanmax(np.abs(a - o))) if np.isfinite(a).any() else 0.0
+        out["max_abs_score_diff_vs_overwrite"] = diff
     return out
 
 
