@@ -205,6 +205,12 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def precision(self) -> dict:
+        """What besides the model and the heads changes the scores' digits: the weights' dtype and the device
+        class (cpu, cuda, mps; not the index), {"dtype": "float32", "device_class": "cpu"}."""
+        return {"dtype": str(self.dtype).removeprefix("torch."), "device_class": self.device.type}
+
     @classmethod
     def from_pretrained_objects(cls, model, tokenizer, identity: str, spec: str | None = None) -> LoadedModel:
         from attention_influence.influence.masking import enable_head_masking

@@ -321,8 +321,12 @@ def score_shard(
         table, quarantined = set_aside_unscorable(
             _score_table(parts_dir, n_chunks), quarantined, valid, shard
         )
+        precision = lm.precision  # the cut refuses a domain whose tables disagree on these
         table = table.with_columns(
-            pl.lit(shard, dtype=pl.String).alias("shard"), pl.lit(lm.identity, dtype=pl.String).alias("model")
+            pl.lit(shard, dtype=pl.String).alias("shard"),
+            pl.lit(lm.identity, dtype=pl.String).alias("model"),
+            pl.lit(precision["dtype"], dtype=pl.String).alias("dtype"),
+            pl.lit(precision["device_class"], dtype=pl.String).alias("device_class"),
         )
         quarantined = quarantine_table(quarantined)
         qpath = quarantine_path(out)
@@ -349,6 +353,7 @@ def score_shard(
         "seconds": round(time.perf_counter() - t0, 2),
         "head_set_id": heads.head_set_id,
         "model": lm.identity,
+        **lm.precision,
     }
     if summary["documents_in"] != summary["scored"] + summary["quarantined"]:
         raise RuntimeError(f"{input_path}: counts do not reconcile: {summary}")
