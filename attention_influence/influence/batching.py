@@ -18,7 +18,7 @@ import torch
 from attention_influence.influence import llama
 from attention_influence.influence.losses import decoder_parts
 from attention_influence.influence.models import LoadedModel
-from attention_influence.influence.packing import pack_batches
+from attention_influence.influence.packing import pack_batches, varlen_supported
 from attention_influence.influence.structure import repeat3_flags
 
 Progress = Callable[[int, int], None] | None  # (tokens done, tokens in all)
@@ -128,13 +128,15 @@ def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
 
 
 def use_packing(lm: LoadedModel, packed: bool | None, compile: bool = False) -> bool:
-    """None: pack on a GPU with a Llama-family decoder, length buckets elsewhere (packing measured no faster
-    on a CPU, benchmarks/README.md) and under torch.compile (packed rows vary in piece count and lengths,
+    """None: pack where the varlen kernel runs (a GPU of sm80 or newer, half precision: `varlen_supported`)
+    with a Llama-family decoder; length buckets elsewhere: on a CPU (packing measured no faster there,
+    benchmarks/README.md), in float32 or on an older GPU (packed rows would take the per-piece Python loop,
+    once per piece, layer and pass) and under torch.compile (packed rows vary in piece count and lengths,
     which the compiled graphs would guard on; not measured on a GPU yet)."""
     if packed is None:
         inner = decoder_parts(lm.model)
-        on_gpu = lm.device.type == "cuda" and not compile
-        return on_gpu and inner is not None and llama.supports(inner.layers)
+        fast = varlen_supported(lm.device, lm.dtype) and not compile
+        return fast and inner is not None and llama.supports(inner.layers)
     return packed
 
 

@@ -95,13 +95,28 @@ def chunked_causal_attention(
     return out.view(B, T, H, D)
 
 
+def repeats_kv_heads(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether grouped-query attention repeats the KV heads instead of passing enable_gqa: on CUDA in float32,
+    where FlashAttention does not run and the memory-efficient kernel takes no enable_gqa, so SDPA would fall
+    back to the math kernel (a full T x T matrix per head)."""
+    return device.type == "cuda" and dtype == torch.float32
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """(B, T, H, D), (B, T, Hkv, D) x2 -> (B, T, H, D). On a CPU the chunked layout up to CHUNKED_MAX_LEN
     (1.2-1.6x faster than the fused causal kernel there, slower beyond; benchmarks/README.md)."""
     if q.device.type == "cpu" and CHUNK <= q.shape[1] <= CHUNKED_MAX_LEN:
         return chunked_causal_attention(q, k, v, scale)
+    G = q.shape[2] // k.shape[2]
+    if G > 1 and repeats_kv_heads(q.device, q.dtype):
+        k, v = k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2)  # (B, T, H, D) each
     y = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True, scale=scale
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=True,
+        enable_gqa=k.shape[2] != q.shape[2],
+        scale=scale,
     )  # (B, H, T, D)
     return y.transpose(1, 2)
 

@@ -75,9 +75,19 @@ def pack_batch(batch: list, device: torch.device) -> tuple[torch.Tensor, Packed]
     return ids.to(device), packed
 
 
+VARLEN_MIN_CAPABILITY = (8, 0)  # FlashAttention 2 needs Ampere (sm80) or newer; a T4/V100 raises
+
+
+def varlen_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """FlashAttention's varlen kernel runs here: a CUDA device of compute capability >= 8.0, fp16/bf16."""
+    if varlen_attn is None or device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= VARLEN_MIN_CAPABILITY
+
+
 def uses_varlen(q: torch.Tensor) -> bool:
-    """FlashAttention's varlen kernel: CUDA, half precision."""
-    return varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    """Whether packed attention on `q` takes the varlen kernel (`varlen_supported`)."""
+    return varlen_supported(q.device, q.dtype)
 
 
 def packed_varlen_attention(
