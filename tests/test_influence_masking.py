@@ -110,7 +110,7 @@ def test_zero_query_attends_uniformly_to_every_visible_key():
     g = torch.Generator().manual_seed(0)
     lengths = [5, 9, 3]
     batch = [Piece(i, [0] * n) for i, n in enumerate(lengths)]
-    _, p = packing.pack_batch(batch, torch.device("cpu"))
+    _, p, _ = packing.pack_batch(batch, torch.device("cpu"))
     N = sum(lengths)
     q = torch.zeros(1, N, 4, 8)
     k, v = torch.randn(1, N, 2, 8, generator=g), torch.randn(1, N, 2, 8, generator=g)

@@ -78,7 +78,7 @@ def run_plain(lm: LoadedModel, texts: list[str], max_tokens: int, batch_tokens: 
     total, count = 0.0, 0
     with plain_attention(lm.model) as model:
         for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):  # the same batches as (b)
-            ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T), (B,)
+            ids, lengths, _ = pad_batch(batch, pad, lm.device)  # (B, T), (B,)
             pads = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths[:, None]  # (B, T)
             loss = model(input_ids=ids, labels=ids.masked_fill(pads, -100)).loss
             n = int((lengths - 1).sum())
