@@ -134,3 +134,33 @@ def test_scores_unchanged_by_the_capability_checks_on_cpu():
     auto = score_texts(lm, DOCS, HEADS, max_tokens=48)
     padded = score_texts(lm, DOCS, HEADS, max_tokens=48, packed=False)
     np.testing.assert_array_equal(auto.score, padded.score)
+
+
+def test_lm_head_runs_in_float32_from_bf16_hidden_states():
+    """In a bf16 model the logits come from the float32 head on upcast hidden states: within float32 rounding
+    of a float64 product of the same (bf16) numbers, where the bf16 head's own logits are off by far more.
+    A float32 model is untouched, and the float32 copy follows a replaced weight."""
+    from attention_influence.influence import losses
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 500, bias=False).to(torch.bfloat16)
+    head.weight.data.mul_(8.0)  # logits ~10-30, where bf16 keeps 3 significant digits
+    h = torch.randn(40, 64).to(torch.bfloat16)
+    exact = h.double() @ head.weight.double().T  # (40, 500)
+    fp32 = losses.chunk_logits(head, h)
+    assert fp32.dtype == torch.float32
+    assert (fp32.double() - exact).abs().max() < 1e-4
+    previous = losses.FP32_HEAD[0]
+    losses.FP32_HEAD[0] = False
+    try:
+        low = losses.chunk_logits(head, h)
+    finally:
+        losses.FP32_HEAD[0] = previous
+    assert (low.double() - exact).abs().max() > 1e-2
+    with torch.no_grad():
+        head.weight.mul_(0.5)  # in place: the cached copy is stale and re-made
+    again = losses.chunk_logits(head, h).double()
+    assert (again - h.double() @ head.weight.double().T).abs().max() < 1e-4
+    head32 = torch.nn.Linear(64, 500, bias=False)
+    h32 = torch.randn(7, 64)
+    assert torch.equal(losses.chunk_logits(head32, h32), head32(h32))

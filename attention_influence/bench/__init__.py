@@ -87,6 +87,8 @@ TABLE_VALUES = [
     "ai_over_overwrite",
     "max_abs_score_diff_vs_overwrite",
     "packed_over_padded",
+    "prepare_us_per_token",
+    "prepare_tok_s",
     "input_wait_share_serial",
     "input_wait_share_overlapped",
     "peak_gflops",

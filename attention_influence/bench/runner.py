@@ -48,7 +48,7 @@ from attention_influence.influence.masking import (
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
-from attention_influence.influence.scoring import score_batches, score_texts
+from attention_influence.influence.scoring import prepare_documents, score_batches, score_texts
 
 Method = Callable[[str, list[str]], object]  # (method name, documents) -> its result on them
 Log = Callable[[str], None]
@@ -207,6 +207,23 @@ def speedups(res: dict, methods: tuple[str, ...], scores: dict[str, list[np.ndar
     return out
 
 
+def preparation_rate(lm: LoadedModel, texts: list[str], max_tokens: int, repeats: int = 3) -> dict:
+    """Host-side input work per scored token, on one thread (what the prefetch thread does per chunk):
+    tokenizing, pieces with repeat-3-gram flags, decoding and line features. The best of `repeats` runs; the
+    tokens/s it supports is the input rate one prefetch thread can feed the model."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        prepared = prepare_documents(lm, tokenize(lm, texts), max_tokens)
+        best = min(best, time.perf_counter() - t0)
+    tokens = int(prepared.n_tokens.sum())
+    return {
+        "prepare_s": round(best, 6),
+        "prepare_us_per_token": round(1e6 * best / max(tokens, 1), 4),
+        "prepare_tok_s": round(tokens / best, 1) if best > 0 else 0.0,
+    }
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. Linux's VmHWM belongs to the current address space; ru_maxrss would carry the
     parent's peak over fork + exec, so a child started by a 5 GB parent would report 5 GB."""
@@ -268,6 +285,7 @@ def run_benchmark(
         res[f"{m}_tok_s"] = round(tokens / wall[m], 2)
     res.update(speedups(res, cfg.methods, scores))
     res.update(flop_rates(Shape.of(lm), lengths, first, wall, matmul_peak_gflops(lm.dtype, lm.device)))
+    res.update(preparation_rate(lm, texts, cfg.max_tokens))
     res.update(memory(lm.device))
     res["load_avg_before"] = [round(x, 2) for x in load_before]
     res["load_avg_after"] = [round(x, 2) for x in load_after]

@@ -28,10 +28,35 @@ from attention_influence.influence.packing import Packed
 # from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
 LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
 
+FP32_HEAD = [True]  # the LM head in float32 from low-precision hidden states (`chunk_logits`); [False]: as is
 Masked = dict[int, torch.Tensor]  # layer -> indices of its masked query heads
 Loss = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (lm_head, final hidden (B, T, C)) -> losses
 
 # ---------------------------------------------------------------- cross-entropy kernels
+
+
+def fp32_head(lm_head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight and bias in float32: the weight itself in a float32 model, else a float32 copy
+    made once and kept on the module (re-made if the weight is replaced or moved)."""
+    w, b = lm_head.weight, getattr(lm_head, "bias", None)
+    if w.dtype == torch.float32:
+        return w, b
+    key = (w.data_ptr(), w.device, w.dtype, w._version)
+    cached = lm_head.__dict__.get("_ai_fp32_head")
+    if cached is None or cached[0] != key:
+        cached = (key, w.float(), b.float() if b is not None else None)
+        lm_head.__dict__["_ai_fp32_head"] = cached
+    return cached[1], cached[2]
+
+
+def chunk_logits(lm_head: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """(n, C) final hidden states -> (n, V) float32 logits. With FP32_HEAD the head runs in float32 from the
+    upcast hidden states: bf16 logits carry 8 bits of mantissa at values ~10-30, and scores computed from them
+    moved by up to 6e-3 on a CPU (issue 26), the size of score gaps near the cut."""
+    if not FP32_HEAD[0] or h.dtype == torch.float32:
+        return lm_head(h).float()
+    w, b = fp32_head(lm_head)
+    return F.linear(h.float(), w, b)
 
 
 def chunked_nll(lm_head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -41,7 +66,7 @@ def chunked_nll(lm_head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor
     step = max(16, LOGIT_CHUNK_ELEMENTS.get(targets.device.type, 2**26) // vocab)
     nll = torch.empty(h.shape[0], dtype=torch.float32, device=targets.device)
     for i in range(0, h.shape[0], step):
-        logits = lm_head(h[i : i + step]).float()  # (n, V)
+        logits = chunk_logits(lm_head, h[i : i + step])  # (n, V) float32
         nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
     return nll
 
