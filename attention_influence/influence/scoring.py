@@ -242,13 +242,18 @@ def score_token_losses(
 
     n = len(token_lists)
     out = TokenLosses(base=[None] * n, ref=[None] * n)
+    order, base, ref = [], [], []
     for part, nll_base, nll_ref in run_batches(pieces, run, opts, lm.device, out.failed, progress):
-        sizes = [len(p.ids) - 1 for p in part]  # (N,) losses of a batch, row after row
-        for p, b, r in zip(
-            part, nll_base.double().cpu().split(sizes), nll_ref.double().cpu().split(sizes), strict=True
-        ):
-            out.base[p.doc] = b.numpy()
-            out.ref[p.doc] = b.numpy().copy() if not pairs else r.numpy()
+        order.extend(part)  # the losses stay on the device until the end: no sync per batch
+        base.append(nll_base)
+        ref.append(nll_ref)
+    if not order:
+        return out
+    sizes = [len(p.ids) - 1 for p in order]  # (N,) losses, piece after piece
+    base_all, ref_all = (torch.cat(x).double().cpu() for x in (base, ref))
+    for p, b, r in zip(order, base_all.split(sizes), ref_all.split(sizes), strict=True):
+        out.base[p.doc] = b.numpy()
+        out.ref[p.doc] = b.numpy().copy() if not pairs else r.numpy()
     return out
 
 
