@@ -3,11 +3,11 @@
 Scoring is `attention_influence.shards.job.score_shard`: bad rows are quarantined with a reason, chunks are
 checkpointed and the table is written atomically to `$AI_WORKDIR/scores/<shard_key>.parquet`. A provenance
 file next to it (`<shard_key>.json`) records what produced it; its `data_version` hashes the shard
-fingerprint, the model, the head set, the scoring knobs and this code version, so a re-run with nothing
-changed is recognised (and reused without recomputation), while a new model or head set makes every partition
-stale. Staging, the record and the reuse check are `attention_influence.shards.record`. With `ray.address`
-set, the scoring itself is a Ray task on that cluster (`resources.RayCluster`); the metadata names the node
-and device that scored the shard.
+fingerprint, the model and its precision (dtype, device class), the head set, the scoring knobs and this code
+version, so a re-run with nothing changed is recognised (and reused without recomputation), while a new model,
+precision or head set makes every partition stale. Staging, the record and the reuse check are
+`attention_influence.shards.record`. With `ray.address` set, the scoring itself runs on a scorer actor of
+that cluster (`resources.RayCluster`); the metadata names the node and device that scored the shard.
 """
 
 from typing import TYPE_CHECKING
@@ -135,7 +135,8 @@ def document_scores(
     except (CorpusError, HeadSetError) as exc:
         raise dg.Failure(str(exc)) from exc
     request = _scoring(shard, corpus, profile, workdir)
-    data_version = request.data_version(identity, heads_doc["head_set_id"])
+    precision = ray_cluster.expected_precision(model) if ray_cluster.enabled else model.lm.precision
+    data_version = request.data_version(identity, heads_doc["head_set_id"], precision)
     previous = workdir.score_record(key)
     reused = is_unchanged(previous, data_version, config.force)
     if reused:

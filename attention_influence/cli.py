@@ -227,6 +227,12 @@ def cmd_bench(args) -> int:
     return bench.main(args) or 0
 
 
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    from attention_influence.bench_flags import add_bench_arguments as add
+
+    add(p)
+
+
 def add_model_args(p: argparse.ArgumentParser, c: Config) -> None:
     m = c.model
     p.add_argument("--model", default=m.spec, help="hub id, local folder, .gguf file, hf:// or s3:// path")
@@ -528,52 +534,7 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="scoring throughput: plain forward vs ours vs naive two-model scoring")
     add_model_args(p, c)
-    p.add_argument("--corpus", default="../shared/corpus/sample/*/*.parquet")
-    p.add_argument("--docs", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument(
-        "--heads", default=None, help="heads.json; default: 14 heads from layer 10 on, one per layer"
-    )
-    p.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=None,
-        help="padded tokens per batch for (a) and (b); default: 8192 on CPU, from free memory on GPU",
-    )
-    p.add_argument("--out", default=None, help="also write the JSON result here")
-    p.add_argument("--rounds", type=int, default=4, help="document groups; the methods alternate within each")
-    p.add_argument(
-        "--methods",
-        default="plain,single,ai,naive",
-        help="subset of plain,single,ai,naive,packed,padded to time (packed/padded: (b) forced to packed "
-        "rows / length buckets)",
-    )
-    p.add_argument(
-        "--input-wait",
-        action="store_true",
-        help="also score the documents as a shard with serial and with overlapped input; report the share "
-        "of wall time the model waited for input in each",
-    )
-    p.add_argument("--input-chunk", type=int, default=16, help="documents per chunk for --input-wait")
-    p.add_argument("--compile", action="store_true", help="torch.compile the scorer's layer stacks (GPU)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
-    )
-    p.add_argument(
-        "--rss-check",
-        action="store_true",
-        help="also score 1x and 4x --docs streamed, each in a fresh process, and report peak RSS",
-    )
-    p.add_argument("--rss-docs", type=int, default=None, help="documents of the 1x RSS run (default: --docs)")
-    p.add_argument(
-        "--stream-only", action="store_true", help="only (b) over a streamed read (used by --rss-check)"
-    )
-    p.add_argument("--stream-chunk", type=int, default=64, help="documents per streamed batch")
-    p.add_argument(
-        "--tokenizer",
-        default=None,
-        help="tokenizer for --model random:paper-1.3b / random:tiny (default: smollm2-135m)",
-    )
+    add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

@@ -305,6 +305,7 @@ def run_cut(
     import polars as pl
 
     frac = check_frac(frac)
+    check_precisions(files)
     create_cut_table(con, files, frac, policy, quality_sources, id_column, text_column, fmt)
     summary = pl.from_arrow(query_statement(con, "domain_cut_summary").to_arrow_table())
     if policy.gate:
@@ -351,7 +352,63 @@ def policy_record(policy: CutPolicy) -> dict:
 
 
 class CutInputError(ValueError):
-    """The scored shards cannot be cut: none yet, or some scored with another head set than the current."""
+    """The scored shards cannot be cut: none yet, some scored with another head set than the current, or a
+    domain's score tables scored in different precisions."""
+
+
+PRECISION_COLUMNS = ("dtype", "device_class")  # written by `shards.job` since the data version has them
+
+
+def table_precisions(files: Sequence[str]):
+    """(domain, shard, file, precision) of every score table, precision "dtype/device_class" ("unrecorded"
+    for tables written before the columns existed): a polars frame, one row per distinct value."""
+    import polars as pl
+
+    frames = []
+    for f in files:
+        scan = pl.scan_parquet(f)
+        names = scan.collect_schema().names()
+        if all(c in names for c in PRECISION_COLUMNS):
+            precision = pl.concat_str([pl.col("dtype"), pl.col("device_class")], separator="/")
+        else:
+            precision = pl.lit("unrecorded")
+        frames.append(
+            scan.select(
+                pl.col("domain").cast(pl.String),
+                pl.col("shard").cast(pl.String),
+                pl.lit(str(f)).alias("file"),
+                precision.fill_null("unrecorded").alias("precision"),
+            )
+            .unique()
+            .collect()
+        )
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def check_precisions(files: Sequence[str]) -> None:
+    """Refuse to rank a domain whose score tables disagree on dtype or device class (a bf16 GPU score and a
+    float32 CPU score of one document differ by about the gaps near the cut), naming the shards of each."""
+    import polars as pl
+
+    found = table_precisions(files)
+    if not found.height:
+        return
+    mixed = found.group_by("domain").agg(pl.col("precision").n_unique().alias("n")).filter(pl.col("n") > 1)
+    if not mixed.height:
+        return
+    lines = []
+    for domain in sorted(mixed["domain"].to_list()):
+        rows = found.filter(pl.col("domain") == domain)
+        parts = []
+        for (precision,), group in sorted(rows.group_by("precision"), key=lambda kv: kv[0]):
+            shards = sorted({s or f for s, f in group.select("shard", "file").iter_rows()})
+            parts.append(f"{precision} in {', '.join(shards)}")
+        lines.append(f"domain {domain!r}: " + "; ".join(parts))
+    raise CutInputError(
+        "score tables of one domain were scored in different precisions (dtype/device class), so their "
+        "scores are not comparable; re-score the shards of one precision with model.dtype and model.device "
+        "set like the others:\n" + "\n".join(lines)
+    )
 
 
 def check_scored_shards(

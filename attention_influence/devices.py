@@ -36,6 +36,15 @@ def gpu_pool_limit() -> int:
     return max(1, len(visible_devices()))
 
 
+def make_current(device: str) -> None:
+    """A claimed CUDA device becomes this process's current one (`torch.cuda.set_device`): without it the
+    process would also create a CUDA context on cuda:0, where another process's claim works."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+
+
 def lock_file(lock_dir: Path, device: str) -> Path:
     return Path(lock_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', device)}.lock"
 
@@ -104,6 +113,7 @@ def claim_device(
         for device in devices:
             claim = try_claim(lock_dir, device)
             if claim is not None:
+                make_current(device)
                 return claim
         if deadline is not None and time.monotonic() >= deadline:
             raise DevicesBusy(

@@ -17,6 +17,12 @@ class RayCluster(section_resource(RayConfig)):
     def enabled(self) -> bool:
         return bool(self.address)
 
+    def expected_precision(self, model) -> dict:
+        """The dtype and device class the cluster's scorers will load `model` in (for the data version)."""
+        from attention_influence.cluster.scoring import expected_precision
+
+        return expected_precision(model.dtype, model.device, self.num_gpus)
+
     def score_shard(self, model, request, heads_doc: dict, data_version: str) -> dict:
         """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
         record with `placement` (node, device), `worker` (scorer, model loads) and `timings`. A shard whose
@@ -27,7 +33,8 @@ class RayCluster(section_resource(RayConfig)):
         spec = self._model_spec(model)
         # plain library values travel to the worker (no Dagster config classes)
         scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
-        task = ShardTask(spec, dataclasses.replace(request, scoring=scoring), heads_doc, data_version)
+        request = dataclasses.replace(request, scoring=scoring)
+        task = ShardTask(spec, request, heads_doc, data_version, self.expected_precision(model))
         return score_shards([task], self._resources(cfg))[0]
 
     def run_with_model(self, model, fn, *args, **kwargs) -> dict:

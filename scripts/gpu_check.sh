@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The prepared GPU check: the tests marked `gpu`, then `attention-influence bench` for SmolLM2-135M at 512 and
-# 2,048 tokens and random:paper-1.3b at 4,096 tokens (plain forward vs ours vs the naive two-model batch-1
-# method; packed vs padded; at 512 tokens also serial vs overlapped input), JSON results under --out.
-# Installs nothing and reaches no network (HF_HUB_OFFLINE): the model must be in the model cache
-# (`attention-influence prepare-model` once) and the corpus on disk. At most 8 minutes in all: every step
-# runs under `timeout` with what is left of the budget.
+# The prepared GPU check: the tests marked `gpu`, then the bench (`python -m attention_influence.bench`) for
+# SmolLM2-135M's shape at 512 and 2,048 tokens and random:paper-1.3b at 4,096 tokens (plain forward vs ours
+# vs the naive two-model batch-1 method; packed vs padded; zeroed-query vs overwrite masking; at 512 tokens
+# also serial vs overlapped input), JSON results under --out.
+# Runs with a plain python3 that has torch, transformers, numpy, pyarrow and pytest (no venv, no dagster,
+# polars, duckdb, mlflow, gguf or pydantic), the repository on PYTHONPATH. Installs nothing and reaches no
+# network (HF_HUB_OFFLINE): the models are random weights built from their configs, the tokenizer and the
+# documents come from gpu_carry/ (`python scripts/gpu_carry.py` builds it, ~4 MiB; git-ignored, so the device
+# tool carries it with `carry: ["gpu_carry"]`). At most 8 minutes in all: every step runs under `timeout`
+# with what is left of the budget.
 #
 #   scripts/gpu_check.sh [--device cuda|cpu] [--dry-run] [--out DIR]
 #
 # --dry-run: tiny sizes (random:tiny in place of the 1.3B model, a few short documents), what the tests run
-# on a CPU. Overrides: PYTHON, GPU_CHECK_MODEL (smollm2-135m), GPU_CHECK_TOKENIZER (the model),
-# GPU_CHECK_CORPUS (../shared/corpus/sample/*/*.parquet), GPU_CHECK_BUDGET_S (480).
+# on a CPU. Overrides: PYTHON, GPU_CHECK_MODEL (random:smollm2-135m), GPU_CHECK_TOKENIZER
+# (gpu_carry/smollm2-135m), GPU_CHECK_CORPUS (gpu_carry/docs/*.parquet), GPU_CHECK_BUDGET_S (480).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEVICE=cuda
@@ -21,7 +25,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (usage: --device cuda|cpu, --dry-run, --out DIR)" >&2; exit 2 ;;
   esac
 done
@@ -29,9 +33,13 @@ case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check: --device must be cuda or cpu,
 
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-MODEL="${GPU_CHECK_MODEL:-smollm2-135m}"
-TOKENIZER="${GPU_CHECK_TOKENIZER:-$MODEL}"
-CORPUS="${GPU_CHECK_CORPUS:-$REPO/../shared/corpus/sample/*/*.parquet}"
+MODEL="${GPU_CHECK_MODEL:-random:smollm2-135m}"
+TOKENIZER="${GPU_CHECK_TOKENIZER:-$REPO/gpu_carry/smollm2-135m}"
+CORPUS="${GPU_CHECK_CORPUS:-$REPO/gpu_carry/docs/*.parquet}"
+if [ ! -f "$TOKENIZER/tokenizer.json" ] && [ ! -f "$TOKENIZER/config.json" ]; then
+  echo "gpu_check: no tokenizer at $TOKENIZER: run 'python scripts/gpu_carry.py' first (and carry gpu_carry)" >&2
+  exit 2
+fi
 BUDGET="${GPU_CHECK_BUDGET_S:-480}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
@@ -69,8 +77,9 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cud
   exit 1
 fi
 
-step gpu_tests "$PY" -m pytest -q -p no:cacheprovider -m gpu "$REPO/tests/test_gpu.py" \
-  --junitxml "$OUT/gpu_tests.xml"
+# no plugin autoload: the machine's pytest plugins are not the project's (nor need its packages)
+step gpu_tests env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -q -p no:cacheprovider -m gpu \
+  "$REPO/tests/test_gpu.py" --junitxml "$OUT/gpu_tests.xml"
 
 # name|model|max_tokens|docs|rounds|extra flags. Batches of 32,768 tokens (the paper profile's): the plain
 # forward's full-vocabulary float32 logits (20 GB for the 1.3B model's 155k vocabulary) must fit beside it.
@@ -92,9 +101,10 @@ fi
 for spec in "${BENCHES[@]}"; do
   IFS='|' read -r name model max_tokens docs rounds extra <<<"$spec"
   # shellcheck disable=SC2086  # $extra is a list of flags
-  step "bench_$name" "$PY" -m attention_influence.cli bench --model "$model" --tokenizer "$TOKENIZER" \
+  step "bench_$name" "$PY" -m attention_influence.bench --model "$model" --tokenizer "$TOKENIZER" \
     --device "$DEVICE" --corpus "$CORPUS" --max-tokens "$max_tokens" --docs "$docs" --rounds "$rounds" \
-    --batch-tokens "$BATCH" --methods plain,ai,naive,packed,padded --out "$OUT/bench_$name.json" $extra
+    --batch-tokens "$BATCH" --methods plain,ai,naive,packed,padded,overwrite --out "$OUT/bench_$name.json" \
+    $extra
 done
 
 "$PY" - "$OUT" <<'PYEOF'
@@ -103,6 +113,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 keys = ["identity", "device", "dtype", "max_tokens", "docs", "tokens", "plain_tok_s", "ai_tok_s", "naive_tok_s",
         "packed_tok_s", "padded_tok_s", "ai_over_plain", "ideal_over_plain", "ai_over_naive", "packed_over_padded",
+        "ai_over_overwrite", "max_abs_score_diff_vs_overwrite", "prepare_us_per_token", "prepare_tok_s",
         "max_abs_score_diff_packed_vs_padded", "input_wait_share_serial", "input_wait_share_overlapped",
         "peak_gpu_mem_mb"]
 summary = {"steps": (out / "steps.txt").read_text().splitlines(), "benches": {}}

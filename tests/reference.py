@@ -37,13 +37,15 @@ def rope_theta(cfg) -> float:
     return float(getattr(cfg, "rope_theta", 10000.0))
 
 
-def reference_losses(model, ids: list[int], heads=()) -> float:
+def reference_losses(model, ids: list[int], heads=(), window: int | None = None) -> float:
     """Mean next-token NLL of one sequence, float64, with `heads` [(layer, head)] masked uniformly."""
-    return float(reference_token_losses(model, ids, heads).mean())
+    return float(reference_token_losses(model, ids, heads, window).mean())
 
 
-def reference_token_losses(model, ids: list[int], heads=()) -> torch.Tensor:
-    """Next-token NLL of every position, float64 (T-1,): entry t is the loss of token t + 1 given 0..t."""
+def reference_token_losses(model, ids: list[int], heads=(), window: int | None = None) -> torch.Tensor:
+    """Next-token NLL of every position, float64 (T-1,): entry t is the loss of token t + 1 given 0..t.
+    `window`: sliding-window attention, query t sees keys s with t - window < s <= t (a masked head's uniform
+    weights spread over those keys)."""
     cfg = model.config
     sd = {k: v.detach().to(torch.float64) for k, v in model.state_dict().items()}
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -52,10 +54,9 @@ def reference_token_losses(model, ids: list[int], heads=()) -> torch.Tensor:
     x = sd["model.embed_tokens.weight"][torch.tensor(ids)]  # (T, C)
     cos, sin = rope_tables(T, D, rope_theta(cfg))
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
-    uniform = (
-        torch.tril(torch.ones(T, T, dtype=torch.float64))
-        / torch.arange(1, T + 1, dtype=torch.float64)[:, None]
-    )
+    if window is not None:
+        causal &= torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=-(window - 1))
+    uniform = causal.to(torch.float64) / causal.sum(-1, keepdim=True)
     masked = set(map(tuple, heads))
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -87,7 +88,7 @@ def reference_token_losses(model, ids: list[int], heads=()) -> torch.Tensor:
     return -logp[torch.arange(T - 1), tgt]
 
 
-def reference_score(model, ids, heads):
-    base = reference_losses(model, ids, ())
-    ref = reference_losses(model, ids, heads)
+def reference_score(model, ids, heads, window: int | None = None):
+    base = reference_losses(model, ids, (), window)
+    ref = reference_losses(model, ids, heads, window)
     return base, ref, (ref - base) / base

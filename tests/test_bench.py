@@ -129,6 +129,31 @@ def test_bench_rss_check_runs_1x_and_4x(tiny_model_dir, corpus, capsys):
     assert "plain_tok_s" not in res and "ai_tok_s" in res
 
 
+def test_bench_compares_zeroed_queries_with_overwritten_outputs(tiny_model_dir, corpus, capsys):
+    """`--methods ai,overwrite`: the two maskings time side by side and give the same scores."""
+    res = run_bench(
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--corpus",
+        str(corpus / "*" / "*.parquet"),
+        "--docs",
+        "3",
+        "--max-tokens",
+        "32",
+        "--rounds",
+        "1",
+        "--methods",
+        "ai,overwrite",
+    )
+    assert res["ai_over_overwrite"] == pytest.approx(res["ai_tok_s"] / res["overwrite_tok_s"], abs=1e-4)
+    assert res["max_abs_score_diff_vs_overwrite"] < 1e-5
+
+
 def test_bench_rejects_unknown_method(tiny_model_dir, corpus):
     with pytest.raises(SystemExit, match="unknown method"):
         cli.main(
@@ -164,18 +189,22 @@ def test_shape_counts_matmul_weights():
 
 
 def test_chunked_cross_entropy_equals_one_chunk(monkeypatch):
-    """Chunks of 16 rows (forced) give the same per-row sums as one chunk over every real token."""
+    """Chunks of 16 rows (forced) at the host-built predicting positions give the same per-token losses as
+    one cross-entropy per row over its real tokens."""
+    from attention_influence.influence.packing import predicting_index
+
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=False)
     hidden = torch.randn(3, 40, 8)
     ids = torch.randint(0, 50, (3, 40))
-    lengths = torch.tensor([40, 17, 2])
+    lengths = [40, 17, 2]
     monkeypatch.setitem(losses.LOGIT_CHUNK_ELEMENTS, "cpu", 16 * 50)
-    chunked = losses.token_nll_sums(head, hidden, ids, lengths)
-    expected = torch.stack(
+    pred = torch.from_numpy(predicting_index(np.array(lengths), np.arange(3) * 40))
+    chunked = losses.token_nlls(head, hidden, ids, pred)
+    expected = torch.cat(
         [
-            torch.nn.functional.cross_entropy(head(hidden[b, : n - 1]), ids[b, 1:n], reduction="sum")
-            for b, n in enumerate(lengths.tolist())
+            torch.nn.functional.cross_entropy(head(hidden[b, : n - 1]), ids[b, 1:n], reduction="none")
+            for b, n in enumerate(lengths)
         ]
     )
     torch.testing.assert_close(chunked, expected, rtol=1e-5, atol=1e-5)

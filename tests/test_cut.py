@@ -14,6 +14,7 @@ from attention_influence.audit import read_provenance
 from attention_influence.cli import main
 from attention_influence.cut import (
     ROUNDING,
+    CutInputError,
     cut_score_files,
     expand_score_files,
     run_cut,
@@ -146,3 +147,38 @@ def test_cli_cut(scores, tmp_path, capsys):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     assert main(["cut", "--scores", str(tmp_path / "bad.parquet"), "--out", str(out)]) == 2
     assert "bad.parquet" in capsys.readouterr().err
+
+
+def with_precision(df: pl.DataFrame, dtype: str, device_class: str) -> pl.DataFrame:
+    return df.with_columns(pl.lit(dtype).alias("dtype"), pl.lit(device_class).alias("device_class"))
+
+
+def test_cut_refuses_a_domain_scored_in_two_precisions(tmp_path):
+    """bf16-on-GPU and float32-on-CPU scores of one domain are not ranked together; the error names the
+    domain, each precision and its shards."""
+    rows = [{"id": f"a{i}", "domain": "a", "score": i / 10} for i in range(6)]
+    with_precision(score_table(rows[:3], "s0"), "float32", "cpu").write_parquet(tmp_path / "s0.parquet")
+    with_precision(score_table(rows[3:], "s1"), "bfloat16", "cuda").write_parquet(tmp_path / "s1.parquet")
+    with_precision(score_table(rows[3:4], "s2"), "float32", "cpu").write_parquet(tmp_path / "s2.parquet")
+    files = [str(tmp_path / f"s{i}.parquet") for i in range(3)]
+    with pytest.raises(CutInputError) as err:
+        cut_score_files(files, tmp_path / "cut", frac=0.5)
+    assert "domain 'a': bfloat16/cuda in s1; float32/cpu in s0, s2" in str(err.value)
+    assert not (tmp_path / "cut").exists()
+
+
+def test_cut_ranks_domains_each_in_one_precision_and_legacy_tables(tmp_path):
+    """Precisions may differ between domains (each is ranked on its own); a table written before the
+    precision columns existed cuts as before."""
+    a = [{"id": f"a{i}", "domain": "a", "score": i / 10} for i in range(5)]
+    b = [{"id": f"b{i}", "domain": "b", "score": i / 10} for i in range(5)]
+    c = [{"id": f"c{i}", "domain": "c", "score": i / 10} for i in range(5)]
+    with_precision(score_table(a, "s0"), "float32", "cpu").write_parquet(tmp_path / "s0.parquet")
+    with_precision(score_table(b, "s1"), "bfloat16", "cuda").write_parquet(tmp_path / "s1.parquet")
+    score_table(c, "s2").write_parquet(tmp_path / "s2.parquet")  # no precision columns
+    files = [str(tmp_path / f"s{i}.parquet") for i in range(3)]
+    res = cut_score_files(files, tmp_path / "cut", frac=0.4)
+    assert res.summary.sort("domain")["selected"].to_list() == [2, 2, 2]
+    with_precision(score_table(c[:1], "s3"), "float32", "cpu").write_parquet(tmp_path / "s3.parquet")
+    with pytest.raises(CutInputError, match="domain 'c': float32/cpu in s3; unrecorded in s2"):
+        cut_score_files([*files, str(tmp_path / "s3.parquet")], tmp_path / "cut2", frac=0.4)

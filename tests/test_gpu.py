@@ -32,7 +32,7 @@ def test_varlen_attention_equals_per_piece_attention(kv_heads):
     assert packing.varlen_attn is not None, "this torch has no torch.nn.attention.varlen"
     g = torch.Generator(device="cuda").manual_seed(0)
     batch = [Piece(i, [0] * n) for i, n in enumerate([37, 128, 5, 300, 64])]
-    _, p = packing.pack_batch(batch, torch.device("cuda"))
+    _, p, _ = packing.pack_batch(batch, torch.device("cuda"))
     N = sum(len(b.ids) for b in batch)
     q = torch.randn(1, N, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
     shape = (1, N, 2 * kv_heads, 64)  # 8 query heads: GQA groups of 2, or MHA

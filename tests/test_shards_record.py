@@ -1,6 +1,6 @@
 """Staging a shard and the record of a scored shard (`shards.staging`, `shards.record`), without a model:
-the first rows with the domain resolved, the data version pinned to the value `document_scores` has
-always computed (so materializations stay fresh), the reuse check, the provenance record and what scoring
+the first rows with the domain resolved, the data version (stable for equal inputs, new for another model,
+precision, head set or knobs), the reuse check, the provenance record and what scoring
 is asked."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
+import torch
 
 from attention_influence.io.corpus import Shard
 from attention_influence.shards import InputError
@@ -104,13 +105,36 @@ def test_considered_count():
     assert [considered_count(10, m) for m in (0, None, 3, 10, 50)] == [10, 10, 3, 10, 10]
 
 
+CPU32 = {"dtype": "float32", "device_class": "cpu"}
+
+
 def test_data_version_is_the_one_document_scores_always_computed(tmp_path):
     req = request(tmp_path, "unused")
-    assert req.data_version("tiny@abc", "h1") == "dd883cc4cfbc20bf"
-    assert req.data_version("tiny@abc", "h2") != "dd883cc4cfbc20bf"  # a new head set: stale
-    assert req.data_version("other@abc", "h1") != "dd883cc4cfbc20bf"  # a new model: stale
+    v = req.data_version("tiny@abc", "h1", CPU32)
+    assert req.data_version("tiny@abc", "h1", dict(CPU32)) == v  # deterministic
+    assert req.data_version("tiny@abc", "h2", CPU32) != v  # a new head set: stale
+    assert req.data_version("other@abc", "h1", CPU32) != v  # a new model: stale
     changed = ShardScoring(**{**req.__dict__, "knobs": {**KNOBS, "windows": True}})
-    assert changed.data_version("tiny@abc", "h1") != "dd883cc4cfbc20bf"
+    assert changed.data_version("tiny@abc", "h1", CPU32) != v
+
+
+def test_data_version_changes_with_dtype_and_device_class(tmp_path):
+    """A bf16 GPU run does not reuse float32 CPU scores, nor the other way round; the device index does not
+    matter (`LoadedModel.precision` records the class)."""
+    req = request(tmp_path, "unused")
+    versions = {
+        req.data_version("tiny@abc", "h1", {"dtype": d, "device_class": c})
+        for d in ("float32", "bfloat16")
+        for c in ("cpu", "cuda", "mps")
+    }
+    assert len(versions) == 6
+    from conftest import tiny_loaded_model
+
+    lm = tiny_loaded_model("tiny@abc")
+    assert lm.precision == CPU32
+    lm.model.to(torch.bfloat16)
+    assert lm.precision == {"dtype": "bfloat16", "device_class": "cpu"}
+    assert req.data_version("tiny@abc", "h1", lm.precision) != req.data_version("tiny@abc", "h1", CPU32)
 
 
 def test_is_unchanged():

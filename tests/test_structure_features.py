@@ -44,6 +44,10 @@ def test_repeat3_flags_by_hand_and_against_a_brute_force_count():
     for _ in range(50):
         ids = [rng.randrange(4) for _ in range(rng.randrange(0, 60))]
         assert repeat3_flags(ids).tolist() == brute_force_flags(ids)
+    for _ in range(20):  # ids too large to pack three into an int64 key: the opaque-bytes keys
+        ids = [rng.choice([5, 2**21, 2**40 + 1, 7]) for _ in range(rng.randrange(0, 60))]
+        assert repeat3_flags(ids).tolist() == brute_force_flags(ids)
+    assert repeat3_flags([]).tolist() == [] and repeat3_flags(np.array([3, 3, 3])).tolist() == [False] * 3
 
 
 def test_line_features_by_hand():

@@ -2,8 +2,10 @@
 
 On the same documents, in one process, it times (a) plain: a transformers forward with loss, the yardstick;
 (a') single: one pass of our engine with no head masked; (b) ai: `score_texts`, our two passes sharing the
-prefix; (c) naive: two models, batch size 1 (see `runner`). The methods alternate in rounds, and every one
-tokenizes inside its timed region. GFLOP/s, the ideal b/a and the matmul peak are counted in `flops`.
+prefix (masked heads by zeroed queries); (b') overwrite: (b) with the masked heads' outputs overwritten
+after attention; (c) naive: two models, batch size 1 (see `runner`). The methods alternate in rounds, and
+every one tokenizes inside its timed region. GFLOP/s, the ideal b/a and the matmul peak are counted in
+`flops`.
 
   config     BenchConfig: the command's flags, built once (`BenchConfig.from_args`)
   documents  the documents, read from a Parquet glob
@@ -74,6 +76,7 @@ TABLE_ROWS = [
     ("naive 2 models, bs 1 (c)", "naive"),
     ("(b), packed rows", "packed"),
     ("(b), length buckets", "padded"),
+    ("(b), overwrite masking", "overwrite"),
 ]
 TABLE_VALUES = [
     "ai_over_plain",
@@ -81,7 +84,11 @@ TABLE_VALUES = [
     "target_ai_over_plain",
     "ai_over_single",
     "ai_over_naive",
+    "ai_over_overwrite",
+    "max_abs_score_diff_vs_overwrite",
     "packed_over_padded",
+    "prepare_us_per_token",
+    "prepare_tok_s",
     "input_wait_share_serial",
     "input_wait_share_overlapped",
     "peak_gflops",

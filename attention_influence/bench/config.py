@@ -10,8 +10,9 @@ from dataclasses import dataclass, fields
 
 from attention_influence.settings import DEFAULT_MODEL
 
-METHODS = ("plain", "single", "ai", "naive", "packed", "padded")
-DEFAULT_METHODS = METHODS[:4]  # packed / padded: (b) forced to packed rows or to length buckets
+METHODS = ("plain", "single", "ai", "naive", "packed", "padded", "overwrite")
+DEFAULT_METHODS = METHODS[:4]  # packed / padded: (b) forced to packed rows or to length buckets; overwrite:
+# (b) with masked heads overwritten by the running mean instead of zeroed queries (`masking.OVERWRITE`)
 
 
 def parse_methods(spec: str | None) -> tuple[str, ...]:

@@ -14,6 +14,20 @@ DEFAULT_N_HEADS = 14
 
 # `--model random:<name>`: randomly initialised Llama models, for throughput only (scores mean nothing).
 RANDOM_CONFIGS = {
+    # SmolLM2-135M's shape (its config.json): the GPU check builds it with random weights, no download
+    "smollm2-135m": dict(
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+        tie_word_embeddings=True,
+    ),
     # the paper's 1.3B selector (Table 7)
     "paper-1.3b": dict(
         hidden_size=2560,
@@ -72,7 +86,7 @@ def random_model(name: str, tokenizer_spec: str, dtype: str, device: str) -> Loa
     tokenizer = AutoTokenizer.from_pretrained(target)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cfg = LlamaConfig(**RANDOM_CONFIGS[name], tie_word_embeddings=False)
+    cfg = LlamaConfig(**{"tie_word_embeddings": False, **RANDOM_CONFIGS[name]})
     if len(tokenizer) > cfg.vocab_size:
         raise SystemExit(
             f"error: tokenizer {tokenizer_spec!r} has {len(tokenizer)} tokens, more than {name}'s vocab"

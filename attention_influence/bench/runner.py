@@ -7,6 +7,8 @@
       forward as (a) with chunked cross-entropy on real tokens; b/a' isolates what the second pass costs from
       what the yardstick's full-vocabulary float32 loss costs;
   (b) ai: `score_texts` (shared prefix, length buckets, written-out Llama layers, chunked cross-entropy);
+  (b') overwrite: (b) with the masked heads' outputs overwritten by the running mean of their values after
+      attention, instead of their queries zeroed before it (the default); `ai_over_overwrite` compares them;
   (c) naive: a base model and a deep-copied masked model, batch size 1, two full forwards with labels per doc.
 Every method tokenizes inside its timed region. Documents are split into rounds and the methods alternate
 within each round (order rotated), so load from other processes on a shared machine hits all of them alike.
@@ -39,12 +41,14 @@ from attention_influence.influence.batching import (
 )
 from attention_influence.influence.masking import (
     ATTN_NAME,
+    OVERWRITE,
     enable_head_masking,
     heads_by_layer,
+    masking_strategy,
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
-from attention_influence.influence.scoring import score_batches, score_texts
+from attention_influence.influence.scoring import prepare_documents, score_batches, score_texts
 
 Method = Callable[[str, list[str]], object]  # (method name, documents) -> its result on them
 Log = Callable[[str], None]
@@ -74,7 +78,7 @@ def run_plain(lm: LoadedModel, texts: list[str], max_tokens: int, batch_tokens: 
     total, count = 0.0, 0
     with plain_attention(lm.model) as model:
         for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):  # the same batches as (b)
-            ids, lengths = pad_batch(batch, pad, lm.device)  # (B, T), (B,)
+            ids, lengths, _ = pad_batch(batch, pad, lm.device)  # (B, T), (B,)
             pads = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths[:, None]  # (B, T)
             loss = model(input_ids=ids, labels=ids.masked_fill(pads, -100)).loss
             n = int((lengths - 1).sum())
@@ -135,6 +139,9 @@ def method_runner(lm: LoadedModel, heads, cfg: BenchConfig, batch_tokens: int) -
             return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile)
         if method == "single":
             return run_ai(lm, docs, [], cfg.max_tokens, batch_tokens, cfg.compile)
+        if method == "overwrite":
+            with masking_strategy(OVERWRITE):
+                return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile)
         if method in ("packed", "padded"):
             return run_ai(lm, docs, heads, cfg.max_tokens, batch_tokens, cfg.compile, method == "packed")
         return run_naive(lm, masked_copy, docs, cfg.max_tokens)
@@ -160,7 +167,7 @@ def timed_rounds(
     the (b) and (c) scores, both in the same document order."""
     wall = dict.fromkeys(methods, 0.0)
     cpu = dict.fromkeys(methods, 0.0)
-    scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": [], "packed": [], "padded": []}
+    scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": [], "packed": [], "padded": [], "overwrite": []}
     for r, docs in enumerate(groups):
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for method in order:
@@ -187,13 +194,34 @@ def speedups(res: dict, methods: tuple[str, ...], scores: dict[str, list[np.ndar
         out["max_abs_score_diff_packed_vs_padded"] = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
     if "ai" not in methods:
         return out
-    for other in ("plain", "single", "naive"):
+    for other in ("plain", "single", "naive", "overwrite"):
         if other in methods:
             out[f"ai_over_{other}"] = round(res["ai_tok_s"] / res[f"{other}_tok_s"], 4)
     if "naive" in methods:
         a, n = np.concatenate(scores["ai"]), np.concatenate(scores["naive"])
         out["max_abs_score_diff_vs_naive"] = float(np.nanmax(np.abs(a - n))) if np.isfinite(a).any() else 0.0
+    if "overwrite" in methods:
+        a, o = np.concatenate(scores["ai"]), np.concatenate(scores["overwrite"])
+        diff = float(np.nanmax(np.abs(a - o))) if np.isfinite(a).any() else 0.0
+        out["max_abs_score_diff_vs_overwrite"] = diff
     return out
+
+
+def preparation_rate(lm: LoadedModel, texts: list[str], max_tokens: int, repeats: int = 3) -> dict:
+    """Host-side input work per scored token, on one thread (what the prefetch thread does per chunk):
+    tokenizing, pieces with repeat-3-gram flags, decoding and line features. The best of `repeats` runs; the
+    tokens/s it supports is the input rate one prefetch thread can feed the model."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        prepared = prepare_documents(lm, tokenize(lm, texts), max_tokens)
+        best = min(best, time.perf_counter() - t0)
+    tokens = int(prepared.n_tokens.sum())
+    return {
+        "prepare_s": round(best, 6),
+        "prepare_us_per_token": round(1e6 * best / max(tokens, 1), 4),
+        "prepare_tok_s": round(tokens / best, 1) if best > 0 else 0.0,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -257,6 +285,7 @@ def run_benchmark(
         res[f"{m}_tok_s"] = round(tokens / wall[m], 2)
     res.update(speedups(res, cfg.methods, scores))
     res.update(flop_rates(Shape.of(lm), lengths, first, wall, matmul_peak_gflops(lm.dtype, lm.device)))
+    res.update(preparation_rate(lm, texts, cfg.max_tokens))
     res.update(memory(lm.device))
     res["load_avg_before"] = [round(x, 2) for x in load_before]
     res["load_avg_after"] = [round(x, 2) for x in load_after]

@@ -18,7 +18,12 @@ import torch
 from attention_influence.influence import llama
 from attention_influence.influence.losses import decoder_parts
 from attention_influence.influence.models import LoadedModel
-from attention_influence.influence.packing import pack_batches
+from attention_influence.influence.packing import (
+    pack_batches,
+    predicting_index,
+    to_device,
+    varlen_supported,
+)
 from attention_influence.influence.structure import repeat3_flags
 
 Progress = Callable[[int, int], None] | None  # (tokens done, tokens in all)
@@ -78,26 +83,28 @@ def pad_id(lm: LoadedModel) -> int:
     return lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
 
 
-def pad_batch(batch: list[Piece], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pieces -> (B, T) ids right-padded with pad_id and their (B,) lengths."""
-    T = max(len(p.ids) for p in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+def pad_batch(
+    batch: list[Piece], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pieces -> (B, T) ids right-padded with pad_id, their (B,) lengths and the (N,) flat positions of
+    ids.view(-1) that predict a next token (`packing.predicting_index`, row after row); laid out on the host
+    and moved in one transfer (`packing.to_device`: pinned and non-blocking on CUDA)."""
+    lengths = np.array([len(p.ids) for p in batch], dtype=np.int64)  # (B,)
+    T = int(lengths.max())
+    ids = np.full((len(batch), T), pad_id, dtype=np.int64)
     for i, p in enumerate(batch):
-        ids[i, : len(p.ids)] = torch.tensor(p.ids)
-    lengths = torch.tensor([len(p.ids) for p in batch])
-    if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's kernels
-        return ids.pin_memory().to(device, non_blocking=True), lengths.pin_memory().to(
-            device, non_blocking=True
-        )
-    return ids.to(device), lengths.to(device)
+        ids[i, : len(p.ids)] = p.ids
+    pred = predicting_index(lengths, np.arange(len(batch), dtype=np.int64) * T)
+    ids_d, lengths_d, pred_d = to_device([ids, lengths, pred], device)
+    return ids_d, lengths_d, pred_d
 
 
-def batch_flags(batch: list[Piece], device: torch.device, packed: bool) -> torch.Tensor:
-    """The pieces' repeat flags laid out like their ids: (B, T) right-padded with False, or (1, N) packed."""
-    rows = [torch.as_tensor(p.flags if p.flags is not None else np.zeros(len(p.ids), bool)) for p in batch]
-    if packed:
-        return torch.cat(rows)[None].to(device)  # (1, N)
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)  # (B, T)
+def target_flags(batch: list[Piece]) -> np.ndarray:
+    """(N,) bool: whether each predicted token (the targets, piece after piece, like `pad_batch`'s and
+    `pack_batch`'s predicting positions) continues an earlier 3-gram. Host-side only."""
+    return np.concatenate(
+        [p.flags[1:] if p.flags is not None else np.zeros(len(p.ids) - 1, bool) for p in batch]
+    )
 
 
 # ---------------------------------------------------------------- batch size and layout
@@ -128,13 +135,15 @@ def auto_batch_tokens(lm: LoadedModel, max_tokens: int) -> int:
 
 
 def use_packing(lm: LoadedModel, packed: bool | None, compile: bool = False) -> bool:
-    """None: pack on a GPU with a Llama-family decoder, length buckets elsewhere (packing measured no faster
-    on a CPU, benchmarks/README.md) and under torch.compile (packed rows vary in piece count and lengths,
+    """None: pack where the varlen kernel runs (a GPU of sm80 or newer, half precision: `varlen_supported`)
+    with a Llama-family decoder; length buckets elsewhere: on a CPU (packing measured no faster there,
+    benchmarks/README.md), in float32 or on an older GPU (packed rows would take the per-piece Python loop,
+    once per piece, layer and pass) and under torch.compile (packed rows vary in piece count and lengths,
     which the compiled graphs would guard on; not measured on a GPU yet)."""
     if packed is None:
         inner = decoder_parts(lm.model)
-        on_gpu = lm.device.type == "cuda" and not compile
-        return on_gpu and inner is not None and llama.supports(inner.layers)
+        fast = varlen_supported(lm.device, lm.dtype) and not compile
+        return fast and inner is not None and llama.supports(inner.layers)
     return packed
 
 
@@ -179,7 +188,7 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-Run = Callable[[list[Piece]], tuple[torch.Tensor, torch.Tensor]]  # pieces -> (base, reference) losses
+Run = Callable[[list[Piece]], tuple[torch.Tensor, torch.Tensor]]  # pieces -> (base, reference) token losses
 
 
 def split_on_oom(

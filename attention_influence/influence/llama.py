@@ -4,10 +4,10 @@ scoring engine wants.
 Why not call the modules: a scoring pass is matmuls and attention, and around them transformers' layer adds
 elementwise work that can be done in fewer passes over memory (RMSNorm as one fused reduction instead of five
 ops, the SiLU gate in place), runs attention in a layout that is slow on a CPU, and takes masked heads through
-the attention interface, where here they are an argument. Same weights, same operations in the same order,
-except attention on a CPU (`chunked_causal_attention`: the same softmax, to rounding);
-tests/test_influence_llama.py holds the block to the module. Layers that are not plain Llama, Mistral or Qwen2
-layers (`supports`) run through their own modules.
+the attention interface, where here they are an argument (their queries zeroed before attention). Same
+weights, same operations in the same order, except attention on a CPU (`chunked_causal_attention`: the
+same softmax, to rounding); tests/test_influence_llama.py holds the block to the module. Layers that are not
+plain Llama, Mistral or Qwen2 layers (`supports`) run through their own modules.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from attention_influence.influence.masking import masked_head_outputs
+from attention_influence.influence import masking
+from attention_influence.influence.masking import masked_head_outputs, zero_queries
 from attention_influence.influence.packing import (
     Packed,
     packed_uniform_outputs,
@@ -94,13 +95,28 @@ def chunked_causal_attention(
     return out.view(B, T, H, D)
 
 
+def repeats_kv_heads(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether grouped-query attention repeats the KV heads instead of passing enable_gqa: on CUDA in float32,
+    where FlashAttention does not run and the memory-efficient kernel takes no enable_gqa, so SDPA would fall
+    back to the math kernel (a full T x T matrix per head)."""
+    return device.type == "cuda" and dtype == torch.float32
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """(B, T, H, D), (B, T, Hkv, D) x2 -> (B, T, H, D). On a CPU the chunked layout up to CHUNKED_MAX_LEN
     (1.2-1.6x faster than the fused causal kernel there, slower beyond; benchmarks/README.md)."""
     if q.device.type == "cpu" and CHUNK <= q.shape[1] <= CHUNKED_MAX_LEN:
         return chunked_causal_attention(q, k, v, scale)
+    G = q.shape[2] // k.shape[2]
+    if G > 1 and repeats_kv_heads(q.device, q.dtype):
+        k, v = k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2)  # (B, T, H, D) each
     y = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True, scale=scale
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=True,
+        enable_gqa=k.shape[2] != q.shape[2],
+        scale=scale,
     )  # (B, H, T, D)
     return y.transpose(1, 2)
 
@@ -123,10 +139,16 @@ def attention(
     packed: Packed | None = None,
 ) -> torch.Tensor:
     """Self-attention with the heads in `masked` attending uniformly (appendix C): (B, T, C) -> (B, T, C).
-    With `packed`, B is 1 and attention (and the uniform mean) stays inside each piece of the row."""
+    With `packed`, B is 1 and attention (and the uniform mean) stays inside each piece of the row. By default
+    the masked heads' queries are zeroed (`masking.ZERO_QUERY`; RoPE keeps a zero query zero), so the masked
+    pass takes the same attention kernel as the base pass."""
     B, T, _ = x.shape
     D = attn.head_dim
+    masking_on = masked is not None and masked.numel() > 0
+    zero = masking_on and masking.strategy() == masking.ZERO_QUERY
     q = attn.q_proj(x).view(B, T, -1, D)  # (B, T, H, D)
+    if zero:
+        q = zero_queries(q, masked, 2)  # all logits of a masked head 0: uniform over what it sees
     k = attn.k_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
     v = attn.v_proj(x).view(B, T, -1, D)  # (B, T, Hkv, D)
     q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)  # transformers' own rotary, heads on dim 2
@@ -134,7 +156,7 @@ def attention(
         y = causal_attention(q, k, v, attn.scaling)  # (B, T, H, D), a fresh tensor
     else:
         y = packed_attention(q, k, v, attn.scaling, packed)  # (1, N, H, D), a fresh tensor
-    if masked is not None and masked.numel():
+    if masking_on and not zero:  # OVERWRITE: the masked heads' outputs replaced by the running mean
         group = q.shape[2] // k.shape[2]
         if packed is None:
             uniform = masked_head_outputs(v.transpose(1, 2), masked, group, None, T)  # (B, T, Hm, D)

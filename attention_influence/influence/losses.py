@@ -5,10 +5,11 @@ run once and only the rest runs twice; Llama-family layers run written out (`lla
 in-place gate, chunked attention on a CPU), other decoders as two full forwards through the attention
 interface. A batch is either right-padded, (B, T) ids with (B,) lengths (under a causal mask a real token
 never sees the padding after it, so no padding mask is needed and attention keeps its causal fast path), or
-packed, (1, N) ids with their `Packed` layout. Cross-entropy is computed in row chunks over the real tokens
-only, so full-vocabulary float32 logits never exist for a whole batch: on a CPU a chunk is ~100 rows, small
-enough to stay in cache while it is upcast and reduced (the cross-entropy costs a third of what one big chunk
-costs), on a GPU it is large enough to keep the device busy.
+packed, (1, N) ids with their `Packed` layout; either way with the flat positions that predict a token,
+built on the host. Cross-entropy is computed in row chunks over those positions only, so full-vocabulary
+float32 logits never exist for a whole batch: on a CPU a chunk is ~100 rows, small enough to stay in cache
+while it is upcast and reduced (the cross-entropy costs a third of what one big chunk costs), on a GPU it is
+large enough to keep the device busy.
 """
 
 from __future__ import annotations
@@ -27,80 +28,59 @@ from attention_influence.influence.packing import Packed
 # from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
 LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
 
+FP32_HEAD = [True]  # the LM head in float32 from low-precision hidden states (`chunk_logits`); [False]: as is
 Masked = dict[int, torch.Tensor]  # layer -> indices of its masked query heads
 Loss = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (lm_head, final hidden (B, T, C)) -> losses
 
 # ---------------------------------------------------------------- cross-entropy kernels
 
 
-def predicting_positions(
-    ids: torch.Tensor, lengths: torch.Tensor | None, packed: Packed | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Where a real token predicts the next one: a (B, T-1) mask ((1, N-1) packed), the row (piece) of each
-    such position (N,) and the number of rows B (pieces P). Row b has lengths[b] - 1 positions (token t + 1
-    predicted from tokens 0..t), rows in order; packed, no position predicts across pieces."""
-    if packed is not None:
-        return packed.same_doc[None], packed.seg[:-1][packed.same_doc], packed.n
-    B, T = ids.shape
-    valid = torch.arange(T - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
-    return valid, torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)[valid], B
+def fp32_head(lm_head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight and bias in float32: the weight itself in a float32 model, else a float32 copy
+    made once and kept on the module (re-made if the weight is replaced or moved)."""
+    w, b = lm_head.weight, getattr(lm_head, "bias", None)
+    if w.dtype == torch.float32:
+        return w, b
+    key = (w.data_ptr(), w.device, w.dtype, w._version)
+    cached = lm_head.__dict__.get("_ai_fp32_head")
+    if cached is None or cached[0] != key:
+        cached = (key, w.float(), b.float() if b is not None else None)
+        lm_head.__dict__["_ai_fp32_head"] = cached
+    return cached[1], cached[2]
+
+
+def chunk_logits(lm_head: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """(n, C) final hidden states -> (n, V) float32 logits. With FP32_HEAD the head runs in float32 from the
+    upcast hidden states: bf16 logits carry 8 bits of mantissa at values ~10-30, and scores computed from them
+    moved by up to 6e-3 on a CPU (issue 26), the size of score gaps near the cut."""
+    if not FP32_HEAD[0] or h.dtype == torch.float32:
+        return lm_head(h).float()
+    w, b = fp32_head(lm_head)
+    return F.linear(h.float(), w, b)
 
 
 def chunked_nll(lm_head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy in float32, (N, C) hidden states against (N,) targets -> (N,), a chunk of rows at a time
-    (LOGIT_CHUNK_ELEMENTS logits each)."""
+    (LOGIT_CHUNK_ELEMENTS logits each). N is a shape, known on the host: no device sync to size the loop."""
     vocab = lm_head.weight.shape[0]
     step = max(16, LOGIT_CHUNK_ELEMENTS.get(targets.device.type, 2**26) // vocab)
     nll = torch.empty(h.shape[0], dtype=torch.float32, device=targets.device)
     for i in range(0, h.shape[0], step):
-        logits = lm_head(h[i : i + step]).float()  # (n, V)
+        logits = chunk_logits(lm_head, h[i : i + step])  # (n, V) float32
         nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
     return nll
 
 
 def token_nlls(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    lengths: torch.Tensor | None,
-    packed: Packed | None = None,
+    lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, pred: torch.Tensor
 ) -> torch.Tensor:
-    """Next-token NLL of every real predicting position: (B, T, C) -> (N,), row after row
-    (`predicting_positions`)."""
-    valid, _, _ = predicting_positions(ids, lengths, packed)
-    return chunked_nll(lm_head, hidden[:, :-1][valid], ids[:, 1:][valid])
-
-
-def row_sums(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """(N,) float32 values summed into their rows: -> (n,)."""
-    return torch.zeros(n, dtype=torch.float32, device=values.device).index_add_(0, rows, values)
-
-
-def token_nll_sums(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    lengths: torch.Tensor | None,
-    packed: Packed | None = None,
-) -> torch.Tensor:
-    """NLL summed per row over its real tokens: (B, T, C) -> (B,); packed, per piece: (1, N, C) -> (P,)."""
-    valid, rows, n = predicting_positions(ids, lengths, packed)
-    return row_sums(chunked_nll(lm_head, hidden[:, :-1][valid], ids[:, 1:][valid]), rows, n)
-
-
-def flagged_nll_sums(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    lengths: torch.Tensor | None,
-    flags: torch.Tensor,
-    packed: Packed | None = None,
-) -> torch.Tensor:
-    """`token_nll_sums` and the same sums over the flagged target tokens only (flags: bool, shaped like ids):
-    (B, T, C) -> (2, B) as [all, flagged]; packed, (2, P)."""
-    valid, rows, n = predicting_positions(ids, lengths, packed)
-    nll = chunked_nll(lm_head, hidden[:, :-1][valid], ids[:, 1:][valid])  # (N,)
-    return torch.stack([row_sums(nll, rows, n), row_sums(nll * flags[:, 1:][valid], rows, n)])
+    """Next-token NLL at the predicting positions `pred` (flat indices into the B*T positions, built on the
+    host: `packing.predicting_index`): (B, T, C), (B, T), (N,) -> (N,). Position i predicts ids.view(-1)[i+1];
+    a gather by index, not a boolean mask, so nothing waits for the device to count."""
+    C = hidden.shape[-1]
+    h = hidden.reshape(-1, C).index_select(0, pred)  # (N, C)
+    targets = ids.reshape(-1).index_select(0, pred + 1)  # (N,)
+    return chunked_nll(lm_head, h, targets)
 
 
 # ---------------------------------------------------------------- the decoder
@@ -237,33 +217,17 @@ def pair_nll(
     lengths: torch.Tensor | None,
     masked: Masked,
     *,
-    flags: torch.Tensor,
+    pred: torch.Tensor,
     compile: bool = False,
     packed: Packed | None = None,
     base: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[all, flagged] NLL sums per row for the base and the masked model (`flagged_nll_sums`): (B, T) ->
-    (2, B), (2, B); packed, per piece of the one row: (1, N) -> (2, P), (2, P)."""
+    """Every predicting position's NLL (`pred`, piece after piece) for the base and the masked model:
+    (B, T) or packed (1, N) ids -> (N',), (N',) float32, left on the device. The sums per piece are taken
+    on the host (`scoring.piece_sums`): no float atomics, and a piece's sum never depends on its
+    neighbours."""
 
     def loss(lm_head, hidden):
-        return flagged_nll_sums(lm_head, hidden, ids, lengths, flags, packed)
+        return token_nlls(lm_head, hidden, ids, pred)
 
     return paired_forward(lm, ids, lengths, masked, loss, compile, packed, base)
-
-
-def pair_token_nlls(
-    lm: LoadedModel,
-    ids: torch.Tensor,
-    lengths: torch.Tensor | None,
-    masked: Masked,
-    *,
-    compile: bool = False,
-    packed: Packed | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every predicting position's NLL for the base and the masked model, row after row (`token_nlls`):
-    (B, T) -> (N,), (N,)."""
-
-    def loss(lm_head, hidden):
-        return token_nlls(lm_head, hidden, ids, lengths, packed)
-
-    return paired_forward(lm, ids, lengths, masked, loss, compile, packed)

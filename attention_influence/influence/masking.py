@@ -1,8 +1,16 @@
 """Head masking exactly as appendix C: a masked head attends uniformly to every position it can see.
 
 At query position t of a causal model the masked head's weights are 1/(t+1) on positions 0..t, so its output
-is the running mean of its value vectors. We register an attention function with transformers'
-AttentionInterface that runs SDPA for all heads (the fast kernel) and then overwrites the masked heads only,
+is the running mean of its value vectors. The default way there (`ZERO_QUERY`): the masked heads' queries are
+set to zero, so every logit of such a head is 0 and the softmax gives each visible key the same weight, under
+whatever mask or kernel computes attention (causal, padded, packed pieces, sliding windows; with or without
+RoPE, which rotates a zero vector to zero, and after a query norm, since the zero is written after it). The
+masked pass then runs on the same fused kernel as the base pass. The older way (`OVERWRITE`): attention for
+all heads, then the masked heads' outputs replaced by the running mean of their values; kept for
+`benchmarks` (`bench --methods ai,overwrite`) and for attention with extra logits a zero query cannot
+flatten (attention sinks, ALiBi-style position biases), which no supported layer has today.
+
+We register an attention function with transformers' AttentionInterface that applies either way around SDPA,
 plus the matching mask function under the same name in AttentionMaskInterface: without it transformers would
 build no padding mask for our implementation name and silently drop padding.
 
@@ -19,6 +27,30 @@ from dataclasses import dataclass, field
 import torch
 
 ATTN_NAME = "attention_influence"
+ZERO_QUERY, OVERWRITE = "zero_query", "overwrite"
+_strategy = [ZERO_QUERY]  # how masked heads are made uniform (`masking_strategy` switches it for a block)
+
+
+def strategy() -> str:
+    return _strategy[0]
+
+
+@contextmanager
+def masking_strategy(name: str) -> Iterator[None]:
+    """Within the block, masked heads are made uniform by `name` (ZERO_QUERY or OVERWRITE)."""
+    if name not in (ZERO_QUERY, OVERWRITE):
+        raise ValueError(f"unknown masking strategy {name!r}; choose {ZERO_QUERY} or {OVERWRITE}")
+    previous, _strategy[0] = _strategy[0], name
+    try:
+        yield
+    finally:
+        _strategy[0] = previous
+
+
+def zero_queries(q: torch.Tensor, heads: torch.Tensor, dim: int) -> torch.Tensor:
+    """The queries with the heads `heads` (indices along `dim`) set to zero: all their logits are 0, so they
+    attend uniformly to what they can see. A new tensor."""
+    return q.index_fill(dim, heads, 0.0)
 
 
 class UnsupportedArchitecture(ValueError):
@@ -87,20 +119,25 @@ def head_argmax(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Te
 
 
 def masked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA for every head, then masked heads replaced by the uniform average (shapes as transformers')."""
+    """SDPA with the masked heads attending uniformly (their queries zeroed, or their outputs overwritten by
+    the uniform average): query (B, H, Tq, D), key/value (B, Hkv, Tk, D) -> (B, Tq, H, D), as transformers'.
+    The query arrives after RoPE and any query norm, so a zero here stays zero."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    out, weights = sdpa_attention_forward(
-        module, query, key, value, attention_mask, **kwargs
-    )  # out: (B,Tq,H,D)
     control: HeadControl | None = getattr(module, "_ai_control", None)
     if control is None:
-        return out, weights
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     layer = module.layer_idx
     if control.record_argmax:
         control.argmax[layer] = head_argmax(query, key, attention_mask)
     heads = control.masked.get(layer)
-    if heads is not None and heads.numel():
+    masking = heads is not None and heads.numel() > 0
+    if masking and strategy() == ZERO_QUERY:
+        query = zero_queries(query, heads, 1)
+    out, weights = sdpa_attention_forward(
+        module, query, key, value, attention_mask, **kwargs
+    )  # out: (B,Tq,H,D)
+    if masking and strategy() == OVERWRITE:
         group = query.shape[1] // key.shape[1]  # query heads per KV head (GQA)
         out = out.clone()
         out[:, :, heads, :] = masked_head_outputs(value, heads, group, attention_mask, query.shape[2]).to(

@@ -38,9 +38,12 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 def has_fast_bf16(device: torch.device) -> bool:
     """bf16 pays off where the matmul units have it: CUDA (Ampere+) or a CPU with AMX tiles. AVX512-BF16 alone
     is not enough: on such a 2-core host a 2048^2 bf16 matmul ran at 156 GFLOP/s against 254 in float32, and
-    SmolLM2 step scoring at 0.65x float32's speed (benchmarks/README.md), so float32 is the faster default."""
+    SmolLM2 step scoring at 0.65x float32's speed (benchmarks/README.md), so float32 is the faster default.
+    On CUDA the device asked about (not the current one), and native support only: a T4 or V100 emulates
+    bf16 (`including_emulation=True` would say yes) at a fraction of its fp16 speed."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         try:
             flags = Path("/proc/cpuinfo").read_text().split()
@@ -204,6 +207,12 @@ class LoadedModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def precision(self) -> dict:
+        """What besides the model and the heads changes the scores' digits: the weights' dtype and the device
+        class (cpu, cuda, mps; not the index), {"dtype": "float32", "device_class": "cpu"}."""
+        return {"dtype": str(self.dtype).removeprefix("torch."), "device_class": self.device.type}
 
     @classmethod
     def from_pretrained_objects(cls, model, tokenizer, identity: str, spec: str | None = None) -> LoadedModel:

@@ -4,16 +4,20 @@ A packed batch is one row of N tokens made of P pieces. Positions restart at eve
 document from position 0), attention is causal within a piece and never crosses into another (on a GPU
 `torch.nn.attention.varlen.varlen_attn`, FlashAttention over cumulative lengths; elsewhere each piece's own
 causal attention on its slice of the row, the block-diagonal causal mask without materialising it), a masked
-head's uniform output is a running mean that restarts at each piece, and a next-token loss is only taken
-where the next token belongs to the same piece. Used by `batching` where padding would cost (length buckets
-pad up to 15% of a batch); the CPU keeps its buckets (benchmarks/README.md: packing measured slower there).
+head's uniform output is a running mean that restarts at each piece, and a next-token loss is only taken where
+the next token belongs to the same piece (`predicting_index`, built on the host). Used by `batching` where
+padding would cost (length buckets pad up to 15% of a batch); the CPU keeps its buckets (benchmarks/README.md:
+packing measured slower there).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,15 +33,35 @@ class Packed:
 
     spans: list[tuple[int, int]]  # [start, end) of each piece in the row
     pos: torch.Tensor  # (1, N) position of each token within its piece
-    seg: torch.Tensor  # (N,) index of the piece each token belongs to
     start: torch.Tensor  # (N,) row offset where each token's piece starts
-    same_doc: torch.Tensor  # (N-1,) bool: token t+1 is in t's piece (t predicts it)
     cu_seqlens: torch.Tensor  # (P+1,) int32 cumulative piece lengths (varlen_attn)
     max_len: int  # longest piece
 
     @property
     def n(self) -> int:
         return len(self.spans)
+
+
+def predicting_index(lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Flat positions of the tokens that predict the next token of their own piece, piece after piece: piece
+    i of lengths[i] tokens starting at flat position starts[i] contributes starts[i] + 0..lengths[i]-2.
+    (P,), (P,) -> (N,) int64, built on the host, so the device never has to count a boolean mask."""
+    n = np.maximum(np.asarray(lengths, dtype=np.int64) - 1, 0)  # (P,) predictions per piece
+    first = np.cumsum(n) - n  # (P,) where each piece's predictions begin in the output
+    return np.repeat(np.asarray(starts, dtype=np.int64) - first, n) + np.arange(int(n.sum()), dtype=np.int64)
+
+
+def to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Integer host arrays on the device in one copy: concatenated into one int64 buffer (pinned on CUDA,
+    copied without blocking, so the copy overlaps the previous batch's kernels and the host never waits),
+    then split back on the device into tensors of the arrays' shapes."""
+    flat = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64).ravel() for a in arrays]))
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        flat = flat.to(device)
+    parts = flat.split([int(np.size(a)) for a in arrays])
+    return [p.view(np.shape(a)) for p, a in zip(parts, arrays, strict=True)]
 
 
 def pack_batches(pieces: list, batch_tokens: int) -> Iterator[list]:
@@ -54,39 +78,70 @@ def pack_batches(pieces: list, batch_tokens: int) -> Iterator[list]:
         yield batch
 
 
-def pack_batch(batch: list, device: torch.device) -> tuple[torch.Tensor, Packed]:
-    """Pieces -> (1, N) ids and where each piece is."""
-    lengths = torch.tensor([len(p.ids) for p in batch])  # (P,)
-    ends = lengths.cumsum(0)
+def pack_batch(batch: list, device: torch.device) -> tuple[torch.Tensor, Packed, torch.Tensor]:
+    """Pieces -> (1, N) ids, where each piece is, and the (N',) flat positions that predict a next token
+    (`predicting_index`); laid out on the host, moved in one transfer (`to_device`)."""
+    lengths = np.array([len(p.ids) for p in batch], dtype=np.int64)  # (P,)
+    ends = np.cumsum(lengths)
     starts = ends - lengths
-    seg = torch.repeat_interleave(torch.arange(len(batch)), lengths)  # (N,)
-    start = starts[seg]  # (N,)
-    pos = torch.arange(int(ends[-1])) - start  # (N,)
-    ids = torch.tensor([t for p in batch for t in p.ids], dtype=torch.long)[None]  # (1, N)
+    start = np.repeat(starts, lengths)  # (N,)
+    pos = np.arange(int(ends[-1]), dtype=np.int64) - start  # (N,)
+    ids = np.concatenate([np.asarray(p.ids, dtype=np.int64) for p in batch])[None]  # (1, N)
+    cu = np.concatenate([[0], ends])  # (P+1,)
+    ids, pos, start, pred, cu = to_device(
+        [ids, pos[None], start, predicting_index(lengths, starts), cu], device
+    )
     packed = Packed(
         spans=list(zip(starts.tolist(), ends.tolist(), strict=True)),
-        pos=pos[None].to(device),
-        seg=seg.to(device),
-        start=start.to(device),
-        same_doc=(seg[1:] == seg[:-1]).to(device),
-        cu_seqlens=F.pad(ends, (1, 0)).to(torch.int32).to(device),
+        pos=pos,
+        start=start,
+        cu_seqlens=cu.to(torch.int32),
         max_len=int(lengths.max()),
     )
-    return ids.to(device), packed
+    return ids, packed, pred
+
+
+VARLEN_MIN_CAPABILITY = (8, 0)  # FlashAttention 2 needs Ampere (sm80) or newer; a T4/V100 raises
+
+
+def varlen_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """FlashAttention's varlen kernel runs here: a CUDA device of compute capability >= 8.0, fp16/bf16."""
+    if varlen_attn is None or device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= VARLEN_MIN_CAPABILITY
 
 
 def uses_varlen(q: torch.Tensor) -> bool:
-    """FlashAttention's varlen kernel: CUDA, half precision."""
-    return varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    """Whether packed attention on `q` takes the varlen kernel (`varlen_supported`)."""
+    return varlen_supported(q.device, q.dtype)
+
+
+@lru_cache(maxsize=1)
+def varlen_takes_num_splits() -> bool:
+    """torch's varlen_attn has `num_splits` (2.13 does; older releases may not)."""
+    return varlen_attn is not None and "num_splits" in inspect.signature(varlen_attn).parameters
 
 
 def packed_varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, packed: Packed
 ) -> torch.Tensor:
-    """Causal attention within each piece: (1, N, H, D), (1, N, Hkv, D) x2 -> (1, N, H, D)."""
+    """Causal attention within each piece: (1, N, H, D), (1, N, Hkv, D) x2 -> (1, N, H, D). Without split-KV
+    (num_splits=1): the split would depend on the longest piece of the row, so a document's scores would
+    depend on which documents share its row."""
     cu, m = packed.cu_seqlens, packed.max_len
+    extra = {"num_splits": 1} if varlen_takes_num_splits() else {}
     y = varlen_attn(
-        q[0], k[0], v[0], cu, cu, m, m, scale=scale, window_size=(-1, 0), enable_gqa=q.shape[2] != k.shape[2]
+        q[0],
+        k[0],
+        v[0],
+        cu,
+        cu,
+        m,
+        m,
+        scale=scale,
+        window_size=(-1, 0),
+        enable_gqa=q.shape[2] != k.shape[2],
+        **extra,
     )  # (N, H, D)
     return y[None]
 

@@ -24,14 +24,14 @@ from attention_influence.influence.batching import (
     PassOptions,
     Piece,
     Progress,
-    batch_flags,
     pad_batch,
     pad_id,
     run_batches,
     split_pieces,
+    target_flags,
     tokenize,
 )
-from attention_influence.influence.losses import Masked, pair_nll, pair_token_nlls
+from attention_influence.influence.losses import Masked, pair_nll
 from attention_influence.influence.masking import heads_by_layer, normalize_heads
 from attention_influence.influence.models import LoadedModel
 from attention_influence.influence.packing import Packed, pack_batch
@@ -66,14 +66,14 @@ class TokenLosses:
 
 def device_batch(
     lm: LoadedModel, batch: list[Piece], packed: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, Packed | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Packed | None, torch.Tensor]:
     """The pieces on the device: (1, N) ids end to end and their layout, or (B, T) right-padded ids and
-    their (B,) lengths."""
+    their (B,) lengths; with the flat positions that predict a next token, piece after piece."""
     if packed:
-        ids, layout = pack_batch(batch, lm.device)
-        return ids, None, layout
-    ids, lengths = pad_batch(batch, pad_id(lm), lm.device)
-    return ids, lengths, None
+        ids, layout, pred = pack_batch(batch, lm.device)
+        return ids, None, layout, pred
+    ids, lengths, pred = pad_batch(batch, pad_id(lm), lm.device)
+    return ids, lengths, None, pred
 
 
 def piece_sums(
@@ -85,13 +85,13 @@ def piece_sums(
     progress: Progress = None,
 ) -> tuple[list[Piece], np.ndarray, np.ndarray]:
     """The pieces that ran and their [all, repeat-3-gram] NLL sums, (2, P) float64 each for base and
-    reference, in that order. Per-batch results stay on the device until the end (no sync per batch)."""
+    reference, in that order. Per-token losses stay on the device until the end (no sync per batch); the sums
+    are taken on the host in float64 (`piece_token_sums`), the same for a piece whatever shares its batch."""
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        flags = batch_flags(batch, lm.device, opts.packed)
-        ids, lengths, layout = device_batch(lm, batch, opts.packed)
+        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed)
         return pair_nll(
-            lm, ids, lengths, masked, flags=flags, compile=opts.compile, packed=layout, base=opts.base
+            lm, ids, lengths, masked, pred=pred, compile=opts.compile, packed=layout, base=opts.base
         )
 
     order, base, ref = [], [], []
@@ -101,7 +101,19 @@ def piece_sums(
         ref.append(nll_ref)
     if not order:
         return [], np.zeros((2, 0)), np.zeros((2, 0))
-    return order, torch.cat(base, 1).double().cpu().numpy(), torch.cat(ref, 1).double().cpu().numpy()
+    flags = target_flags(order)  # (N,) host-side, like the losses
+    base_nll, ref_nll = (torch.cat(x).cpu().numpy() for x in (base, ref))  # one transfer each, at the end
+    return order, piece_token_sums(order, base_nll, flags), piece_token_sums(order, ref_nll, flags)
+
+
+def piece_token_sums(order: list[Piece], nll: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """(N,) per-token losses of the pieces in `order` (piece after piece, len(ids) - 1 each) and their
+    (N,) repeat flags -> (2, P) float64 sums [all, flagged]. Each piece's sum runs over its own values only
+    (np.add.reduceat, in float64), so it is bit-identical whichever pieces shared its batch."""
+    sizes = np.array([len(p.ids) - 1 for p in order], dtype=np.int64)  # (P,) all >= 1
+    starts = np.cumsum(sizes) - sizes
+    values = nll.astype(np.float64)
+    return np.stack([np.add.reduceat(values, starts), np.add.reduceat(values * flags, starts)])
 
 
 def document_sums(order: list[Piece], per_piece: np.ndarray, n: int) -> np.ndarray:
@@ -124,6 +136,33 @@ def mean_loss(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(counts[0] > 0, sums[0] / counts[0], np.nan)
 
 
+@dataclass
+class Prepared:
+    """Documents made ready for the model on the host: their pieces with repeat flags, scored token counts
+    and line features (decoding and regexes). What a prefetch thread builds while the model runs the previous
+    chunk (`shards.job`), so the model's thread only batches and runs."""
+
+    pieces: list[Piece]
+    n_tokens: np.ndarray  # (N,) tokens scored per document
+    text_features: dict[str, np.ndarray]  # `structure.text_features` of the scored text
+    n_docs: int
+    max_tokens: int
+    windows: bool
+
+
+def prepare_documents(
+    lm: LoadedModel, token_lists: list[list[int]], max_tokens: int | None = None, windows: bool = False
+) -> Prepared:
+    """The host-side work of scoring `token_lists`: pieces and repeat flags (`split_pieces`), the scored
+    text decoded and its line features. No model and no device: safe in a background thread."""
+    max_tokens = max_tokens or lm.max_context
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+    pieces, n_tokens = split_pieces(token_lists, max_tokens, windows)
+    features = text_features(scored_texts(lm, token_lists, max_tokens, windows))
+    return Prepared(pieces, n_tokens, features, len(token_lists), max_tokens, windows)
+
+
 def score_tokens(
     lm: LoadedModel,
     token_lists: list[list[int]],
@@ -136,24 +175,36 @@ def score_tokens(
     packed: bool | None = None,
     base: bool = True,
 ) -> Scores:
-    """`score_texts` on already tokenized documents (what a background worker prepares while the model runs).
+    """`score_texts` on already tokenized documents: `prepare_documents`, then `score_prepared`."""
+    prepared = prepare_documents(lm, token_lists, max_tokens, windows)
+    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base)
 
-    packed=True lays the documents end to end in rows of batch_tokens (no padding; `packing`); None packs on
-    a GPU only. A batch that runs out of memory is split in halves and retried (`split_on_oom`); a document
-    that fails alone gets NaN losses and its reason in `Scores.failed`. base=False runs the masked model only
-    (loss_base NaN): a control that reuses the base losses of another run. `Scores.features` holds the
-    structure features (`structure`) and `score_norep`, the score without the repeat-3-gram tokens.
+
+def score_prepared(
+    lm: LoadedModel,
+    prepared: Prepared,
+    heads: Iterable,
+    batch_tokens: int | None = 8192,
+    progress: Progress = None,
+    compile: bool = False,
+    packed: bool | None = None,
+    base: bool = True,
+) -> Scores:
+    """Scores of prepared documents (`prepare_documents`, possibly built in another thread).
+
+    packed=True lays the documents end to end in rows of batch_tokens (no padding; `packing`); None packs
+    where the varlen kernel runs. A batch that runs out of memory is split in halves and retried
+    (`split_on_oom`); a document that fails alone gets NaN losses and its reason in `Scores.failed`.
+    base=False runs the masked model only (loss_base NaN): a control that reuses the base losses of another
+    run. `Scores.features` holds the structure features (`structure`) and `score_norep`, the score without
+    the repeat-3-gram tokens.
     """
-    max_tokens = max_tokens or lm.max_context
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
     pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
     masked = heads_by_layer(pairs, lm.device)
-    pieces, n_tokens = split_pieces(token_lists, max_tokens, windows)
-    opts = PassOptions.resolve(lm, batch_tokens, max_tokens, packed, compile, base)
+    opts = PassOptions.resolve(lm, batch_tokens, prepared.max_tokens, packed, compile, base)
     failed: dict[int, str] = {}
-    order, piece_base, piece_ref = piece_sums(lm, pieces, masked, opts, failed, progress)
-    n = len(token_lists)
+    order, piece_base, piece_ref = piece_sums(lm, prepared.pieces, masked, opts, failed, progress)
+    n = prepared.n_docs
     base_sums, ref_sums = document_sums(order, piece_base, n), document_sums(order, piece_ref, n)
     counts = document_sums(order, piece_counts(order), n)  # predicted tokens, [all, repeat3] like the sums
     counts[:, list(failed)] = 0  # a document with a piece that never fit has no loss at all
@@ -163,8 +214,8 @@ def score_tokens(
         ref_sums = base_sums.copy()
     loss_base, loss_ref = mean_loss(base_sums, counts), mean_loss(ref_sums, counts)
     features = loss_features(base_sums, ref_sums, counts)
-    features.update(text_features(scored_texts(lm, token_lists, max_tokens, windows)))
-    return Scores(n_tokens, loss_base, loss_ref, failed, {k: features[k] for k in FEATURE_COLUMNS})
+    features.update(prepared.text_features)
+    return Scores(prepared.n_tokens, loss_base, loss_ref, failed, {k: features[k] for k in FEATURE_COLUMNS})
 
 
 def score_token_losses(
@@ -186,18 +237,23 @@ def score_token_losses(
     opts = PassOptions.resolve(lm, batch_tokens, longest, packed, compile)
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lengths, layout = device_batch(lm, batch, opts.packed)
-        return pair_token_nlls(lm, ids, lengths, masked, compile=opts.compile, packed=layout)
+        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed)
+        return pair_nll(lm, ids, lengths, masked, pred=pred, compile=opts.compile, packed=layout)
 
     n = len(token_lists)
     out = TokenLosses(base=[None] * n, ref=[None] * n)
+    order, base, ref = [], [], []
     for part, nll_base, nll_ref in run_batches(pieces, run, opts, lm.device, out.failed, progress):
-        sizes = [len(p.ids) - 1 for p in part]  # (N,) losses of a batch, row after row
-        for p, b, r in zip(
-            part, nll_base.double().cpu().split(sizes), nll_ref.double().cpu().split(sizes), strict=True
-        ):
-            out.base[p.doc] = b.numpy()
-            out.ref[p.doc] = b.numpy().copy() if not pairs else r.numpy()
+        order.extend(part)  # the losses stay on the device until the end: no sync per batch
+        base.append(nll_base)
+        ref.append(nll_ref)
+    if not order:
+        return out
+    sizes = [len(p.ids) - 1 for p in order]  # (N,) losses, piece after piece
+    base_all, ref_all = (torch.cat(x).double().cpu() for x in (base, ref))
+    for p, b, r in zip(order, base_all.split(sizes), ref_all.split(sizes), strict=True):
+        out.base[p.doc] = b.numpy()
+        out.ref[p.doc] = b.numpy().copy() if not pairs else r.numpy()
     return out
 
 

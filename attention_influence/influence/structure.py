@@ -28,16 +28,27 @@ MENU_SEPARATOR = re.compile(r"\s*(?:\||·|»|›|\s/\s)\s*")
 MENU_ITEM_WORDS = 4  # a menu entry is at most this many words
 
 
-def repeat3_flags(ids: list[int]) -> np.ndarray:
-    """(T,) bool: token t continues an earlier exact 3-gram of `ids` (the 3-gram ending at t ended before)."""
-    flags = np.zeros(len(ids), dtype=bool)
-    seen: set[tuple[int, int, int]] = set()
-    for t in range(2, len(ids)):
-        gram = (ids[t - 2], ids[t - 1], ids[t])
-        if gram in seen:
-            flags[t] = True
-        else:
-            seen.add(gram)
+ID_BITS = 21  # token ids below 2**21 pack three to an int64 key
+
+
+def gram_keys(a: np.ndarray) -> np.ndarray:
+    """(T,) token ids -> (T-2,) one comparable key per 3-gram (ending at t = index + 2): three ids packed
+    into an int64 when they fit in ID_BITS each, else the three ids viewed as one opaque 24-byte value."""
+    if a.min() >= 0 and a.max() < 2**ID_BITS:
+        return (a[:-2] << (2 * ID_BITS)) | (a[1:-1] << ID_BITS) | a[2:]
+    grams = np.ascontiguousarray(np.stack([a[:-2], a[1:-1], a[2:]], axis=1))  # (T-2, 3)
+    return grams.view(np.dtype((np.void, grams.dtype.itemsize * 3)))[:, 0]
+
+
+def repeat3_flags(ids) -> np.ndarray:
+    """(T,) bool: token t continues an earlier exact 3-gram of `ids` (the 3-gram ending at t ended before).
+    Vectorized: a 3-gram is flagged where its first occurrence (np.unique's return_index) is earlier."""
+    a = np.asarray(ids, dtype=np.int64)
+    flags = np.zeros(len(a), dtype=bool)
+    if len(a) < 4:  # one or no 3-gram: nothing can repeat
+        return flags
+    _, first, inverse = np.unique(gram_keys(a), return_index=True, return_inverse=True)
+    flags[2:] = first[inverse.ravel()] < np.arange(len(a) - 2)
     return flags
 
 

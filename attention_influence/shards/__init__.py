@@ -9,32 +9,31 @@ staging.py     the first N rows of a shard as a local Parquet file, the domain r
 record.py      a scored shard's data version, reuse check and provenance record (`score_and_record`)
 """
 
-from attention_influence.shards.job import (
-    HeadSet,
-    ShardJob,
-    clip_long_texts,
-    parts_path,
-    run_score_job,
-    score_shard,
-)
-from attention_influence.shards.lock import OutputBusyError, output_lock
-from attention_influence.shards.quarantine import cross_shard_duplicates, quarantine_path, split_valid
-from attention_influence.shards.reader import InputError, check_shard, read_shard, shard_row_count
+_EXPORTS = {
+    "HeadSet": "job",
+    "InputError": "reader",
+    "OutputBusyError": "lock",
+    "ShardJob": "job",
+    "check_shard": "reader",
+    "clip_long_texts": "job",
+    "cross_shard_duplicates": "quarantine",
+    "output_lock": "lock",
+    "parts_path": "job",
+    "quarantine_path": "quarantine",
+    "read_shard": "reader",
+    "run_score_job": "job",
+    "score_shard": "job",
+    "shard_row_count": "reader",
+    "split_valid": "quarantine",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "HeadSet",
-    "InputError",
-    "OutputBusyError",
-    "ShardJob",
-    "check_shard",
-    "clip_long_texts",
-    "cross_shard_duplicates",
-    "output_lock",
-    "parts_path",
-    "quarantine_path",
-    "read_shard",
-    "run_score_job",
-    "score_shard",
-    "shard_row_count",
-    "split_valid",
-]
+
+def __getattr__(name: str):
+    """Lazy exports: importing `attention_influence.shards.prefetch` alone needs no polars (the GPU check's
+    python3 has none), `from attention_influence.shards import score_shard` still works."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'attention_influence.shards' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"attention_influence.shards.{_EXPORTS[name]}"), name)

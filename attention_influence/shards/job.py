@@ -12,7 +12,8 @@ character bound before tokenising (tokenising a 10 MB document whole takes ~25 s
 bound grows until the cut text still has more than `max_tokens` tokens, so `n_tokens` and the scored tokens
 are those of the whole text.
 
-While a chunk is scored, the next one is sliced, clipped and tokenized in a background thread (`prefetch`;
+While a chunk is scored, the next one is sliced, clipped, tokenized, cut into pieces with their repeat flags
+and decoded for its line features in a background thread (`prefetch`, `scoring.prepare_documents`;
 the shard itself is read and validated before scoring starts: the resume fingerprint needs every row. The
 shard is read in record batches, and the duplicate-id check and the content digest are updated batch by batch;
 only the valid rows' id, domain and text are held). A batch that runs out of memory is split and retried
@@ -237,30 +238,26 @@ def _claim_parts(parts_dir: Path, fingerprint: str) -> None:
     atomic_write_text(meta_file, json.dumps(fingerprint))
 
 
-def prepare_chunk(lm: LoadedModel, job: ShardJob, chunk: pl.DataFrame) -> list[list[int]]:
-    """The chunk's token ids (long texts clipped first unless windowed): the input work that overlaps."""
+def prepare_chunk(lm: LoadedModel, job: ShardJob, chunk: pl.DataFrame):
+    """The chunk ready for the model (`scoring.Prepared`): long texts clipped unless windowed, tokenized,
+    cut into pieces with their repeat flags, the scored text decoded and its line features. The input work
+    that overlaps the previous chunk's scoring."""
     from attention_influence.influence.batching import tokenize
+    from attention_influence.influence.scoring import prepare_documents
 
     texts = chunk.get_column("text").to_list()
     if not job.windows:
         texts = clip_long_texts(texts, lm.tokenizer, job.max_tokens or lm.max_context)
-    return tokenize(lm, texts)
+    return prepare_documents(lm, tokenize(lm, texts), job.max_tokens, job.windows)
 
 
 def _score_chunk(
-    lm: LoadedModel, heads: HeadSet, job: ShardJob, chunk: pl.DataFrame, token_lists: list[list[int]]
+    lm: LoadedModel, heads: HeadSet, job: ShardJob, chunk: pl.DataFrame, prepared
 ) -> pl.DataFrame:
     """The chunk's part: the score-table columns plus `error` (why a document has no loss, else null)."""
-    from attention_influence.influence.scoring import score_tokens, scores_frame
+    from attention_influence.influence.scoring import score_prepared, scores_frame
 
-    s = score_tokens(
-        lm,
-        token_lists,
-        heads.heads,
-        max_tokens=job.max_tokens,
-        batch_tokens=job.batch_tokens,
-        windows=job.windows,
-    )
+    s = score_prepared(lm, prepared, heads.heads, batch_tokens=job.batch_tokens)
     return scores_frame(chunk, s, heads.head_set_id, with_errors=True)
 
 
@@ -294,11 +291,11 @@ def _score_chunks(
             if k >= max(todo):
                 return
 
-    def prepare(item: tuple[int, pl.DataFrame]) -> tuple[pl.DataFrame, list[list[int]]]:
+    def prepare(item: tuple[int, pl.DataFrame]) -> tuple[pl.DataFrame, object]:
         return item[1], prepare_chunk(lm, job, item[1])
 
-    for (k, _), (chunk, token_lists) in prefetched(wanted(), prepare, overlap=job.overlap_input, wait=wait):
-        atomic_write_parquet(_score_chunk(lm, heads, job, chunk, token_lists), _part(parts_dir, k))
+    for (k, _), (chunk, prepared) in prefetched(wanted(), prepare, overlap=job.overlap_input, wait=wait):
+        atomic_write_parquet(_score_chunk(lm, heads, job, chunk, prepared), _part(parts_dir, k))
         finished += 1
         if progress:
             progress(finished, n_chunks)
@@ -440,8 +437,12 @@ def score_shard(
         table, quarantined = set_aside_unscorable(
             _score_table(parts_dir, n_chunks), quarantined, valid.ids(), shard
         )
+        precision = lm.precision  # the cut refuses a domain whose tables disagree on these
         table = table.with_columns(
-            pl.lit(shard, dtype=pl.String).alias("shard"), pl.lit(lm.identity, dtype=pl.String).alias("model")
+            pl.lit(shard, dtype=pl.String).alias("shard"),
+            pl.lit(lm.identity, dtype=pl.String).alias("model"),
+            pl.lit(precision["dtype"], dtype=pl.String).alias("dtype"),
+            pl.lit(precision["device_class"], dtype=pl.String).alias("device_class"),
         )
         quarantined = quarantine_table(quarantined)
         qpath = quarantine_path(out)
@@ -470,6 +471,7 @@ def score_shard(
         "seconds": round(time.perf_counter() - t0, 2),
         "head_set_id": heads.head_set_id,
         "model": lm.identity,
+        **lm.precision,
     }
     if summary["documents_in"] != summary["scored"] + summary["quarantined"]:
         raise RuntimeError(f"{input_path}: counts do not reconcile: {summary}")

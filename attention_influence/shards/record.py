@@ -1,12 +1,13 @@
 """The record of a scored shard: its data version, when it can be reused, and the provenance written with it.
 
 A score table's provenance file (`<key>.json`, next to it) says what produced it. Its `data_version` hashes
-the shard fingerprint, the model, the head set, the scoring knobs, the corpus columns and the code version:
-a run with none of them changed reuses the table as it is, while a new model or head set makes every shard
-stale. `score_and_record` stages, scores and writes that record; the `document_scores` asset calls it.
+the shard fingerprint, the model, its precision (dtype and device class: a bf16 GPU run does not reuse a
+float32 CPU table), the head set, the scoring knobs, the corpus columns and the code version: a run with none
+of them changed reuses the table as it is, while a new model, precision or head set makes every shard stale.
+`score_and_record` stages, scores and writes that record; the `document_scores` asset calls it.
 
     request = ShardScoring(shard, out, staging, prov, "text", "id", "domain", scoring, knobs, "demo", "2")
-    record = score_and_record(lm, request, heads_doc, request.data_version(lm.identity, hsid))
+    record = score_and_record(lm, request, heads_doc, request.data_version(lm.identity, hsid, lm.precision))
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ class ShardScoring:
     profile: str
     code_version: str
 
-    def data_version(self, model_identity: str, head_set_id: str) -> str:
-        """The hash a rerun compares: equal inputs give an equal version (and the table is reused)."""
+    def data_version(self, model_identity: str, head_set_id: str, precision: dict) -> str:
+        """The hash a rerun compares: equal inputs give an equal version (and the table is reused).
+        `precision`: `LoadedModel.precision`, the dtype and device class."""
         return digest(
             {
                 "shard": self.shard.fingerprint,
                 "model": model_identity,
+                "precision": {k: precision[k] for k in ("dtype", "device_class")},
                 "head_set_id": head_set_id,
                 "knobs": self.knobs,
                 "columns": [self.text_column, self.id_column, self.domain_column],
