@@ -95,19 +95,27 @@ def definitions(resources: dict) -> dg.Definitions:
     )
 
 
-def run_whole_graph(instance: dg.DagsterInstance, resources: dict) -> list[str]:
-    """Observe the sources, register shards, materialize everything; returns the shard keys."""
+def rank_heads(instance: dg.DagsterInstance, resources: dict) -> list[str]:
+    """Observe the model, register the shards, materialize the probe set and the head ranking; returns the
+    shard keys, sorted (what every graph test does before scoring)."""
     from ai_assets.definitions import ASSETS
-    from ai_assets.document_scores import document_scores
     from ai_assets.partitions import register_shards
     from ai_assets.selector_model import selector_model
 
     dg.materialize(ASSETS, selection=[selector_model], instance=instance, resources=resources)
     register_shards(instance, resources["corpus"].shards())
-    keys = instance.get_dynamic_partitions("corpus_shards")
     dg.materialize(
         ASSETS, selection=["retrieval_probe_set", "retrieval_heads"], instance=instance, resources=resources
     )
+    return sorted(instance.get_dynamic_partitions("corpus_shards"))
+
+
+def run_whole_graph(instance: dg.DagsterInstance, resources: dict) -> list[str]:
+    """Observe the sources, register shards, materialize everything; returns the shard keys."""
+    from ai_assets.definitions import ASSETS
+    from ai_assets.document_scores import document_scores
+
+    keys = rank_heads(instance, resources)
     for key in keys:
         dg.materialize(
             ASSETS, selection=[document_scores], partition_key=key, instance=instance, resources=resources

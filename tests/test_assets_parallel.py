@@ -48,10 +48,9 @@ def read_everything_visible(scores_dir) -> int:
 
 
 def test_four_partitions_at_once(tmp_path, tiny_model_dir):
-    from graph_helpers import graph_resources, write_shard
+    from graph_helpers import graph_resources, rank_heads, write_shard
 
     from ai_assets.definitions import ASSETS
-    from ai_assets.partitions import register_shards
     from attention_influence.influence.models import load_model
     from attention_influence.shards import HeadSet, ShardJob, score_shard
 
@@ -64,15 +63,7 @@ def test_four_partitions_at_once(tmp_path, tiny_model_dir):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     resources = graph_resources(tiny_model_dir, corpus, work)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        dg.materialize(ASSETS, selection=["selector_model"], instance=instance, resources=resources)
-        register_shards(instance, resources["corpus"].shards())
-        dg.materialize(
-            ASSETS,
-            selection=["retrieval_probe_set", "retrieval_heads"],
-            instance=instance,
-            resources=resources,
-        )
-        keys = sorted(instance.get_dynamic_partitions("corpus_shards"))
+        keys = rank_heads(instance, resources)
     assert len(keys) == 4
 
     env = {**cli_env(), "DAGSTER_HOME": str(home)}
