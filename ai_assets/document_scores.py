@@ -2,12 +2,13 @@
 
 Scoring is `attention_influence.shards.job.score_shard`: bad rows are quarantined with a reason, chunks are
 checkpointed and the table is written atomically to `$AI_WORKDIR/scores/<shard_key>.parquet`. A provenance
-file next to it (`<shard_key>.json`) records what produced it; its `data_version` hashes the shard
-fingerprint, the model and its precision (dtype, device class), the head set, the scoring knobs and this code
-version, so a re-run with nothing changed is recognised (and reused without recomputation), while a new model,
-precision or head set makes every partition stale. Staging, the record and the reuse check are
-`attention_influence.shards.record`. With `ray.address` set, the scoring itself runs on a scorer actor of
-that cluster (`resources.RayCluster`); the metadata names the node and device that scored the shard.
+file next to it (`<shard_key>.json`) records what produced it; its `data_version` is the version of the
+table's `ScoreInputs` (`attention_influence.shards.fingerprint`: the shard file, the model and its precision,
+the head set, the scoring settings, the columns and the code version), so a re-run with nothing changed is
+recognised (and reused without recomputation), while a new model, precision or head set makes every
+partition stale. Staging, the record and the reuse check are `attention_influence.shards.record`. With
+`ray.address` set, the scoring itself runs on a scorer actor of that cluster (`resources.RayCluster`); the
+metadata names the node and device that scored the shard.
 """
 
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from ai_assets.metadata import heads_text, markdown_table, read_head_set
 from ai_assets.partitions import corpus_shard, shard_partitions
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
+from attention_influence.code_versions import code_version
 from attention_influence.head_selection import HeadSetError, require_model
 from attention_influence.io.corpus import CorpusError, Shard
 from resources import Corpus, RayCluster, SelectionProfile, SelectorModel, Workdir
@@ -26,8 +28,6 @@ if TYPE_CHECKING:  # attention_influence.shards imports torch: the code location
     from attention_influence.shards.record import ShardScoring
 
 GPU_POOL = "gpu"  # the concurrency pool scoring steps share: `dagster instance concurrency set gpu <N GPUs>`
-
-CODE_VERSION = "2"  # 2: structure feature columns (repeat3_share, ..., score_norep)
 
 
 class ScoreConfig(dg.Config):
@@ -62,9 +62,7 @@ def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: W
         id_column=corpus.id_column,
         domain_column=corpus.domain_column,
         scoring=profile.scoring,
-        knobs=profile.scoring_knobs(),
         profile=profile.name,
-        code_version=CODE_VERSION,
     )
 
 
@@ -109,7 +107,7 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
     partitions_def=shard_partitions,
     deps=[retrieval_heads, selector_model, corpus_shard],
     pool=GPU_POOL,
-    code_version=CODE_VERSION,
+    code_version=code_version("document_scores"),
     group_name="selection",
     kinds={"parquet", "pytorch"},
     description="Per-document AttentionInfluence score (L_ref - L_base) / L_base for one shard, with "
@@ -136,7 +134,7 @@ def document_scores(
         raise dg.Failure(str(exc)) from exc
     request = _scoring(shard, corpus, profile, workdir)
     precision = ray_cluster.expected_precision(model) if ray_cluster.enabled else model.lm.precision
-    data_version = request.data_version(identity, heads_doc["head_set_id"], precision)
+    data_version = request.inputs(identity, heads_doc["head_set_id"], precision).version()
     previous = workdir.score_record(key)
     reused = is_unchanged(previous, data_version, config.force)
     if reused:
@@ -146,11 +144,11 @@ def document_scores(
         record = previous
     elif ray_cluster.enabled:
         context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-        record = ray_cluster.score_shard(model, request, heads_doc, data_version)
+        record = ray_cluster.score_shard(model, request, heads_doc)
         context.log.info(f"{key}: scored on Ray node {record['placement']['node_id']} ({record['timings']})")
     else:
         progress, log = _progress(context, key), context.log.info
-        record = score_and_record(model.lm, request, heads_doc, data_version, progress=progress, log=log)
+        record = score_and_record(model.lm, request, heads_doc, progress=progress, log=log)
     device = (record.get("placement") or {}).get("device") or str(model.lm.device)
     return dg.MaterializeResult(
         metadata=_metadata(record, request, device, reused),

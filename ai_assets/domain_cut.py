@@ -18,8 +18,8 @@ import dagster as dg
 from ai_assets.document_scores import document_scores
 from ai_assets.metadata import heads_text, markdown_table, read_head_set
 from ai_assets.partitions import SHARD_PARTITIONS
+from attention_influence.code_versions import code_version
 from attention_influence.cut import (
-    CODE_VERSION,
     ROUNDING,
     CutInputError,
     CutPolicyError,
@@ -97,7 +97,7 @@ def _metadata(
 @dg.asset(
     deps=[document_scores],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version=CODE_VERSION,
+    code_version=code_version("domain_cut"),
     group_name="selection",
     kinds={"duckdb", "parquet"},
     description="Per-domain top fraction (default 20%) of scored documents: DuckDB table `domain_cut` in "

@@ -12,8 +12,9 @@ import dagster as dg
 from ai_assets.metadata import markdown_table
 from ai_assets.pretraining_manifest import pretraining_manifest
 from attention_influence.audit import read_provenance
+from attention_influence.code_versions import code_version
 from attention_influence.manifest import MANIFEST_FILE
-from attention_influence.mixed_corpus import CODE_VERSION, MixError, MixResult, mix_data_version, mix_manifest
+from attention_influence.mixed_corpus import MixError, MixResult, mix_data_version, mix_manifest
 from resources import Corpus, SelectionProfile, Workdir
 
 
@@ -38,7 +39,7 @@ def _metadata(mix: MixResult, manifest_prov: dict, profile: SelectionProfile, wo
 @dg.asset(
     deps=[pretraining_manifest],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version=CODE_VERSION,
+    code_version=code_version("mixed_corpus"),
     group_name="training",
     kinds={"duckdb", "parquet"},
     description="The mixed training corpus: every scored document once plus the selected ones again, with "

@@ -11,8 +11,8 @@ import dagster as dg
 
 from ai_assets.domain_cut import domain_cut
 from ai_assets.metadata import heads_text, markdown_table
+from attention_influence.code_versions import code_version
 from attention_influence.manifest import (
-    CODE_VERSION,
     MANIFEST_FILE,
     Manifest,
     ManifestError,
@@ -22,7 +22,7 @@ from attention_influence.manifest import (
 )
 from resources import Workdir
 
-__all__ = ["CODE_VERSION", "MANIFEST_FILE", "pretraining_manifest"]
+__all__ = ["MANIFEST_FILE", "pretraining_manifest"]
 
 
 def _metadata(manifest: Manifest) -> dict:
@@ -49,7 +49,7 @@ def _metadata(manifest: Manifest) -> dict:
 @dg.asset(
     deps=[domain_cut],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version=CODE_VERSION,
+    code_version=code_version("pretraining_manifest"),
     group_name="selection",
     kinds={"parquet"},
     description="Pre-training manifest: every scored document once plus the selected documents again "

@@ -16,13 +16,13 @@ import dagster as dg
 
 from ai_assets.metadata import markdown_table, mlflow_figure
 from ai_assets.mixed_corpus import mixed_corpus
+from attention_influence.code_versions import code_version
 from attention_influence.evaluation.tracking import run_url
 from resources import MLflow, SelectionProfile, SelectorModel, Workdir
 
 if TYPE_CHECKING:  # the experiment imports torch: the code location loads without it
     from attention_influence.training.experiment import ProxyInputs, ProxyResult
 
-CODE_VERSION = "1"
 COMPARISON_COLUMNS = ("comparison", "metric", "mean_diff", "sd_diff", "se_diff", "seed_sd", "exceeds_noise")
 
 
@@ -55,7 +55,7 @@ def proxy_metadata(result: "ProxyResult", inputs: "ProxyInputs", mlflow: MLflow)
 
 @dg.asset(
     deps=[mixed_corpus],
-    code_version=CODE_VERSION,
+    code_version=code_version("proxy_pretraining"),
     group_name="training",
     kinds={"pytorch", "mlflow"},
     description="Proxy pretraining: tiny Llama models trained from scratch on baseline / attention-influence "
@@ -94,5 +94,5 @@ def proxy_pretraining(
     )
     return dg.MaterializeResult(
         metadata=proxy_metadata(result, inputs, mlflow),
-        data_version=dg.DataVersion(inputs.data_version(CODE_VERSION)),
+        data_version=dg.DataVersion(inputs.data_version(code_version("proxy_pretraining"))),
     )

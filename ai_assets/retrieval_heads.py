@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 
 from ai_assets.metadata import heads_text, markdown_table, mlflow_figure
-from ai_assets.retrieval_probe_set import CODE_VERSION as PROBE_CODE_VERSION
 from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.selector_model import selector_model
+from attention_influence.code_versions import code_version
 from attention_influence.head_selection import (
     HeadSetError,
     heads_document,
@@ -22,8 +22,6 @@ from attention_influence.head_selection import (
     write_heatmap,
 )
 from resources import MLflow, SelectionProfile, SelectorModel, Workdir
-
-CODE_VERSION = "1"
 
 
 def _log_progress(context: dg.AssetExecutionContext, what: str):
@@ -98,7 +96,7 @@ def _metadata(ranking, table, figure, run: tuple[str, str], mlflow: MLflow, work
 
 @dg.asset(
     deps=[retrieval_probe_set, selector_model],
-    code_version=CODE_VERSION,
+    code_version=code_version("retrieval_heads"),
     group_name="selection",
     kinds={"json", "parquet", "mlflow"},
     description="Retrieval score of every (layer, head) on the probe set (eq. 1-4) and the chosen head set: "
@@ -128,7 +126,10 @@ def retrieval_heads(
         )
     except HeadSetError as exc:
         raise dg.Failure(str(exc)) from exc
-    code_versions = {"retrieval_probe_set": PROBE_CODE_VERSION, "retrieval_heads": CODE_VERSION}
+    code_versions = {
+        "retrieval_probe_set": code_version("retrieval_probe_set"),
+        "retrieval_heads": code_version("retrieval_heads"),
+    }
     doc = heads_document(ranking, profile.name, code_versions)
     table = write_head_set(ranking, doc, workdir.heads_path, workdir.head_scores_path)
     figure = write_heatmap(ranking, workdir.heads_figure_path)

@@ -5,6 +5,7 @@ import dagster as dg
 
 from ai_assets.metadata import markdown_table
 from ai_assets.selector_model import selector_model
+from attention_influence.code_versions import code_version
 from attention_influence.probe_set import (
     ProbeSet,
     build_probe_set,
@@ -14,8 +15,6 @@ from attention_influence.probe_set import (
     write_probe_set,
 )
 from resources import Corpus, SelectionProfile, SelectorModel, Workdir
-
-CODE_VERSION = "1"
 
 
 def _metadata(probe_set: ProbeSet, provenance: dict, workdir: Workdir) -> dict:
@@ -39,7 +38,7 @@ def _metadata(probe_set: ProbeSet, provenance: dict, workdir: Workdir) -> dict:
 
 @dg.asset(
     deps=[selector_model],
-    code_version=CODE_VERSION,
+    code_version=code_version("retrieval_probe_set"),
     group_name="selection",
     kinds={"parquet"},
     description="Key-value retrieval probes (a JSON object of random 32-char keys -> corpus sentences, three "
@@ -62,7 +61,12 @@ def retrieval_probe_set(
         log=context.log.info,
     )
     provenance = probe_set_provenance(
-        probe_set, heads.probe_max_tokens, heads.probe_seed, lm.identity, corpus.uri, CODE_VERSION
+        probe_set,
+        heads.probe_max_tokens,
+        heads.probe_seed,
+        lm.identity,
+        corpus.uri,
+        code_version("retrieval_probe_set"),
     )
     write_probe_set(probe_set, workdir.probes_path, provenance)
     return dg.MaterializeResult(

@@ -19,6 +19,7 @@ import dagster as dg
 
 from ai_assets.domain_cut import domain_cut, scored_shards
 from ai_assets.metadata import markdown_table, read_head_set
+from attention_influence.code_versions import code_version
 from attention_influence.evaluation import agreement as ag
 from attention_influence.evaluation.agreement_run import (
     Agreement,
@@ -27,8 +28,6 @@ from attention_influence.evaluation.agreement_run import (
     write_agreement,
 )
 from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
-
-CODE_VERSION = "1"
 
 
 def agreement_metadata(result: Agreement, out, run_id: str) -> dict:
@@ -56,7 +55,7 @@ def agreement_metadata(result: Agreement, out, run_id: str) -> dict:
 @dg.asset(
     deps=[domain_cut],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version=CODE_VERSION,
+    code_version=code_version("score_agreement"),
     group_name="selection",
     kinds={"mlflow", "parquet"},
     description="Agreement of the score with the corpus' quality columns (AUC / Spearman with bootstrap "

@@ -14,6 +14,7 @@ import dagster as dg
 
 from ai_assets.metadata import heads_text, markdown_table, mlflow_figure
 from ai_assets.pretraining_manifest import MANIFEST_FILE, pretraining_manifest
+from attention_influence.code_versions import code_version
 from attention_influence.evaluation import tracking
 from attention_influence.evaluation.selection_run import (
     SelectionInputs,
@@ -25,8 +26,6 @@ from resources import Corpus, MLflow, SelectionProfile, SelectorModel, Workdir
 
 if TYPE_CHECKING:  # the evaluation imports torch: the code location loads without it
     from attention_influence.evaluation.run import EvalResult
-
-CODE_VERSION = "1"
 
 
 def _ci(row: dict, name: str) -> str:
@@ -99,7 +98,7 @@ def selection_metadata(result: "EvalResult", inputs: SelectionInputs, ui_url: st
 @dg.asset(
     deps=[pretraining_manifest],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version=CODE_VERSION,
+    code_version=code_version("selection_evaluation"),
     group_name="selection",
     kinds={"mlflow"},
     description="An MLflow run evaluating the head set and the selection: the mirror effect (appendix D), "

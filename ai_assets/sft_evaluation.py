@@ -10,13 +10,12 @@ import polars as pl
 from ai_assets.metadata import markdown_table, png_markdown, version_hash
 from ai_assets.sft_selection import read_scored
 from ai_assets.sft_training_set import sft_training_set, training_set_dir
+from attention_influence.code_versions import code_version
 from attention_influence.evaluation.tracking import run_url
 from resources import MLflow, PostTraining, SelectionProfile, SelectorModel, Workdir
 
 if TYPE_CHECKING:  # the report imports matplotlib: the code location loads without it
     from attention_influence.post_training.report import SFTEvaluation
-
-CODE_VERSION = "1"
 
 
 def sft_metadata(
@@ -43,7 +42,7 @@ def sft_metadata(
 
 @dg.asset(
     deps=[sft_training_set],
-    code_version=CODE_VERSION,
+    code_version=code_version("sft_evaluation"),
     group_name="post_training",
     kinds={"pytorch", "mlflow"},
     description="MLflow: AIR step scores by position (figure), highest/lowest steps (Markdown), and the "
@@ -88,6 +87,8 @@ def sft_evaluation(
     return dg.MaterializeResult(
         metadata=sft_metadata(result, items, where, size, experiment, mlflow),
         data_version=dg.DataVersion(
-            version_hash(ids=table["id"].to_list(), profile=size.to_params(), code=CODE_VERSION)
+            version_hash(
+                ids=table["id"].to_list(), profile=size.to_params(), code=code_version("sft_evaluation")
+            )
         ),
     )

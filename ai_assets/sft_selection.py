@@ -5,10 +5,9 @@ import dagster as dg
 from ai_assets.metadata import markdown_table, version_hash
 from ai_assets.sft_partitions import SFT_PARTITIONS
 from ai_assets.sft_step_scores import sft_scores_dir, sft_step_scores
+from attention_influence.code_versions import code_version
 from attention_influence.io.atomic import atomic_write_parquet
 from resources import PostTraining, Workdir
-
-CODE_VERSION = "1"
 
 
 def read_scored(context, workdir: Workdir, kind: str):
@@ -32,7 +31,7 @@ def selection_path(workdir: Workdir):
 
 @dg.asset(
     deps=[sft_step_scores],
-    code_version=CODE_VERSION,
+    code_version=code_version("sft_selection"),
     group_name="post_training",
     kinds={"parquet"},
     description="Sample-level AIR selection: the top post_training.top_frac of samples by "
@@ -67,6 +66,6 @@ def sft_selection(
             "top": dg.MetadataValue.md(markdown_table(table.sort("rank").head(5).drop("source").to_dicts())),
         },
         data_version=dg.DataVersion(
-            version_hash(ids=table.filter("selected")["id"].to_list(), code=CODE_VERSION)
+            version_hash(ids=table.filter("selected")["id"].to_list(), code=code_version("sft_selection"))
         ),
     )

@@ -7,6 +7,7 @@ from ai_assets.metadata import markdown_table
 from ai_assets.retrieval_heads import _log_progress, retrieval_heads
 from ai_assets.selector_model import selector_model
 from ai_assets.sft_partitions import sft_partitions
+from attention_influence.code_versions import code_version
 from attention_influence.head_selection import head_set_of
 from attention_influence.post_training.step_record import (
     SFTShardError,
@@ -15,8 +16,6 @@ from attention_influence.post_training.step_record import (
     top_steps,
 )
 from resources import PostTraining, RayCluster, SelectionProfile, SelectorModel, Workdir
-
-CODE_VERSION = "1"
 
 
 def sft_scores_dir(workdir: Workdir):
@@ -45,7 +44,7 @@ def _metadata(summary: dict, hid: str, path, out, where: dict) -> dict:
 @dg.asset(
     deps=[retrieval_heads, selector_model],
     partitions_def=sft_partitions,
-    code_version=CODE_VERSION,
+    code_version=code_version("sft_step_scores"),
     group_name="post_training",
     kinds={"pytorch", "parquet"},
     description="AIR scores of one SFT shard: per step and per sample (L_base, L_ref, (L_ref - L_base) / "
@@ -93,6 +92,6 @@ def sft_step_scores(
     return dg.MaterializeResult(
         metadata=_metadata(summary, hid, path, out, where),
         data_version=dg.DataVersion(
-            step_scores_version(fingerprint, hid, post_training.knobs(), CODE_VERSION)
+            step_scores_version(fingerprint, hid, post_training.knobs(), code_version("sft_step_scores"))
         ),
     )

@@ -5,10 +5,10 @@ import dagster as dg
 
 from ai_assets.metadata import version_hash
 from ai_assets.sft_selection import read_scored, selection_path, sft_selection
+from attention_influence.code_versions import code_version
 from attention_influence.io.atomic import atomic_write_parquet
 from resources import PostTraining, Workdir
 
-CODE_VERSION = "1"
 COLUMNS = (
     "id",
     "shard",
@@ -37,7 +37,7 @@ def training_set_dir(workdir: Workdir):
 
 @dg.asset(
     deps=[sft_selection],
-    code_version=CODE_VERSION,
+    code_version=code_version("sft_training_set"),
     group_name="post_training",
     kinds={"parquet"},
     description="The AIR-selected samples with step weights (exp(score / T), mean 1 per sample, clipped) "
@@ -74,6 +74,10 @@ def sft_training_set(
             "load_with": 'datasets.load_dataset("parquet", data_files=".../train.parquet")',
         },
         data_version=dg.DataVersion(
-            version_hash(ids=train["id"].to_list(), w=post_training.weighting().__dict__, code=CODE_VERSION)
+            version_hash(
+                ids=train["id"].to_list(),
+                w=post_training.weighting().__dict__,
+                code=code_version("sft_training_set"),
+            )
         ),
     )

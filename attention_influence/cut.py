@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.code_versions import code_version
 from attention_influence.io.hashing import digest
 from attention_influence.io.sql import load_sql
 
-CODE_VERSION = "1"  # the quality gate is in the policy record; an ungated cut is unchanged
 ROUNDING = "k = floor(n * frac + 0.5) per domain (nearest integer, halves up); ties broken by id"
 CUT_FILE = "cut.parquet"
 CUT_SUMMARY_FILE = "cut_by_domain.parquet"
@@ -452,7 +452,7 @@ def cut_shards(
     """`run_cut` over the scored shards (their score records and score `files`) with the `domain_cut`
     asset's provenance: heads.json's, the shards', the profile and the code versions."""
     provenance = {"asset": "domain_cut", **cut_provenance(heads_doc, shards, frac, profile, policy)}
-    provenance["code_versions"]["domain_cut"] = CODE_VERSION
+    provenance["code_versions"]["domain_cut"] = code_version("domain_cut")
     return run_cut(
         con,
         files,
@@ -477,7 +477,7 @@ def cut_data_version(
         {
             "head_set_id": head_set_id,
             "frac": frac,
-            "code_version": CODE_VERSION,
+            "code_version": code_version("domain_cut"),
             "shards": sorted((s["key"], s["data_version"]) for s in shards),
             **policy_record(policy),
         }
@@ -550,7 +550,7 @@ def score_files_provenance(files: Sequence[str], frac: float) -> dict:
         "head_set_id": head_sets.pop() if head_sets else None,
         "domain_top_frac": frac,
         "rounding": ROUNDING,
-        "code_versions": {"domain_cut": CODE_VERSION},
+        "code_versions": {"domain_cut": code_version("domain_cut")},
         "shards": shards,
     }
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attention_influence.audit import read_provenance, write_parquet_with_provenance
+from attention_influence.code_versions import code_version
 from attention_influence.io.hashing import digest
 from attention_influence.io.sql import load_sql
 
-CODE_VERSION = "1"
 MANIFEST_FILE = "manifest.parquet"
 
 
@@ -49,7 +49,10 @@ def manifest_provenance(cut_provenance: dict) -> dict:
     return {
         **cut_provenance,
         "asset": "pretraining_manifest",
-        "code_versions": {**cut_provenance.get("code_versions", {}), "pretraining_manifest": CODE_VERSION},
+        "code_versions": {
+            **cut_provenance.get("code_versions", {}),
+            "pretraining_manifest": code_version("pretraining_manifest"),
+        },
     }
 
 
@@ -97,4 +100,4 @@ def shard_reconciliation(cut_provenance: dict) -> list[dict]:
 
 def manifest_data_version(cut_provenance: dict) -> str:
     """The manifest's data version: the cut's whole provenance and this code version."""
-    return digest({"cut": cut_provenance, "code_version": CODE_VERSION})
+    return digest({"cut": cut_provenance, "code_version": code_version("pretraining_manifest")})

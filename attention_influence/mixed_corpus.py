@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attention_influence.audit import write_parquet_with_provenance
+from attention_influence.code_versions import code_version
 from attention_influence.io.hashing import digest
 from attention_influence.io.sql import load_sql
 
-CODE_VERSION = "1"
 FILE_PATTERN = "mixed-{:05d}.parquet"
 COLUMNS = ["id", "domain", "shard", "score", "selected_copy", "head_set_id", "n_tokens", "text"]
 
@@ -155,7 +155,10 @@ def mix_provenance(manifest_provenance: dict, rows_per_file: int, shuffle_seed: 
         "asset": "mixed_corpus",
         "mix_rows_per_file": int(rows_per_file),
         "mix_shuffle_seed": shuffle_seed,
-        "code_versions": {**manifest_provenance.get("code_versions", {}), "mixed_corpus": CODE_VERSION},
+        "code_versions": {
+            **manifest_provenance.get("code_versions", {}),
+            "mixed_corpus": code_version("mixed_corpus"),
+        },
     }
 
 
@@ -214,6 +217,6 @@ def mix_data_version(manifest_provenance: dict, rows_per_file: int, shuffle_seed
             "manifest": manifest_provenance,
             "rows_per_file": int(rows_per_file),
             "seed": shuffle_seed,
-            "code_version": CODE_VERSION,
+            "code_version": code_version("mixed_corpus"),
         }
     )

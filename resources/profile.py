@@ -69,11 +69,3 @@ class SelectionProfile(dg.ConfigurableResource):
             cut.gate_min,
             cut.gate_base_loss_pct,
         )
-
-    def scoring_knobs(self) -> dict:
-        """What changes a score table besides model, heads and shard: part of its data version."""
-        return {
-            "doc_max_tokens": self.scoring.doc_max_tokens or 0,
-            "windows": self.scoring.windows,
-            "max_docs_per_shard": self.scoring.max_docs_per_shard or 0,
-        }

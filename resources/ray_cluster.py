@@ -23,7 +23,7 @@ class RayCluster(section_resource(RayConfig)):
 
         return expected_precision(model.dtype, model.device, self.num_gpus)
 
-    def score_shard(self, model, request, heads_doc: dict, data_version: str) -> dict:
+    def score_shard(self, model, request, heads_doc: dict) -> dict:
         """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
         record with `placement` (node, device), `worker` (scorer, model loads) and `timings`. A shard whose
         scorer's node dies is retried on another scorer and resumes from its chunks."""
@@ -34,7 +34,7 @@ class RayCluster(section_resource(RayConfig)):
         # plain library values travel to the worker (no Dagster config classes)
         scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
         request = dataclasses.replace(request, scoring=scoring)
-        task = ShardTask(spec, request, heads_doc, data_version, self.expected_precision(model))
+        task = ShardTask(spec, request, heads_doc)
         return score_shards([task], self._resources(cfg))[0]
 
     def run_with_model(self, model, fn, *args, **kwargs) -> dict:

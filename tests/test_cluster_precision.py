@@ -19,10 +19,9 @@ def test_expected_precision_follows_the_settings_and_the_cluster(dtype, device, 
     assert expected_precision(dtype, device, num_gpus) == expected
 
 
-def test_a_scorer_whose_model_differs_records_the_version_of_what_it_scored(tmp_path, tiny_model_dir):
-    """The driver's guess only decides whether it reuses a table: a scorer that loaded another precision
-    than the guess records the version a one-process run in its precision computes (the plain actor class,
-    run without Ray)."""
+def test_a_scorer_records_the_version_of_what_it_scored(tmp_path, tiny_model_dir):
+    """The driver's guess only decides whether it reuses a table: the scorer records the version a
+    one-process run in the precision it loaded computes (the plain actor class, run without Ray)."""
     from test_shards_record import HEADS_DOC, request, write_shard
 
     from attention_influence.cluster.scoring import ModelSpec, ScorerActor, ShardTask
@@ -33,10 +32,8 @@ def test_a_scorer_whose_model_differs_records_the_version_of_what_it_scored(tmp_
     spec = ModelSpec(str(tiny_model_dir), dtype="float32", device="cpu")
     lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
     heads = {**HEADS_DOC, "model": lm.identity}
-    guess = {"dtype": "bfloat16", "device_class": "cuda"}
-    record = ScorerActor("scorer-0").score(ShardTask(spec, req, heads, "guessed", guess))
+    guess = req.inputs(lm.identity, "h1", {"dtype": "bfloat16", "device_class": "cuda"}).version()
+    record = ScorerActor("scorer-0").score(ShardTask(spec, req, heads))
     assert lm.precision == {"dtype": "float32", "device_class": "cpu"}
-    assert record["data_version"] == req.data_version(lm.identity, "h1", lm.precision) != "guessed"
+    assert record["data_version"] == req.inputs(lm.identity, "h1", lm.precision).version() != guess
     assert record["scored"] + record["quarantined"] == 2  # max_docs_per_shard 2 of 4
-    same = ScorerActor("scorer-1").score(ShardTask(spec, req, heads, "kept", lm.precision))
-    assert same["data_version"] == "kept"  # a right guess is the version recorded

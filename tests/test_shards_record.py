@@ -1,6 +1,6 @@
 """Staging a shard and the record of a scored shard (`shards.staging`, `shards.record`), without a model:
 the first rows with the domain resolved, the data version (stable for equal inputs, new for another model,
-precision, head set or knobs), the reuse check, the provenance record and what scoring
+precision, head set or knobs; its values pinned), the reuse check, the provenance record and what scoring
 is asked."""
 
 from __future__ import annotations
@@ -62,9 +62,7 @@ def request(
         id_column="id",
         domain_column=domain_column,
         scoring=scoring,
-        knobs=KNOBS,
         profile="demo",
-        code_version="2",
     )
 
 
@@ -108,14 +106,28 @@ def test_considered_count():
 CPU32 = {"dtype": "float32", "device_class": "cpu"}
 
 
+def version(req: ShardScoring, model: str = "tiny@abc", hsid: str = "h1", precision: dict = CPU32) -> str:
+    return req.inputs(model, hsid, precision).version()
+
+
 def test_data_version_is_the_one_document_scores_always_computed(tmp_path):
+    """The values are those the data version had before `ScoreInputs` (computed by the earlier formula):
+    tables scored before it are reused as they are."""
     req = request(tmp_path, "unused")
-    v = req.data_version("tiny@abc", "h1", CPU32)
-    assert req.data_version("tiny@abc", "h1", dict(CPU32)) == v  # deterministic
-    assert req.data_version("tiny@abc", "h2", CPU32) != v  # a new head set: stale
-    assert req.data_version("other@abc", "h1", CPU32) != v  # a new model: stale
-    changed = ShardScoring(**{**req.__dict__, "knobs": {**KNOBS, "windows": True}})
-    assert changed.data_version("tiny@abc", "h1", CPU32) != v
+    v = version(req)
+    assert v == "78c479fbfac30cc6"
+    assert version(req, precision=dict(CPU32)) == v  # deterministic
+    assert version(req, hsid="h2") != v  # a new head set: stale
+    assert version(req, model="other@abc") != v  # a new model: stale
+    windows = SimpleNamespace(**{**req.scoring.__dict__, "windows": True})
+    assert version(ShardScoring(**{**req.__dict__, "scoring": windows})) == "245becf55fa43a83"
+    longer = SimpleNamespace(**{**req.scoring.__dict__, "doc_max_tokens": 256})
+    assert (
+        version(ShardScoring(**{**req.__dict__, "scoring": longer, "id_column": None})) == "2f73d80754380eff"
+    )
+    # how the work is done is not part of it
+    other_work = SimpleNamespace(**{**req.scoring.__dict__, "batch_tokens": 512, "checkpoint_every": 1})
+    assert version(ShardScoring(**{**req.__dict__, "scoring": other_work})) == v
 
 
 def test_data_version_changes_with_dtype_and_device_class(tmp_path):
@@ -123,18 +135,19 @@ def test_data_version_changes_with_dtype_and_device_class(tmp_path):
     matter (`LoadedModel.precision` records the class)."""
     req = request(tmp_path, "unused")
     versions = {
-        req.data_version("tiny@abc", "h1", {"dtype": d, "device_class": c})
+        version(req, precision={"dtype": d, "device_class": c})
         for d in ("float32", "bfloat16")
         for c in ("cpu", "cuda", "mps")
     }
     assert len(versions) == 6
+    assert version(req, precision={"dtype": "bfloat16", "device_class": "cuda"}) == "b8d3823bf17bfc24"
     from conftest import tiny_loaded_model
 
     lm = tiny_loaded_model("tiny@abc")
     assert lm.precision == CPU32
     lm.model.to(torch.bfloat16)
     assert lm.precision == {"dtype": "bfloat16", "device_class": "cpu"}
-    assert req.data_version("tiny@abc", "h1", lm.precision) != req.data_version("tiny@abc", "h1", CPU32)
+    assert version(req, precision=lm.precision) != version(req)
 
 
 def test_is_unchanged():
@@ -147,14 +160,14 @@ def test_is_unchanged():
 
 def test_score_record_counts_lineage_and_code_versions(tmp_path):
     result = {"scored": 2, "quarantined": 0, "tokens_scored": 40, "seconds": 1.5}
-    record = score_record(
-        result, request(tmp_path, "s3://b/web/w0.parquet"), HEADS_DOC, 5, "v1", "m", "spec", 0
-    )
+    req = request(tmp_path, "s3://b/web/w0.parquet")
+    record = score_record(result, req, HEADS_DOC, 5, req.inputs("m", "h1", CPU32), "spec", 0)
     assert {k: record[k] for k in result} == result
     assert record["documents_in_shard"] == 5
     assert record["documents_considered"] == 2 and record["documents_not_considered"] == 3
     assert record["input"] == record["uri"] == "s3://b/web/w0.parquet"
-    assert (record["key"], record["shard_fingerprint"], record["data_version"]) == ("web__w0", "fp1", "v1")
+    assert (record["key"], record["shard_fingerprint"]) == ("web__w0", "fp1")
+    assert record["data_version"] == version(req, model="m")
     assert record["heads"] == [[1, 0], [2, 3]] and record["head_set_id"] == "h1"
     assert (record["model"], record["model_spec"], record["profile"]) == ("m", "spec", "demo")
     assert (record["probe_set_version"], record["probe_digest"], record["knobs"]) == ("1", "pd", KNOBS)
@@ -179,9 +192,9 @@ def test_score_and_record_stages_scores_and_writes_the_record(tmp_path, monkeypa
         return {"scored": 2, "quarantined": 0, "tokens_scored": 10, "seconds": 0.5}
 
     monkeypatch.setattr(job_module, "score_shard", fake_score_shard)
-    lm = SimpleNamespace(identity="tiny@abc", spec="tiny", device="cpu")
+    lm = SimpleNamespace(identity="tiny@abc", spec="tiny", device="cpu", precision=CPU32)
     lines = []
-    record = score_and_record(lm, req, HEADS_DOC, "v1", log=lines.append)
+    record = score_and_record(lm, req, HEADS_DOC, log=lines.append)
     job = asked["job"]
     assert job.input_path == str(req.staging_path) and job.domain_column == STAGED_DOMAIN
     assert (job.shard, job.max_tokens, job.batch_tokens, job.checkpoint_every) == ("web__w0", None, 4096, 8)
@@ -190,6 +203,7 @@ def test_score_and_record_stages_scores_and_writes_the_record(tmp_path, monkeypa
     assert not req.staging_path.exists()  # the staged copy is removed once scored
     assert json.loads(req.provenance_path.read_text()) == json.loads(json.dumps(record))
     assert record["documents_considered"] == 2 and record["model"] == "tiny@abc"
+    assert record["data_version"] == version(req) and record["knobs"] == KNOBS
     assert lines == [f"web__w0: scoring 2 of 5 documents from {uri} with 2 heads masked (h1) on cpu"]
 
 

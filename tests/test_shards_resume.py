@@ -21,6 +21,7 @@ from shard_helpers import (
     write_heads,
 )
 
+from attention_influence.influence.heads import head_set_id
 from attention_influence.shards import (
     HeadSet,
     OutputBusyError,
@@ -35,7 +36,8 @@ HEADS = [(1, 0), (2, 1), (3, 3)]
 
 
 def score(lm, shard, out, heads=HEADS, progress=None, log=None, **kw) -> dict:
-    return score_shard(lm, HeadSet(heads, "h"), ShardJob(str(shard), out, **kw), progress=progress, log=log)
+    heads_set = HeadSet(heads, head_set_id(lm.identity, heads))  # the id names the heads
+    return score_shard(lm, heads_set, ShardJob(str(shard), out, **kw), progress=progress, log=log)
 
 
 def shard_with_bad_rows(path, n: int):

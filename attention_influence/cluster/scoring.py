@@ -17,7 +17,7 @@ kernel drops with its dead holder). Each result carries where it ran (`placement
 count (`worker`) and timings. `shutdown_scorers()` removes the actors (they hold their GPUs until then).
 
     connect("10.0.0.5:6379")
-    records = score_shards([ShardTask(model, request, heads_doc, version) for ...], TaskResources(num_gpus=1))
+    records = score_shards([ShardTask(model, request, heads_doc) for ...], TaskResources(num_gpus=1))
 """
 
 from __future__ import annotations
@@ -60,20 +60,19 @@ class TaskResources:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard for a worker: the model, the request (`ShardScoring`), heads.json, the data version."""
+    """One shard for a worker: the model, the request (`ShardScoring`), heads.json. The record's data version
+    is that of the model the worker loaded (`score_and_record`), whatever the driver expected."""
 
     model: ModelSpec
     request: object  # attention_influence.shards.record.ShardScoring
     heads_doc: dict
-    data_version: str  # computed by the driver with `expected_precision`
-    precision: dict | None = None  # what `data_version` assumed; a worker whose model differs recomputes it
 
 
 def expected_precision(dtype: str, device: str, num_gpus: float) -> dict:
     """The precision a scorer will load the model in, known before any worker loads it (the driver's reuse
     check needs the data version first): "auto" is bfloat16 on a GPU (Ampere and newer) and float32 on a
-    CPU. A worker whose model differs (a V100's "auto" is float32) records its own precision instead, so a
-    wrong guess costs a re-score, never a reuse of another precision's scores."""
+    CPU. A worker whose model differs (a V100's "auto" is float32) records its own precision instead
+    (`score_and_record`), so a wrong guess costs a re-score, never a reuse of another precision's scores."""
     device_class = device.split(":")[0] if device != "auto" else ("cuda" if num_gpus > 0 else "cpu")
     if dtype == "auto":
         dtype = "bfloat16" if device_class == "cuda" else "float32"
@@ -157,10 +156,7 @@ class ScorerActor:
         lm, load_seconds, worker = self._model(task.model)
         where = placement(str(lm.device))
         extra = {"placement": where, "worker": worker}
-        version = task.data_version
-        if task.precision is not None and task.precision != lm.precision:  # e.g. "auto" gave fp32 on a V100
-            version = task.request.data_version(lm.identity, task.heads_doc["head_set_id"], lm.precision)
-        record = score_and_record(lm, task.request, task.heads_doc, version, log=print, extra=extra)
+        record = score_and_record(lm, task.request, task.heads_doc, log=print, extra=extra)
         timings = {"model_load_seconds": round(load_seconds, 3), "task_seconds": time.perf_counter() - t0}
         return {**record, "timings": timings}
 

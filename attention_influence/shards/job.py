@@ -3,9 +3,10 @@
 Shared by `attention-influence score` and the `document_scores` asset. Every input row ends up either in the
 score table or in the quarantine table with a reason, so documents in = scored + quarantined. Chunks of
 `checkpoint_every` documents are written as part files in a hidden folder next to the output; a killed run
-that is started again skips the finished parts and produces the same table as an uninterrupted run. Parts of a
-different job (other model, heads, knobs or shard content) are never reused. One process at a time may write a
-given output (a lock file next to it); a second one fails at once with a clear error.
+that is started again skips the finished parts and produces the same table as an uninterrupted run. Parts of
+other scores (another model, precision, head set, `max_tokens`, `windows`, code version or shard content:
+`fingerprint.ScoreInputs`) are never reused; a new batch size or checkpoint interval reuses them. One process
+at a time may write a given output (a lock file next to it); a second one fails at once with a clear error.
 
 Without `windows`, a document is scored on its first `max_tokens` tokens, so a very long text is cut to a
 character bound before tokenising (tokenising a 10 MB document whole takes ~25 s and ~1.5 GB for nothing); the
@@ -14,7 +15,7 @@ are those of the whole text.
 
 While a chunk is scored, the next one is sliced, clipped, tokenized, cut into pieces with their repeat flags
 and decoded for its line features in a background thread (`prefetch`, `scoring.prepare_documents`;
-the shard itself is read and validated before scoring starts: the resume fingerprint needs every row. The
+the shard itself is read and validated before scoring starts: the resume check needs every row's content. The
 shard is read in record batches, and the duplicate-id check and the content digest are updated batch by batch;
 only the valid rows' id, domain and text are held). A batch that runs out of memory is split and retried
 down to one document; a document that fails alone is quarantined as "out of memory" with the error, so
@@ -23,19 +24,18 @@ nothing is lost.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
 from attention_influence.influence.models import LoadedModel
 from attention_influence.io.atomic import atomic_write_parquet, atomic_write_text
-from attention_influence.io.hashing import digest
+from attention_influence.shards.fingerprint import ContentDigest, ScoreInputs
 from attention_influence.shards.lock import OutputBusyError, output_lock, remove_stale_tmp
 from attention_influence.shards.prefetch import InputWait, prefetched
 from attention_influence.shards.quarantine import (
@@ -60,13 +60,12 @@ __all__ = [  # InputError and OutputBusyError too: what the CLI catches from a j
     "OutputBusyError",
     "ShardJob",
     "clip_long_texts",
-    "job_fingerprint",
+    "score_inputs",
     "parts_path",
     "run_score_job",
     "score_shard",
 ]
 
-JOB_VERSION = 4  # bump when a change here alters the scores of a chunk: old part files are then discarded
 CHARS_PER_TOKEN = 64  # first character bound per kept token before tokenising a long text (grown as needed)
 CLIP_MARGIN_TOKENS = 16  # the cut text must have this many tokens beyond max_tokens: the cut is far from them
 SCORE_SCHEMA = {
@@ -101,8 +100,8 @@ class HeadSet:
 class ShardJob:
     """One shard to score: where it is read and written, how its rows are read and kept, the scoring knobs.
 
-    Everything but the model and the heads. The knobs and the shard name are part of the resume fingerprint,
-    so parts written under other values are never reused.
+    Everything but the model and the heads. Which fields change the scores (and so the resume check):
+    `score_inputs`.
     """
 
     input_path: str  # local path or fsspec URI of the shard (Parquet, JSON Lines, Arrow: io.formats)
@@ -162,49 +161,18 @@ def clip_long_texts(
     return out
 
 
-class ContentDigest:
-    """What the scores depend on in the input: ids, domains and texts, in order (each length-prefixed),
-    hashed batch by batch as the shard is read (the same digest as hashing all valid rows at once)."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-
-    def update(self, valid: pl.DataFrame) -> None:
-        for row in valid.select("id", "domain", "text").iter_rows():
-            for value in row:
-                data = value.encode("utf-8", errors="surrogatepass")
-                self._hash.update(len(data).to_bytes(8, "little"))
-                self._hash.update(data)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-def content_digest(valid: pl.DataFrame) -> str:
-    """The `ContentDigest` of valid rows held in one frame."""
-    content = ContentDigest()
-    content.update(valid)
-    return content.hexdigest()
-
-
-def job_fingerprint(lm: LoadedModel, heads: HeadSet, job: ShardJob, valid: pl.DataFrame | str) -> str:
-    """Everything a chunk's scores depend on: parts written under another fingerprint are discarded.
-    `valid`: the valid rows, or their `ContentDigest` hex digest."""
-    return digest(
-        {
-            "version": JOB_VERSION,
-            "model": lm.identity,
-            "dtype": str(lm.dtype),
-            "device": lm.device.type,
-            "heads": sorted(map(list, heads.heads)),
-            "head_set_id": heads.head_set_id,
-            "max_tokens": job.max_tokens,
-            "windows": job.windows,
-            "batch_tokens": job.batch_tokens,
-            "checkpoint_every": job.checkpoint_every,
-            "shard": job.name,
-            "content": valid if isinstance(valid, str) else content_digest(valid),
-        }
+def score_inputs(lm: LoadedModel, heads: HeadSet, job: ShardJob, content: str) -> ScoreInputs:
+    """The job's `ScoreInputs`, its rows named by the valid rows' `ContentDigest` hex digest."""
+    columns = (job.text_column, job.id_column, job.domain_column)
+    return ScoreInputs(
+        content,
+        columns,
+        job.max_docs,
+        lm.identity,
+        **lm.precision,
+        head_set_id=heads.head_set_id,
+        doc_max_tokens=job.max_tokens,
+        windows=job.windows,
     )
 
 
@@ -222,20 +190,28 @@ def _usable_part(part: Path, log: Log) -> bool:
         return False
 
 
-def _load_job(meta_file: Path) -> str | None:
+def _load_job(meta_file: Path) -> dict:
     try:
-        return json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
-def _claim_parts(parts_dir: Path, fingerprint: str) -> None:
-    """The parts folder, emptied unless it holds parts of this very job (same fingerprint)."""
+def _claim_parts(parts_dir: Path, version: str, every: int, log: Log = None) -> int:
+    """The parts folder, emptied unless it holds parts of the same scores (`ScoreInputs.version`); returns
+    the checkpoint interval to go on with: the one the parts were written with (their layout)."""
     meta_file = parts_dir / "job.json"
-    if parts_dir.exists() and _load_job(meta_file) != fingerprint:
-        shutil.rmtree(parts_dir)  # parts of a different job (or of unknown origin): never mix them in
+    meta = _load_job(meta_file)
+    if parts_dir.exists() and meta.get("inputs") != version:
+        shutil.rmtree(parts_dir)  # parts of other scores (or of unknown origin): never mix them in
+    elif parts_dir.exists() and meta.get("checkpoint_every") not in (None, every):
+        every = int(meta["checkpoint_every"])
+        if log:
+            log(f"{parts_dir}: resuming with the parts' checkpoint interval of {every} documents")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta_file, json.dumps(fingerprint))
+    atomic_write_text(meta_file, json.dumps({"inputs": version, "checkpoint_every": every}))
+    return every
 
 
 def prepare_chunk(lm: LoadedModel, job: ShardJob, chunk: pl.DataFrame):
@@ -429,7 +405,8 @@ def score_shard(
             if log:
                 log(f"{shard}: removed {tmp.name}, left by an interrupted writer")
         parts_dir = parts_path(out)
-        _claim_parts(parts_dir, job_fingerprint(lm, heads, job, valid.content))
+        version = score_inputs(lm, heads, job, valid.content).version()
+        job = replace(job, checkpoint_every=_claim_parts(parts_dir, version, job.checkpoint_every, log))
         wait = InputWait()
         chunks = _valid_chunks(job, fmt.name, valid)
         n_chunks, resumed = _score_chunks(lm, heads, job, valid, chunks, parts_dir, progress, log, wait)

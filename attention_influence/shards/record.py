@@ -1,13 +1,14 @@
 """The record of a scored shard: its data version, when it can be reused, and the provenance written with it.
 
-A score table's provenance file (`<key>.json`, next to it) says what produced it. Its `data_version` hashes
-the shard fingerprint, the model, its precision (dtype and device class: a bf16 GPU run does not reuse a
-float32 CPU table), the head set, the scoring knobs, the corpus columns and the code version: a run with none
-of them changed reuses the table as it is, while a new model, precision or head set makes every shard stale.
-`score_and_record` stages, scores and writes that record; the `document_scores` asset calls it.
+A score table's provenance file (`<key>.json`, next to it) says what produced it. Its `data_version` is the
+`ScoreInputs` version (`fingerprint`: the shard file, the model, its precision, the head set, the scoring
+settings, the corpus columns and the code version): a run with none of them changed reuses the table as it is,
+while a new model, precision or head set makes every shard stale. `score_and_record` stages, scores and writes
+that record; the `document_scores` asset calls it.
 
-    request = ShardScoring(shard, out, staging, prov, "text", "id", "domain", scoring, knobs, "demo", "2")
-    record = score_and_record(lm, request, heads_doc, request.data_version(lm.identity, hsid, lm.precision))
+    request = ShardScoring(shard, out, staging, prov, "text", "id", "domain", scoring, "demo")
+    version = request.inputs(lm.identity, hsid, lm.precision).version()  # the reuse check's
+    record = score_and_record(lm, request, heads_doc)  # record["data_version"] == version
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from attention_influence.io.atomic import atomic_write_json
 from attention_influence.io.corpus import Shard
-from attention_influence.io.hashing import digest
+from attention_influence.shards.fingerprint import ScoreInputs
 from attention_influence.shards.staging import considered_count, stage_shard
 
 Log = Callable[[str], None] | None
@@ -39,23 +40,20 @@ class ShardScoring:
     id_column: str | None  # None: ids generated as `<shard key>:<row>`
     domain_column: str | None  # empty: the shard's folder is the domain
     scoring: object  # the scoring section: max_docs_per_shard, doc_max_tokens, batch_tokens, windows, ...
-    knobs: dict  # what else changes a score table (doc_max_tokens, windows, max_docs_per_shard)
     profile: str
-    code_version: str
 
-    def data_version(self, model_identity: str, head_set_id: str, precision: dict) -> str:
-        """The hash a rerun compares: equal inputs give an equal version (and the table is reused).
-        `precision`: `LoadedModel.precision`, the dtype and device class."""
-        return digest(
-            {
-                "shard": self.shard.fingerprint,
-                "model": model_identity,
-                "precision": {k: precision[k] for k in ("dtype", "device_class")},
-                "head_set_id": head_set_id,
-                "knobs": self.knobs,
-                "columns": [self.text_column, self.id_column, self.domain_column],
-                "code_version": self.code_version,
-            }
+    def inputs(self, model_identity: str, head_set_id: str, precision: dict) -> ScoreInputs:
+        """What the table depends on, its rows named by the shard file's fingerprint (known before reading):
+        `.version()` is the data version a rerun compares. `precision`: `LoadedModel.precision`."""
+        return ScoreInputs(
+            self.shard.fingerprint,
+            (self.text_column, self.id_column, self.domain_column),
+            self.scoring.max_docs_per_shard,
+            model_identity,
+            **precision,
+            head_set_id=head_set_id,
+            doc_max_tokens=self.scoring.doc_max_tokens,
+            windows=self.scoring.windows,
         )
 
 
@@ -69,8 +67,7 @@ def score_record(
     request: ShardScoring,
     heads_doc: dict,
     total: int,
-    data_version: str,
-    model: str,
+    inputs: ScoreInputs,
     model_spec: str,
     started: float,
 ) -> dict:
@@ -87,16 +84,16 @@ def score_record(
         "documents_in_shard": total,
         "documents_considered": considered,
         "documents_not_considered": total - considered,
-        "data_version": data_version,
+        "data_version": inputs.version(),
         "head_set_id": heads_doc["head_set_id"],
         "heads": [list(h) for h in heads_doc["heads"]],
-        "model": model,
+        "model": inputs.model,
         "model_spec": model_spec,
         "probe_set_version": heads_doc.get("probe_set_version"),
         "probe_digest": heads_doc.get("probe_digest"),
-        "knobs": request.knobs,
+        "knobs": inputs.knobs,
         "profile": request.profile,
-        "code_versions": {**heads_doc.get("code_versions", {}), "document_scores": request.code_version},
+        "code_versions": {**heads_doc.get("code_versions", {}), "document_scores": inputs.code_version},
         "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "wall_seconds": round(time.time() - started, 2),
     }
@@ -121,18 +118,20 @@ def score_and_record(
     lm,
     request: ShardScoring,
     heads_doc: dict,
-    data_version: str,
     progress: Progress = None,
     log: Log = None,
     extra: dict | None = None,
 ) -> dict:
     """Stage the shard, score it with the head set of heads.json masked, remove the staged copy and write
-    the record (plus `extra`, e.g. the Ray node that scored it) to `request.provenance_path`; returns it."""
+    the record (plus `extra`, e.g. the Ray node that scored it) to `request.provenance_path`; returns it.
+    Its data version is that of `lm` as loaded here, whatever precision the caller expected (a Ray driver
+    guesses before any scorer has loaded the model: a wrong guess costs a re-score, never a wrong reuse)."""
     from attention_influence.shards.job import HeadSet, ShardJob, score_shard
 
     started, shard, scoring = time.time(), request.shard, request.scoring
     input_path, domain_column, total, options = _input(request)
     heads, hsid = heads_doc["heads"], heads_doc["head_set_id"]
+    inputs = request.inputs(lm.identity, hsid, lm.precision)
     if log:
         limit = scoring.max_docs_per_shard
         if total is not None:
@@ -160,7 +159,7 @@ def score_and_record(
     if input_path != shard.uri:
         request.staging_path.unlink(missing_ok=True)
     total = result["documents_in_shard"] if total is None else total
-    record = score_record(result, request, heads_doc, total, data_version, lm.identity, lm.spec, started)
+    record = score_record(result, request, heads_doc, total, inputs, lm.spec, started)
     record.update(extra or {})
     atomic_write_json(request.provenance_path, record)
     return record

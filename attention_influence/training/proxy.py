@@ -24,8 +24,6 @@ import numpy as np
 import polars as pl
 import torch
 
-CODE_VERSION = "1"
-
 
 @dataclass(frozen=True)
 class ProxyProfile:
