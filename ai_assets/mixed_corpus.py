@@ -62,7 +62,7 @@ def mixed_corpus(
             seed,
             text_column=corpus.text_column,
             id_column=corpus.id_column,
-            temp_dir=workdir.inside("tmp", "duckdb"),
+            temp_dir=workdir.duckdb_temp_dir,
             log=context.log.info,
             fmt=corpus.format,
         )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from attention_influence.io.corpus import CorpusError, Shard, resolve_shard, shard_rows
+from attention_influence.io.corpus import CorpusError, Shard, resolve_shard
+from attention_influence.shards.reader import corpus_shard_rows
 from resources import Corpus
 
 SHARD_PARTITIONS = "corpus_shards"
@@ -20,7 +21,7 @@ def shard_metadata(shard: Shard) -> dict:
     """What the observation shows. A shard whose footer cannot be read is still registered (its score run then
     fails naming the file, as for any corrupt shard), and the observation says why its rows are unknown."""
     try:
-        rows: int | str | None = shard_rows(shard)
+        rows: int | str | None = corpus_shard_rows(shard)
     except CorpusError as exc:
         rows = f"unknown ({exc})"
     if rows is None:

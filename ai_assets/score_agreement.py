@@ -88,7 +88,7 @@ def score_agreement(
         warn=context.log.warning,
         fmt=corpus.format,
     )
-    out = write_agreement(result, workdir.root / "agreement")
+    out = write_agreement(result, workdir.agreement_dir)
     with mlflow.start_run(
         run_name=f"agreement {heads_doc['head_set_id'][:8]} {profile.name}",
         tags={"dagster_run_id": context.run.run_id, "head_set_id": heads_doc["head_set_id"]},

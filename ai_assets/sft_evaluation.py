@@ -9,7 +9,7 @@ import polars as pl
 
 from ai_assets.metadata import markdown_table, png_markdown, version_hash
 from ai_assets.sft_selection import read_scored
-from ai_assets.sft_training_set import sft_training_set, training_set_dir
+from ai_assets.sft_training_set import sft_training_set
 from attention_influence.code_versions import code_version
 from attention_influence.evaluation.tracking import run_url
 from resources import MLflow, PostTraining, SelectionProfile, SelectorModel, Workdir
@@ -64,7 +64,7 @@ def sft_evaluation(
         size = finetune_profile(post_training.finetune)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
-    table = pl.read_parquet(workdir.pull(training_set_dir(workdir) / "all.parquet"))
+    table = pl.read_parquet(workdir.pull(workdir.sft_training_set_dir / "all.parquet"))
     steps = read_scored(context, workdir, "steps")
     items, where = report.eval_items(profile.evaluation.eval_dir, size.eval_items)
     experiment = mlflow.setup()
@@ -78,7 +78,7 @@ def sft_evaluation(
         size,
         mlflow.tracking_uri,
         experiment,
-        workdir.inside("sft", "evaluation"),
+        workdir.sft_evaluation_dir,
         params=report.sft_params(table, post_training, items, where),
         run_name=f"sft_evaluation {hid[:8]} {post_training.finetune}",
         tags={"dagster_run_id": context.run.run_id, "head_set_id": hid},

@@ -29,9 +29,7 @@ def register_sft_shards(instance: dg.DagsterInstance, shards: list) -> list[str]
 
 def sft_record(workdir: Workdir, key: str) -> dict | None:
     """The score summary of an SFT shard (written last by `sft_step_scores`), or None."""
-    from ai_assets.sft_step_scores import sft_scores_dir
-
-    path = workdir.pull(sft_scores_dir(workdir) / f"{key}.json")
+    path = workdir.pull(workdir.sft_scores_path(key, "summary"))
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -4,7 +4,7 @@ import dagster as dg
 
 from ai_assets.metadata import markdown_table, version_hash
 from ai_assets.sft_partitions import SFT_PARTITIONS
-from ai_assets.sft_step_scores import sft_scores_dir, sft_step_scores
+from ai_assets.sft_step_scores import sft_step_scores
 from attention_influence.code_versions import code_version
 from attention_influence.io.atomic import atomic_write_parquet
 from resources import PostTraining, Workdir
@@ -16,17 +16,13 @@ def read_scored(context, workdir: Workdir, kind: str):
 
     frames = []
     for key in sorted(context.instance.get_dynamic_partitions(SFT_PARTITIONS)):
-        path = sft_scores_dir(workdir) / f"{key}.{kind}.parquet"
+        path = workdir.sft_scores_path(key, kind)
         if not workdir.pull(path).exists():  # pull: pods that share outputs through AI_OUTPUT_URI
             raise dg.Failure(f"{path} does not exist: materialize sft_step_scores[{key}] first")
         frames.append(pl.read_parquet(path).with_columns(pl.lit(key).alias("shard")))
     if not frames:
         raise dg.Failure("no SFT shards are registered (AI_SFT_INPUT; the sft_shard_sensor registers them)")
     return pl.concat(frames, how="diagonal_relaxed")
-
-
-def selection_path(workdir: Workdir):
-    return workdir.inside("sft", "selection.parquet")
 
 
 @dg.asset(
@@ -53,7 +49,7 @@ def sft_selection(
     table = ranked.select(
         "id", "shard", "source", "score", "step_score_mean", "step_score_max", "rank", "selected"
     )
-    atomic_write_parquet(table, selection_path(workdir))
+    atomic_write_parquet(table, workdir.sft_selection_path)
     n_sel = int(table["selected"].sum())
     return dg.MaterializeResult(
         metadata={
@@ -62,7 +58,7 @@ def sft_selection(
             "top_frac": post_training.top_frac,
             "select_by": post_training.select_by,
             "select_within": post_training.select_within or "(global)",
-            "path": dg.MetadataValue.path(str(selection_path(workdir))),
+            "path": dg.MetadataValue.path(str(workdir.sft_selection_path)),
             "top": dg.MetadataValue.md(markdown_table(table.sort("rank").head(5).drop("source").to_dicts())),
         },
         data_version=dg.DataVersion(

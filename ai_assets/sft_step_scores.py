@@ -18,10 +18,6 @@ from attention_influence.post_training.step_record import (
 from resources import PostTraining, RayCluster, SelectionProfile, SelectorModel, Workdir
 
 
-def sft_scores_dir(workdir: Workdir):
-    return workdir.inside("sft", "scores")
-
-
 def _metadata(summary: dict, hid: str, path, out, where: dict) -> dict:
     """The partition's page: counts that reconcile (rows = samples + quarantined), lineage, the top steps,
     and the Ray node that scored it (when on a cluster)."""
@@ -71,7 +67,7 @@ def sft_step_scores(
     where: dict = {}
     try:
         path, fingerprint = find_sft_shard(post_training.shards(), key, post_training.input)
-        out = sft_scores_dir(workdir) / f"{key}.steps.parquet"
+        out = workdir.sft_scores_path(key, "steps")
         args = (path, out, heads, hid, post_training.sft_format(), post_training.max_samples or None)
         if ray_cluster.enabled:  # 0 max_samples above: every row
             context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")

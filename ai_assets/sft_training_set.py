@@ -4,7 +4,7 @@
 import dagster as dg
 
 from ai_assets.metadata import version_hash
-from ai_assets.sft_selection import read_scored, selection_path, sft_selection
+from ai_assets.sft_selection import read_scored, sft_selection
 from attention_influence.code_versions import code_version
 from attention_influence.io.atomic import atomic_write_parquet
 from resources import PostTraining, Workdir
@@ -31,10 +31,6 @@ COLUMNS = (
 )
 
 
-def training_set_dir(workdir: Workdir):
-    return workdir.inside("sft", "training_set")
-
-
 @dg.asset(
     deps=[sft_selection],
     code_version=code_version("sft_training_set"),
@@ -53,10 +49,10 @@ def sft_training_set(
 
     samples = read_scored(context, workdir, "samples").filter(pl.col("error").is_null())
     steps = read_scored(context, workdir, "steps")
-    sel = pl.read_parquet(workdir.pull(selection_path(workdir))).select("id", "rank", "selected")
+    sel = pl.read_parquet(workdir.pull(workdir.sft_selection_path)).select("id", "rank", "selected")
     table = weighted_samples(samples.join(sel, on="id"), steps, post_training.weighting())
     table = table.select(*COLUMNS).sort("rank")
-    out = training_set_dir(workdir)
+    out = workdir.sft_training_set_dir
     atomic_write_parquet(table, out / "all.parquet")
     train = table.filter("selected")
     atomic_write_parquet(train, out / "train.parquet")

@@ -211,7 +211,7 @@ def quality_view(
     import duckdb
 
     from attention_influence.shards.columns import Columns, ShardSource, duckdb_relation
-    from attention_influence.shards.reader import InputError
+    from attention_influence.shards.rows import InputError
 
     if not sources:
         raise CutPolicyError(f"{setting}={column!r}: no corpus shards to read the column from")

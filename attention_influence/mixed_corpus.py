@@ -51,7 +51,7 @@ def text_view(
     import duckdb
 
     from attention_influence.shards.columns import Columns, ShardSource, duckdb_relation
-    from attention_influence.shards.reader import InputError
+    from attention_influence.shards.rows import InputError
 
     columns = Columns(text_column, id_column or None, fmt)
     rels = []

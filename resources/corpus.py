@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from attention_influence.config import CorpusConfig
-from attention_influence.io.corpus import Shard, list_shards, read_texts, resolve_shard
+from attention_influence.io.corpus import Shard, list_shards, resolve_shard
 from resources.sections import section_resource, validated
 
 
@@ -20,4 +20,6 @@ class Corpus(section_resource(CorpusConfig)):
         return resolve_shard(self.uri, key, self.format)
 
     def texts(self, limit_docs: int) -> list[str]:
-        return read_texts(self.shards(), self.text_column, limit_docs)
+        from attention_influence.shards.reader import corpus_texts
+
+        return corpus_texts(self.shards(), self.text_column, limit_docs)

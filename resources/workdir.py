@@ -138,6 +138,34 @@ class Workdir(dg.ConfigurableResource):
     def proxy_dir(self) -> Path:
         return self.inside("proxy")
 
+    @property
+    def agreement_dir(self) -> Path:
+        return self.inside("agreement")
+
+    @property
+    def duckdb_temp_dir(self) -> Path:
+        """DuckDB's spill folder for the mixed corpus's sort."""
+        return self.inside("tmp", "duckdb")
+
+    def sft_scores_path(self, key: str, kind: str) -> Path:
+        """An SFT shard's `kind` of output: steps, samples, quarantine (tables) or summary (the JSON written
+        last); the names are `post_training.steps.sft_output_paths`."""
+        from attention_influence.post_training.steps import sft_output_paths
+
+        return sft_output_paths(self.inside("sft", "scores"), validate_key(key))[kind]
+
+    @property
+    def sft_selection_path(self) -> Path:
+        return self.inside("sft", "selection.parquet")
+
+    @property
+    def sft_training_set_dir(self) -> Path:
+        return self.inside("sft", "training_set")
+
+    @property
+    def sft_evaluation_dir(self) -> Path:
+        return self.inside("sft", "evaluation")
+
 
 class RemoteWorkdir(Workdir):
     """A work dir whose outputs live in `remote`: what a step wrote is uploaded when the step ends.

@@ -1,8 +1,10 @@
-"""Imports go one way: attention_influence <- resources <- ai_assets.
+"""Imports go one way: attention_influence <- resources <- ai_assets, and inside the library by layer.
 
 The library never imports Dagster (nor resources or ai_assets), the Dagster code location loads without torch,
 and `attention-influence --help` starts without torch. The import checks run in fresh interpreters, so nothing
-that this test process (or conftest) already imported counts.
+that this test process (or conftest) already imported counts. Statically (every import statement, those
+inside functions too): no module imports one of a higher layer (`LAYERS`, docs/code_map.md), and no modules
+import each other in a circle.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -149,3 +152,134 @@ def test_no_upward_imports(package, forbidden):
         return name in forbidden or ("dagster" in forbidden and name.startswith("dagster_"))
 
     assert forbidden_imports(package, is_forbidden) == []
+
+
+# The library's parts, lowest layer first: a module imports its own part and the parts of lower layers only.
+# A new part must be placed here (docs/code_map.md shows the same order).
+LAYERS = [
+    {"settings", "rounding", "devices", "code_versions"},
+    {"io", "config", "bench_flags"},
+    {"audit", "influence"},
+    {"shards"},
+    {"cut", "evaluation", "mixed_corpus", "manifest", "demo_corpus", "probe_set", "cluster", "bench"},
+    {"training", "head_selection"},
+    {"post_training"},
+    {"api", "cli"},
+]
+PACKAGES = ("attention_influence", "resources", "ai_assets")  # the same order: library, resources, assets
+
+
+def module_names() -> dict[str, Path]:
+    """Every module of ours by dotted name (a package by its own name)."""
+    names = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (`from a.b import c` counts as a.b.c when that is a module,
+    else a.b); a module importing its own package's __init__ does not count."""
+    names = module_names()
+
+    def ours(name: str) -> str | None:
+        while name and name not in names:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module, path in names.items():
+        graph[module]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                found = ours(target)
+                if found and found != module and not module.startswith(f"{found}."):
+                    graph[module].add(found)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def rank(module: str) -> tuple[int, int]:
+    """(package, layer): resources above the whole library, ai_assets above resources."""
+    top, _, rest = module.partition(".")
+    if top != "attention_influence":
+        return PACKAGES.index(top), 0
+    part = rest.split(".")[0] if rest else ""
+    if not part:  # the package's own __init__: lazy exports only
+        return 0, len(LAYERS)
+    layer = next((i for i, parts in enumerate(LAYERS) if part in parts), None)
+    assert layer is not None, (
+        f"attention_influence.{part} is in no layer: add it to LAYERS (tests/test_layers.py)"
+    )
+    return 0, layer
+
+
+def part(module: str) -> str:
+    top, _, rest = module.partition(".")
+    return f"{top}.{rest.split('.')[0]}" if top == "attention_influence" and rest else top
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_no_upward_imports_between_layers():
+    """A module imports only its own part of the library and lower layers; resources import no ai_assets."""
+    upward = [
+        f"{module} imports {target}"
+        for module, targets in sorted(import_graph().items())
+        for target in sorted(targets)
+        if part(module) != part(target) and rank(target) >= rank(module)
+    ]
+    assert upward == []
+
+
+def test_the_checks_find_a_cycle_and_an_upward_import():
+    """The checks themselves can fail: a made-up graph with a circle and an import from below."""
+    graph = {
+        "attention_influence.io.corpus": {"attention_influence.shards.reader"},
+        "attention_influence.shards.reader": {"attention_influence.shards.jsonl"},
+        "attention_influence.shards.jsonl": {"attention_influence.shards.reader"},
+    }
+    assert cycles(graph) == [["attention_influence.shards.jsonl", "attention_influence.shards.reader"]]
+    assert rank("attention_influence.shards.reader") > rank("attention_influence.io.corpus")
+    assert rank("ai_assets.sensors") > rank("resources.workdir") > rank("attention_influence.cli")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attention_influence.shards.reader import InputError
+from attention_influence.shards.rows import InputError
 
 ROLES = ("system", "user", "assistant", "tool")
 STEP_RULES = ("lines", "blank_lines")

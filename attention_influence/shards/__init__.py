@@ -1,6 +1,7 @@
 """One shard end to end: read and validate, quarantine bad rows, score in resumable chunks.
 
-reader.py      schema and rows of a shard in record batches (Parquet, Arrow), UTF-8 checks, generated ids
+rows.py        what every reader shares: InputError (a shard that cannot be read at all), generated ids
+reader.py      schema and rows of a shard in record batches (Parquet, Arrow), UTF-8 checks; corpus texts
 jsonl.py       JSON Lines shards line by line: a broken line is a quarantined row with its line number
 quarantine.py  valid rows vs set-aside rows and why; the quarantine table; duplicates across shards
 lock.py        one writer per output, and cleanup of what a killed writer left
@@ -11,7 +12,7 @@ record.py      a scored shard's data version, reuse check and provenance record 
 
 _EXPORTS = {
     "HeadSet": "job",
-    "InputError": "reader",
+    "InputError": "rows",
     "OutputBusyError": "lock",
     "ShardJob": "job",
     "check_shard": "reader",

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from attention_influence.io.hashing import sha256_hex
-from attention_influence.shards.reader import InputError, iter_shard, shard_format
+from attention_influence.shards.reader import iter_shard, shard_format
+from attention_influence.shards.rows import InputError
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ class ShardJob:
     shard: str | None = None  # the shard's name in both tables and generated ids (default: the file's stem)
     # reading and validating
     text_column: str = "text"  # a column, or a dotted path into nested records (`metadata.text`)
-    id_column: str | None = "id"  # None or "": ids generated as `<shard>:<row>` (reader.generated_id)
+    id_column: str | None = "id"  # None or "": ids generated as `<shard>:<row>` (rows.generated_id)
     domain_column: str | None = "domain"
     input_format: str | None = None  # parquet, jsonl or arrow; None: told by the input's name
     domain_fallback: str | None = None  # without a domain column (default: the shard's folder name)

@@ -21,7 +21,7 @@ import polars as pl
 
 from attention_influence.io.formats import ShardFormat, decompressed, iter_lines, open_binary
 from attention_influence.io.paths import describe_unreadable
-from attention_influence.shards.reader import GENERATED_ID, InputError
+from attention_influence.shards.rows import GENERATED_ID, InputError
 
 BATCH_ROWS = 1024  # records per frame: memory is one batch of parsed lines
 SCHEMA = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from attention_influence.io.paths import describe_unreadable
-from attention_influence.shards.reader import InputError
+from attention_influence.shards.rows import InputError
 
 SAFE_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 QUARANTINE_COLUMNS = {

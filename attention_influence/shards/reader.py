@@ -8,8 +8,8 @@ row of the file; for JSON Lines the 0-based line (line number - 1: blank lines a
 
 Columns: the text, id and domain columns may be dotted paths into nested records (`metadata.id`); a column
 whose own name has the dot wins. Without an id column (`id_column` None or "") a row's id is
-`<shard>:<row>` (`generated_id`): the shard's key (its name for the CLI) and its row, so it is the same on
-every run and whatever order the corpus is listed in.
+`<shard>:<row>` (`rows.generated_id`): the shard's key (its name for the CLI) and its row, so it is the same
+on every run and whatever order the corpus is listed in.
 
 Strings that are not valid UTF-8 are never silently replaced: the column is read as bytes and decoded row by
 row, and each broken value says at which byte it breaks (the row is then quarantined, not the shard refused).
@@ -22,20 +22,12 @@ from pathlib import Path
 
 import polars as pl
 
+from attention_influence.io.corpus import CorpusError, Shard
 from attention_influence.io.formats import FormatError, ShardFormat, require_format
 from attention_influence.io.paths import describe_unreadable
+from attention_influence.shards.rows import GENERATED_ID, InputError
 
 ARROW_MAGIC = b"ARROW1"  # an Arrow IPC *file* starts with it; a stream (what datasets writes) does not
-GENERATED_ID = "{}:{}"  # `<shard>:<row>`: the id of a row when the corpus has no id column
-
-
-class InputError(ValueError):
-    """The shard cannot be scored at all; the message names the file (and row where there is one)."""
-
-
-def generated_id(shard: str, row: int) -> str:
-    """The id of row `row` of shard `shard` in a corpus without ids (stable across runs and listings)."""
-    return GENERATED_ID.format(shard, row)
 
 
 def shard_format(path: str, configured: str | None = None) -> ShardFormat:
@@ -409,3 +401,40 @@ def _folder_name(path: str) -> str:
         parts = path.rstrip("/").split("://", 1)[1].split("/")
         return parts[-2] if len(parts) >= 2 else ""
     return Path(path).resolve().parent.name
+
+
+# ------------------------------------------------------------------------------------ corpus shards
+
+
+def corpus_shard_rows(shard: Shard) -> int | None:
+    """Rows in a shard: from its Parquet footer (no column data is read) or its Arrow batches; None for
+    JSON Lines, which would have to be decompressed whole to count (their rows are counted when scored)."""
+    if shard.format == "jsonl":
+        return None
+    try:
+        return shard_row_count(shard.uri, shard.format)
+    except InputError as exc:
+        raise CorpusError(str(exc)) from exc
+
+
+def corpus_texts(shards: list[Shard], text_column: str, limit_docs: int) -> list[str]:
+    """Up to `limit_docs` texts of corpus shards, shard by shard in key order (the probes' sentences)."""
+    texts: list[str] = []
+    for shard in shards:
+        if len(texts) >= limit_docs:
+            break
+        try:
+            for batch in iter_shard(
+                shard.uri,
+                text_column,
+                None,
+                None,
+                limit_docs - len(texts),
+                shard.folder,
+                shard.key,
+                shard.format,
+            ):
+                texts.extend(t for t in batch.get_column("text").to_list() if isinstance(t, str))
+        except InputError as exc:
+            raise CorpusError(f"cannot read column {text_column!r}: {exc}") from exc
+    return texts

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attention_influence.io.atomic import atomic_write_parquet
-from attention_influence.shards.reader import InputError
+from attention_influence.shards.rows import InputError
 
 STAGED_DOMAIN = "__ai_domain__"  # the domain column of a staged copy
 
