@@ -285,9 +285,9 @@ def cmd_score_steps(args) -> int:
     from attention_influence.influence.heads import head_set_id
     from attention_influence.post_training.sft import SFTFormat
     from attention_influence.post_training.steps import score_sft_shard
-    from attention_influence.shards.job import _load_heads
+    from attention_influence.shards.job import load_heads_file
 
-    heads, meta = _load_heads(args.heads)
+    heads, meta = load_heads_file(args.heads)
     fmt = SFTFormat.from_fields(args)
     lm = load_from_args(args)
     hsid = meta.get("head_set_id") or head_set_id(lm.identity, heads)

@@ -419,9 +419,9 @@ def test_a_shard_too_large_to_hold_is_scored_chunk_by_chunk_from_a_second_read(
     """With the held-text limit at 0 the valid rows are not kept after validating: each chunk is read again
     from the shard (batches of 7 rows, chunks of 4). The score table and the quarantine equal those of the
     held path, a duplicate id across batches and a bad row included."""
-    import attention_influence.shards.job as job_mod
     import attention_influence.shards.jsonl as jsonl_mod
     import attention_influence.shards.reader as reader_mod
+    import attention_influence.shards.valid_rows as valid_rows_mod
 
     rng = random.Random(5)
     ids = [f"d{i:02d}" for i in range(30)]
@@ -436,7 +436,7 @@ def test_a_shard_too_large_to_hold_is_scored_chunk_by_chunk_from_a_second_read(
     heads = HeadSet(HEADS, "h")
 
     def run(out: Path, hold: int) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-        monkeypatch.setattr(job_mod, "HOLD_TEXT_BYTES", hold)
+        monkeypatch.setattr(valid_rows_mod, "HOLD_TEXT_BYTES", hold)
         job = ShardJob(
             input_path=str(shard), output_path=out, max_tokens=64, checkpoint_every=4, batch_tokens=1024
         )

@@ -336,7 +336,7 @@ def control_scores(
     base losses. Returns the frame and the head sets drawn."""
     from attention_influence.influence.batching import tokenize
     from attention_influence.influence.scoring import score_tokens
-    from attention_influence.shards.job import clip_long_texts
+    from attention_influence.shards.prepare import clip_long_texts
 
     max_tokens = max_tokens or lm.max_context
     texts = sample.get_column("text").to_list()

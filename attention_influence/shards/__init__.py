@@ -5,7 +5,12 @@ reader.py      schema and rows of a shard in record batches (Parquet, Arrow), UT
 jsonl.py       JSON Lines shards line by line: a broken line is a quarantined row with its line number
 quarantine.py  valid rows vs set-aside rows and why; the quarantine table; duplicates across shards
 lock.py        one writer per output, and cleanup of what a killed writer left
-job.py         `ShardJob` / `HeadSet`, the resumable chunk loop `score_shard`, the CLI entry `run_score_job`
+spec.py        `ShardJob` (the shard, how it is read and scored) and `HeadSet`
+fingerprint.py what a score table depends on (`ScoreInputs`): the reuse, data-version and resume checks
+valid_rows.py  the validating pass: valid rows, quarantined ones, the content digest; then chunk by chunk
+parts.py       the checkpoint parts of a shard: their folder, `job.json`, the table they make
+prepare.py     a chunk made ready for the model: long texts clipped, tokenized, cut into pieces
+job.py         the resumable chunk loop `score_shard`, the CLI entry `run_score_job`
 staging.py     the first N rows of a shard as a local Parquet file, the domain resolved
 record.py      a scored shard's data version, reuse check and provenance record (`score_and_record`)
 """
@@ -16,10 +21,10 @@ _EXPORTS = {
     "OutputBusyError": "lock",
     "ShardJob": "job",
     "check_shard": "reader",
-    "clip_long_texts": "job",
+    "clip_long_texts": "prepare",
     "cross_shard_duplicates": "quarantine",
     "output_lock": "lock",
-    "parts_path": "job",
+    "parts_path": "parts",
     "quarantine_path": "quarantine",
     "read_shard": "reader",
     "run_score_job": "job",
