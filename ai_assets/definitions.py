@@ -26,9 +26,8 @@ from ai_assets.retrieval_probe_set import retrieval_probe_set
 from ai_assets.score_agreement import score_agreement
 from ai_assets.selection_evaluation import selection_evaluation
 from ai_assets.selector_model import selector_model
-from ai_assets.sensors import corpus_shard_sensor
+from ai_assets.sensors import corpus_shard_sensor, sft_shard_sensor
 from ai_assets.sft_evaluation import sft_evaluation
-from ai_assets.sft_partitions import sft_shard_sensor_for
 from ai_assets.sft_selection import sft_selection
 from ai_assets.sft_step_scores import sft_step_scores
 from ai_assets.sft_training_set import sft_training_set
@@ -61,7 +60,6 @@ ASSETS = [
     sft_training_set,
     sft_evaluation,
 ]
-sft_shard_sensor = sft_shard_sensor_for(next(j for j in JOBS if j.name == "score_sft_shards"))
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "selection_automation",

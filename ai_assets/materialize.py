@@ -169,14 +169,15 @@ def materialize_all(
 
 def materialize_post_training(instance: dg.DagsterInstance, resources: dict, step, log) -> list[str]:
     """Register every SFT shard, score each, then select / build the training set / evaluate."""
-    from ai_assets.sft_partitions import SFT_PARTITIONS, register_sft_shards
+    from ai_assets.sensors import Listed
+    from ai_assets.sft_partitions import SFT_PARTITIONS
 
     t0 = time.perf_counter()
     shards = resources["post_training"].shards()
     if not shards:  # make demo writes one (scripts/demo.sh); a bare `python -m ai_assets.materialize` may not
         log(f"no SFT shards match {resources['post_training'].input!r} (AI_SFT_INPUT): post-training skipped")
         return []
-    new = register_sft_shards(instance, shards)
+    new = register_shards(instance, [Listed(k, fp) for k, _, fp in shards], SFT_PARTITIONS)
     keys = sorted(instance.get_dynamic_partitions(SFT_PARTITIONS))
     log(f"{len(keys)} SFT shard partitions ({len(new)} new)")
     for key in keys:
@@ -208,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(new))
             return 0
         if args.register_sft:
-            from ai_assets.sft_partitions import SFT_PARTITIONS, register_sft_shards
+            from ai_assets.sensors import Listed
+            from ai_assets.sft_partitions import SFT_PARTITIONS
 
-            register_sft_shards(instance, resources["post_training"].shards())
+            listed = resources["post_training"].shards()
+            register_shards(instance, [Listed(k, fp) for k, _, fp in listed], SFT_PARTITIONS)
             print("\n".join(sorted(instance.get_dynamic_partitions(SFT_PARTITIONS))))
             return 0
         print(

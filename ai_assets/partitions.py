@@ -63,17 +63,21 @@ def observed_version(instance: dg.DagsterInstance, key: str) -> str | None:
     return (record.event_log_entry.tags or {}).get("dagster/data_version") if record else None
 
 
-def register_shards(instance: dg.DagsterInstance, shards: list[Shard]) -> list[str]:
-    """Add partitions for shards not yet registered, and record an observation for every shard whose file is
-    new or has changed since it was last observed; returns the new keys.
+def register_shards(
+    instance: dg.DagsterInstance, shards: list, partitions: str = SHARD_PARTITIONS
+) -> list[str]:
+    """Add partitions for shards (anything with `key`) not yet registered; returns the new keys. Corpus
+    shards (`partitions` SHARD_PARTITIONS) are also observed: every shard whose file is new or has changed
+    since it was last observed. SFT shards: `partitions` SFT_PARTITIONS.
 
-    The sensor does the same on every tick; `python -m ai_assets.materialize` (make demo) and tests call this.
+    The sensors do the same on every tick; `python -m ai_assets.materialize` (make demo) and tests call this.
     """
-    known = set(instance.get_dynamic_partitions(SHARD_PARTITIONS))
-    new = [s for s in shards if s.key not in known]
+    known = set(instance.get_dynamic_partitions(partitions))
+    new = [s.key for s in shards if s.key not in known]
     if new:
-        instance.add_dynamic_partitions(SHARD_PARTITIONS, [s.key for s in new])
-    for shard in shards:
-        if shard.key not in known or observed_version(instance, shard.key) != shard.fingerprint:
-            instance.report_runless_asset_event(shard_observation(shard))
-    return [s.key for s in new]
+        instance.add_dynamic_partitions(partitions, new)
+    if partitions == SHARD_PARTITIONS:
+        for shard in shards:
+            if shard.key not in known or observed_version(instance, shard.key) != shard.fingerprint:
+                instance.report_runless_asset_event(shard_observation(shard))
+    return new

@@ -272,9 +272,3 @@ def is_scored(record: dict | None, fingerprint: str) -> bool:
     provenance of `document_scores`; SFT: the summary of `sft_step_scores`) names that fingerprint. The one
     answer both sensors give to "is this shard already scored?"."""
     return record is not None and record.get("shard_fingerprint") == fingerprint
-
-
-def shards_to_score(shards: list[Shard], record_of) -> list[Shard]:
-    """Shards never scored, or scored from a file that has changed since; `record_of(key)`: the shard's
-    score record or None."""
-    return [shard for shard in shards if not is_scored(record_of(shard.key), shard.fingerprint)]

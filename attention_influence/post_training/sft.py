@@ -20,7 +20,6 @@ samples + quarantined.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,16 +130,25 @@ def list_sft_shards(pattern: str) -> list[tuple[str, Path, str]]:
     return [(s.key, Path(s.uri).resolve(), s.fingerprint) for s in shards if s.format in ("parquet", "jsonl")]
 
 
-def _json_lines(path: Path):
-    """(line number, line) of a JSON Lines file, plain or compressed (`io.formats`: .gz, .zst, ...)."""
-    from attention_influence.io.formats import decompressed, iter_lines, split_compression
+def _json_records(path: Path, limit: int | None) -> list[dict]:
+    """The JSON objects of a JSON Lines file, plain or compressed, read by the corpus's reader
+    (`shards.jsonl.json_objects`); a line that is no JSON object fails the shard, naming the line."""
+    from attention_influence.io.formats import ShardFormat, split_compression
+    from attention_influence.shards.jsonl import json_objects
 
-    _, compression = split_compression(path.name)
+    fmt = ShardFormat("jsonl", split_compression(path.name)[1])
+    rows = []
     try:
-        with path.open("rb") as raw:
-            yield from enumerate(iter_lines(decompressed(raw, compression)), start=1)
-    except OSError as exc:  # a truncated or corrupt compressed file
-        raise SFTInputError(f"{path}: cannot read ({exc})") from exc
+        for _, rec in json_objects(str(path), fmt, limit):
+            if isinstance(rec, tuple):  # (row, id, text, domain, utf8_error, reason, "line N: detail")
+                line, _, detail = rec[-1].partition(": ")
+                raise SFTInputError(f"{path}: {line}: {rec[-2]}: {detail}")
+            rows.append(rec)
+    except SFTInputError:
+        raise
+    except InputError as exc:  # a truncated or corrupt compressed file
+        raise SFTInputError(str(exc)) from exc
+    return rows
 
 
 def _read_records(path: Path, limit: int | None) -> list[dict]:
@@ -154,20 +162,7 @@ def _read_records(path: Path, limit: int | None) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - corrupt file: name it
             raise SFTInputError(f"{path}: cannot read Parquet: {exc}") from exc
         return df.to_dicts()
-    rows = []
-    for line_no, line in _json_lines(path):
-        if not line.strip():
-            continue
-        if limit is not None and len(rows) >= limit:
-            break
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise SFTInputError(f"{path}: line {line_no}: invalid JSON: {exc}") from exc
-        if not isinstance(rec, dict):
-            raise SFTInputError(f"{path}: line {line_no}: expected a JSON object, got {type(rec).__name__}")
-        rows.append(rec)
-    return rows
+    return _json_records(path, limit)
 
 
 def _check_messages(messages) -> str | None:

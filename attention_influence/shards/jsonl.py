@@ -181,6 +181,17 @@ def _lines(path: str, fmt: ShardFormat, counts: list[int]) -> Iterator[tuple[int
                 yield index, line
 
 
+def json_objects(
+    path: str, fmt: ShardFormat, max_records: int | None = None
+) -> Iterator[tuple[int, dict | tuple]]:
+    """(0-based line, its JSON object or the quarantine row saying why it is none) of the first `max_records`
+    non-blank lines (all when None), streamed: the one JSON Lines reader (the SFT shards read it too)."""
+    for n, (index, line) in enumerate(_lines(path, fmt, [0, 0]), start=1):
+        yield index, parse(index, line)
+        if max_records and n >= max_records:
+            return
+
+
 def check_jsonl(path: str, fmt: ShardFormat) -> None:
     """The file can be opened and its first line read (a missing file fails before a model loads)."""
     for _ in _lines(path, fmt, [0, 0]):
@@ -225,8 +236,7 @@ def jsonl_batches(
     first: list[str] | None = None  # the first object's keys, for the misnamed-field error
     records: list[tuple] = []
     extras: dict[str, list] = {name: [] for name in extra}
-    for n, (index, line) in enumerate(_lines(path, fmt, [0, 0]), start=1):
-        record = parse(index, line)
+    for n, (index, record) in enumerate(json_objects(path, fmt), start=1):
         for name, values in extras.items():
             values.append(_number(lookup(record, name)) if isinstance(record, dict) else None)
         if isinstance(record, dict):
