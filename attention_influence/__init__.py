@@ -24,6 +24,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def __dir__() -> list[str]:
+    """The lazy exports too, so `dir()` and a notebook's tab completion list them."""
+    return sorted({*globals(), *_EXPORTS})
+
+
 def __getattr__(name: str):
     """Lazy exports: `import attention_influence.influence...` stays light (the GPU check's python3 has no
     pydantic), `from attention_influence import score_frame` still works."""

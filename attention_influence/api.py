@@ -41,7 +41,7 @@ def rank_heads(
 ):
     """`HeadRanking` of every head on synthetic 3-shot JSON key-value probes built from sentences of
     `texts`; its `.heads` are the top `top_frac` (paper: 800 probes of 4,096 tokens, 5%)."""
-    from attention_influence.influence.heads import rank_heads as rank
+    from attention_influence.influence.heads import rank_on_probes as rank
     from attention_influence.influence.probes import build_probes, extract_sentences
 
     sentences = extract_sentences(texts, selector.tokenizer)
@@ -76,7 +76,7 @@ def score_frame(
     """
     import polars as pl
 
-    from attention_influence.influence.scoring import score_frame as score
+    from attention_influence.influence.scoring import score_documents as score
 
     pairs, hsid = _heads_and_id(selector, heads)
     keyed = frame.with_row_index("__row").with_columns(

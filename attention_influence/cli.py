@@ -31,6 +31,11 @@ def _progress(desc: str, unit: str):
     return update
 
 
+def unset_column(value: str | None) -> str | None:
+    """A column flag as the configuration spells it: `null` (or an empty string) is no column."""
+    return None if value is None or value.strip().lower() in ("", "null") else value
+
+
 def expand_corpus(pattern: str) -> list[str]:
     if "://" in pattern:
         return [pattern]
@@ -101,14 +106,14 @@ def cmd_config(args) -> int:
 
 
 def cmd_heads(args) -> int:
-    from attention_influence.influence.heads import rank_heads
+    from attention_influence.influence.heads import rank_on_probes
     from attention_influence.influence.probes import build_probes, extract_sentences
 
     lm = load_from_args(args)
     sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
     probes = build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed)
     t0 = time.perf_counter()
-    ranking = rank_heads(lm, probes, top_frac=args.top_frac, progress=_progress("ranking heads", "probe"))
+    ranking = rank_on_probes(lm, probes, top_frac=args.top_frac, progress=_progress("ranking heads", "probe"))
     ranking.extra.update(
         {"seed": args.seed, "corpus": args.corpus, "seconds": round(time.perf_counter() - t0, 1)}
     )
@@ -141,8 +146,8 @@ def cmd_score(args) -> int:
         output_path=args.output,
         shard=shard,
         text_column=args.text_column,
-        id_column=args.id_column or None,
-        domain_column=args.domain_column,
+        id_column=unset_column(args.id_column),
+        domain_column=unset_column(args.domain_column),
         input_format=args.format,
         max_tokens=args.max_tokens,
         batch_tokens=args.batch_tokens,
@@ -188,7 +193,7 @@ def cmd_cut(args) -> int:
             database=args.db,
             policy=policy,
             quality_sources=sources,
-            id_column=args.id_column,
+            id_column=unset_column(args.id_column),
         )
     except duckdb.Error as exc:
         print(f"error: cannot cut {len(files)} score table(s): {exc}", file=sys.stderr)
@@ -468,13 +473,13 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--id-column",
-        default=c.corpus.id_column or "",
-        help="a column or a dotted path; '' : no ids, each row gets <shard>:<row>",
+        default=c.corpus.id_column or "null",
+        help="a column or a dotted path; null: no ids, each row gets <shard>:<row>",
     )
     p.add_argument(
         "--domain-column",
-        default=c.corpus.domain_column or "",
-        help="falls back to the input's folder name if absent",
+        default=c.corpus.domain_column or "null",
+        help="a column or a dotted path; null, or absent from the input: the input's folder name",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -524,7 +529,9 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--corpus", default=c.corpus.uri or "", help="fused/gate: the corpus shards with the column"
     )
-    p.add_argument("--id-column", default=c.corpus.id_column, help="fused/gate: the corpus id column")
+    p.add_argument(
+        "--id-column", default=c.corpus.id_column or "null", help="fused/gate: the corpus id column"
+    )
     p.set_defaults(func=cmd_cut)
 
     p = sub.add_parser("audit", help="what produced a manifest or cut file: model, heads, probes, shards")

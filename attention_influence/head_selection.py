@@ -69,14 +69,14 @@ def load_or_rank(
 ):
     """The fixed head set of `heads_file`, or the top fraction of heads ranked on `probes`; either way every
     head is checked against the model (`HeadSetError`)."""
-    from attention_influence.influence.heads import rank_heads
+    from attention_influence.influence.heads import rank_on_probes
 
     if heads_file:
         ranking = fixed_ranking(lm, heads_file, len(probes))
     else:
         if log:
             log(f"ranking {lm.num_layers}x{lm.num_heads} heads of {lm.identity} on {len(probes)} probes")
-        ranking = rank_heads(lm, probes, top_frac=top_frac, progress=progress)
+        ranking = rank_on_probes(lm, probes, top_frac=top_frac, progress=progress)
         ranking.model_spec = lm.spec
     check_heads_exist(ranking.heads, lm.num_layers, lm.num_heads, lm.identity)
     return ranking

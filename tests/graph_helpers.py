@@ -95,7 +95,7 @@ def definitions(resources: dict) -> dg.Definitions:
     )
 
 
-def rank_heads(instance: dg.DagsterInstance, resources: dict) -> list[str]:
+def materialize_head_set(instance: dg.DagsterInstance, resources: dict) -> list[str]:
     """Observe the model, register the shards, materialize the probe set and the head ranking; returns the
     shard keys, sorted (what every graph test does before scoring)."""
     from ai_assets.definitions import ASSETS
@@ -115,7 +115,7 @@ def run_whole_graph(instance: dg.DagsterInstance, resources: dict) -> list[str]:
     from ai_assets.definitions import ASSETS
     from ai_assets.document_scores import document_scores
 
-    keys = rank_heads(instance, resources)
+    keys = materialize_head_set(instance, resources)
     for key in keys:
         dg.materialize(
             ASSETS, selection=[document_scores], partition_key=key, instance=instance, resources=resources

@@ -90,3 +90,16 @@ def test_api_matches_the_engine_and_the_cut(tmp_path, tiny_model_dir):
         top = group.sort("score", descending=True).head(3)["id"].to_list()
         assert sorted(selected.filter(pl.col("domain") == domain[0])["id"].to_list()) == sorted(top)
     assert selected["domain_rank"].max() == 3
+
+
+def test_dir_lists_the_lazy_public_names():
+    """A notebook's tab completion (`dir`) finds the public names, which are imported only when used."""
+    import attention_influence
+    import attention_influence.shards
+
+    assert {"load_selector", "rank_heads", "score_frame", "apply_cut", "load_config"} <= set(
+        dir(attention_influence)
+    )
+    assert set(attention_influence.__all__) <= set(dir(attention_influence))
+    assert {"score_shard", "ShardJob", "InputError"} <= set(dir(attention_influence.shards))
+    assert "__getattr__" in dir(attention_influence)  # the module's own names are still there

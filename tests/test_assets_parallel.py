@@ -48,7 +48,7 @@ def read_everything_visible(scores_dir) -> int:
 
 
 def test_four_partitions_at_once(tmp_path, tiny_model_dir):
-    from graph_helpers import graph_resources, rank_heads, write_shard
+    from graph_helpers import graph_resources, materialize_head_set, write_shard
 
     from ai_assets.definitions import ASSETS
     from attention_influence.influence.models import load_model
@@ -63,7 +63,7 @@ def test_four_partitions_at_once(tmp_path, tiny_model_dir):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     resources = graph_resources(tiny_model_dir, corpus, work)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        keys = rank_heads(instance, resources)
+        keys = materialize_head_set(instance, resources)
     assert len(keys) == 4
 
     env = {**cli_env(), "DAGSTER_HOME": str(home)}

@@ -17,7 +17,7 @@ from conftest import TRAIN_TEXT, tiny_config, tiny_loaded_model
 from attention_influence import cli
 from attention_influence.bench import KEYS, Shape, default_heads, ideal_over_plain
 from attention_influence.influence import batching, losses, scoring
-from attention_influence.influence.heads import decode_probe, lookup_draft, rank_heads
+from attention_influence.influence.heads import decode_probe, lookup_draft, rank_on_probes
 from attention_influence.influence.masking import recording_argmax
 from attention_influence.influence.models import LoadedModel
 from attention_influence.influence.probes import build_probes
@@ -343,7 +343,7 @@ def test_smollm2_speculative_decoding_and_ranking(smollm2):
         assert got.tokens == tokens
         np.testing.assert_allclose(got.copies, copies, atol=1e-12)
         total += copies
-    np.testing.assert_allclose(rank_heads(smollm2, probes).scores, total / len(probes), atol=1e-12)
+    np.testing.assert_allclose(rank_on_probes(smollm2, probes).scores, total / len(probes), atol=1e-12)
 
 
 def test_bench_random_model(tiny_model_dir, corpus, capsys):

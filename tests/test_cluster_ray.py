@@ -171,7 +171,7 @@ def test_sft_step_scores_on_a_ray_cluster(tmp_path, tiny_model_dir, cluster):
 
 
 def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir, cluster):
-    from graph_helpers import graph_resources, rank_heads, write_shard
+    from graph_helpers import graph_resources, materialize_head_set, write_shard
 
     from attention_influence.influence.models import load_model
     from attention_influence.shards import HeadSet, ShardJob, score_shard
@@ -184,7 +184,7 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     resources = graph_resources(tiny_model_dir, corpus, work)  # heads in this process, no Ray
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        keys = rank_heads(instance, resources)
+        keys = materialize_head_set(instance, resources)
     assert len(keys) == N_SHARDS
 
     # the one-process reference

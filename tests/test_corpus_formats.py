@@ -111,7 +111,7 @@ def test_formats_score_identically_through_the_cli(corpus, tiny_model_dir, tmp_p
     for fmt in FORMATS:
         shard = corpus["files"][fmt][0]
         shard = shard.parent if fmt == "arrow" else shard  # the save_to_disk folder itself
-        extra = ("--id-column", "") if fmt == "jsonl_noid" else ()
+        extra = ("--id-column", "null") if fmt == "jsonl_noid" else ()  # the configuration's spelling
         out = tmp_path / fmt / "scores.parquet"
         summary = summary_of(run_cli(score_cmd(tiny_model_dir, heads, shard, out, *CLI_ARGS, *extra)))
         assert summary["documents_in_shard"] == summary["scored"] + summary["quarantined"] == 6
@@ -120,6 +120,25 @@ def test_formats_score_identically_through_the_cli(corpus, tiny_model_dir, tmp_p
     check_same_scores(tables, names)
     stem = corpus["files"]["parquet"][0].stem  # the default shard name drops the suffixes: not `x.jsonl`
     assert names["jsonl_noid"] == names["jsonl_gz"] == stem and names["arrow"] == stem
+
+
+def test_no_ids_is_spelled_null_on_the_cli_as_in_the_configuration(tiny_model_dir, tmp_path):
+    """A shard without an id column: the error says how to go without ids, and `--id-column null` (what the
+    configuration writes) does it, as the empty string does."""
+    heads = write_heads(tmp_path / "heads.json")
+    shard = tmp_path / "web" / "noid.parquet"
+    shard.parent.mkdir()
+    pl.DataFrame({"text": ["one two three four", "five six seven eight"]}).write_parquet(shard)
+    failed = run_cli(score_cmd(tiny_model_dir, heads, shard, tmp_path / "a.parquet", *CLI_ARGS))
+    assert failed.returncode == 2 and "CLI --id-column null" in failed.stderr
+    tables = []
+    for spelling in ("null", "NULL", ""):
+        out = tmp_path / f"scores-{spelling or 'empty'}.parquet"
+        run = run_cli(score_cmd(tiny_model_dir, heads, shard, out, *CLI_ARGS, "--id-column", spelling))
+        assert summary_of(run)["ids"] == "generated: noid:<row>"
+        tables.append(pl.read_parquet(out))
+    assert tables[0]["id"].to_list() == ["noid:0", "noid:1"]
+    assert all(t.equals(tables[0]) for t in tables)
 
 
 def dagster_scores(

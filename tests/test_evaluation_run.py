@@ -18,10 +18,10 @@ from test_evaluation import LABELS, banking_rows, hellaswag_text
 from attention_influence.evaluation.config import profile_config
 from attention_influence.evaluation.run import run_selection_evaluation
 from attention_influence.evaluation.tracking import sqlite_tracking_uri
-from attention_influence.influence.heads import rank_heads
+from attention_influence.influence.heads import rank_on_probes
 from attention_influence.influence.models import LoadedModel
 from attention_influence.influence.probes import build_probes
-from attention_influence.influence.scoring import score_frame
+from attention_influence.influence.scoring import score_documents
 
 SENTENCES = [
     f"The {a} {v} the {b} near the river."
@@ -73,7 +73,7 @@ def setup(tmp_path_factory):
     model, tok = make_tiny_model("llama", kv_heads=2)
     lm = LoadedModel.from_pretrained_objects(model, tok, identity="tiny-llama")
     probes = build_probes(SENTENCES, tok, n=4, max_tokens=700, seed=0)
-    ranking = rank_heads(lm, probes[:2], top_frac=0.25)
+    ranking = rank_on_probes(lm, probes[:2], top_frac=0.25)
     rng = random.Random(0)
     corpus = pl.DataFrame(
         {
@@ -88,7 +88,7 @@ def setup(tmp_path_factory):
             "edu_score": [None] * 20 + [float(i % 4) for i in range(10)],
         }
     )
-    scores = score_frame(lm, corpus, ranking.heads, ranking.head_set_id, max_tokens=64)
+    scores = score_documents(lm, corpus, ranking.heads, ranking.head_set_id, max_tokens=64)
     cut = scores.sort(["score", "id"], descending=[True, False]).filter(
         pl.int_range(pl.len()).over("domain") < 3
     )

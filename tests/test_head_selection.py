@@ -90,7 +90,7 @@ def test_load_or_rank_ranks_without_a_heads_file(monkeypatch):
         seen.update(top_frac=top_frac, n=len(probes))
         return ranking()
 
-    monkeypatch.setattr(heads_module, "rank_heads", fake_rank)
+    monkeypatch.setattr(heads_module, "rank_on_probes", fake_rank)
     lines = []
     got = load_or_rank(SimpleNamespace(**{**LM.__dict__, "spec": "tiny-v2"}), [1, 2], None, 0.3, lines.append)
     assert seen == {"top_frac": 0.3, "n": 2} and got.model_spec == "tiny-v2"

@@ -16,7 +16,7 @@ from attention_influence.influence.heads import (
     decode_probe,
     head_set_id,
     load_head_set,
-    rank_heads,
+    rank_on_probes,
     select_heads,
     top_k_count,
 )
@@ -201,7 +201,7 @@ def test_head_ranking_matches_eager_attention_reference():
         ]
     ]
     probes = build_probes(sentences, lm.tokenizer, n=3, max_tokens=700, seed=1)
-    ranking = rank_heads(lm, probes, top_frac=0.25)
+    ranking = rank_on_probes(lm, probes, top_frac=0.25)
     expected = np.mean([eager_retrieval_scores(lm, p) for p in probes], axis=0)
     np.testing.assert_allclose(ranking.scores, expected, atol=1e-9)
     assert len(ranking.heads) == 4  # 25% of 16 heads

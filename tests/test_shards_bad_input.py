@@ -169,9 +169,9 @@ def test_ten_megabyte_document_is_scored_truncated_fast(tmp_path, lm):
     # tokenising the whole 10 MB takes ~25 s (and ~1.5 GB) with this tokenizer;
     # the cut text takes milliseconds
     assert seconds < 20, f"scoring a 10 MB document took {seconds:.1f}s"
-    from attention_influence.influence.scoring import score_frame
+    from attention_influence.influence.scoring import score_documents
 
-    expected = score_frame(
+    expected = score_documents(
         lm,
         pl.DataFrame({"id": ["huge", "small"], "domain": ["web", "web"], "text": [huge[:50_000], small]}),
         HEADS,

@@ -288,7 +288,7 @@ class HeadRanking:
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=1))
 
 
-def rank_heads(
+def rank_on_probes(
     lm: LoadedModel, probes: list[Probe], top_frac: float = 0.05, progress: Progress = None
 ) -> HeadRanking:
     total = np.zeros((lm.num_layers, lm.num_heads))

@@ -327,7 +327,7 @@ def scores_frame(df, s: Scores, head_set_id: str, with_errors: bool = False):
     return out
 
 
-def score_frame(
+def score_documents(
     lm: LoadedModel,
     df,
     heads: Iterable,

@@ -35,6 +35,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def __dir__() -> list[str]:
+    """The lazy exports too, so `dir()` and a notebook's tab completion list them."""
+    return sorted({*globals(), *_EXPORTS})
+
+
 def __getattr__(name: str):
     """Lazy exports: importing `attention_influence.shards.prefetch` alone needs no polars (the GPU check's
     python3 has none), `from attention_influence.shards import score_shard` still works."""

@@ -21,7 +21,7 @@ import polars as pl
 
 from attention_influence.io.formats import ShardFormat, decompressed, iter_lines, open_binary
 from attention_influence.io.paths import describe_unreadable
-from attention_influence.shards.rows import GENERATED_ID, InputError
+from attention_influence.shards.rows import GENERATED_ID, NO_IDS, InputError
 
 BATCH_ROWS = 1024  # records per frame: memory is one batch of parsed lines
 SCHEMA = {
@@ -211,7 +211,7 @@ def _refuse_misnamed(path: str, fields: Fields, seen: set[str], first: list[str]
     missing = [name for name in (fields.text, fields.id) if name and name not in seen]
     if first is None or not missing:
         return
-    hint = " (or corpus.id_column = null: ids generated as <shard>:<row>)" if fields.id in missing else ""
+    hint = f" (or {NO_IDS})" if fields.id in missing else ""
     raise InputError(
         f"{path}: no record has the field(s) {missing}; the first record has {first}; set the column "
         f"names (CLI --text-column/--id-column, corpus.text_column/corpus.id_column){hint}"

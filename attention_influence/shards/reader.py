@@ -25,7 +25,7 @@ import polars as pl
 from attention_influence.io.corpus import CorpusError, Shard
 from attention_influence.io.formats import FormatError, ShardFormat, require_format
 from attention_influence.io.paths import describe_unreadable
-from attention_influence.shards.rows import GENERATED_ID, InputError
+from attention_influence.shards.rows import GENERATED_ID, NO_IDS, InputError
 
 ARROW_MAGIC = b"ARROW1"  # an Arrow IPC *file* starts with it; a stream (what datasets writes) does not
 
@@ -185,10 +185,10 @@ def check_shard(path: str, text_column: str, id_column: str | None, fmt: str | N
     missing = [c for c in wanted if _column(c, schema) is None]
     if missing:
         textual = [c for c, t in schema.items() if t in (pl.String, pl.Binary)]
-        generate = " (null id column: ids generated as <shard>:<row>)" if id_column in missing else ""
+        generate = f" (or {NO_IDS})" if id_column in missing else ""
         raise InputError(
             f"{path}: missing column(s) {missing}; the shard has {list(schema)} (text-like: "
-            f"{textual}); set the column names (CLI --text-column/--id-column, env "
+            f"{textual}); set the column names (CLI --text-column/--id-column, "
             f"corpus.text_column/corpus.id_column){generate}"
         )
     if text_column in schema and schema[text_column] not in (pl.String, pl.Binary):

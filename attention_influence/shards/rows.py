@@ -6,6 +6,7 @@ The readers (`reader` for Parquet and Arrow, `jsonl` for JSON Lines) import it; 
 from __future__ import annotations
 
 GENERATED_ID = "{}:{}"  # `<shard>:<row>`: the id of a row when the corpus has no id column
+NO_IDS = "no ids: corpus.id_column = null, CLI --id-column null; ids are then generated as <shard>:<row>"
 
 
 class InputError(ValueError):
