@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from attention_influence.cli import expand_corpus, read_texts
+from attention_influence.commands.common import expand_corpus, read_texts
 from attention_influence.influence.heads import load_head_set, probe_exact_match
 from attention_influence.influence.models import load_model
 from attention_influence.influence.probes import build_probes, extract_sentences

@@ -164,7 +164,8 @@ LAYERS = [
     {"cut", "evaluation", "mixed_corpus", "manifest", "demo_corpus", "probe_set", "cluster", "bench"},
     {"training", "head_selection"},
     {"post_training"},
-    {"api", "cli"},
+    {"api", "commands"},
+    {"cli"},
 ]
 PACKAGES = ("attention_influence", "resources", "ai_assets")  # the same order: library, resources, assets
 
