@@ -144,31 +144,27 @@ def overlap_interval(hits: int, n: int, chance: float) -> dict[str, float]:
     return {"ci_low": low, "ci_high": high, "within_noise": float(low <= chance <= high)}
 
 
-def _analysis(
-    marked: pl.DataFrame,
-    texts: pl.DataFrame | None,
-    config: EvalConfig,
-    out: Path,
-    skipped: dict[str, str],
-    log,
-) -> tuple[dict[str, float], dict[str, Path], dict[str, Path]]:
+def _perplexity_metrics(ppl: pl.DataFrame) -> dict[str, float]:
+    """Per domain: documents scored and selected, the overlap with the perplexity baseline's top set and its
+    Wilson interval against the overlap a random k-subset would have."""
     metrics: dict[str, float] = {}
-    tables: dict[str, Path] = {}
-    figs: dict[str, Path] = {}
-    frac = None if config.top_frac is None else config.top_frac
-
-    ppl = analysis.perplexity_table(marked, frac)
-    tables["perplexity_overlap"] = out / "tables" / "perplexity_overlap.csv"
     for row in ppl.iter_rows(named=True):
         key = analysis.safe_key(row["domain"])
         metrics[f"analysis/n_scored/{key}"] = row["n_docs"]
         metrics[f"analysis/n_selected/{key}"] = row["n_a"]
         metrics[f"analysis/ppl_overlap/{key}"] = row["frac_of_a"]
         metrics[f"analysis/ppl_jaccard/{key}"] = row["jaccard"]
-        # vs the overlap a random k-subset would have: Wilson interval of the overlap fraction
         for part, value in overlap_interval(row["intersection"], row["n_a"], row["random_frac_of_a"]).items():
             metrics[f"analysis/ppl_overlap_{part}/{key}"] = value
+    return metrics
 
+
+def _length_tables(
+    marked: pl.DataFrame, texts: pl.DataFrame | None, frac: float | None
+) -> tuple[pl.DataFrame, pl.DataFrame, str, dict[str, float]]:
+    """(lengths of all / selected / perplexity-top documents per domain, lengths of the tokens scored, the
+    length column used, their metrics): whole documents (the corpus text re-tokenized) when there is text,
+    else the tokens scoring read (<= doc_max_tokens)."""
     ppl_rows = analysis.top_k_sets(marked, "loss_base", False, frac)
     length_source = texts if (texts is not None and "doc_tokens" in texts.columns) else marked
     column = "doc_tokens" if length_source is texts else "n_tokens"
@@ -180,10 +176,8 @@ def _analysis(
         "domain", pl.col("mean_selected").alias("mean_ppl"), pl.col("median_selected").alias("median_ppl")
     )
     lengths = lengths.join(ppl_len, on="domain", how="left", maintain_order="left")
-    tables["token_length"] = out / "tables" / "token_length.csv"
     scored_lengths = analysis.length_table(marked, "n_tokens")
-    tables["scored_token_length"] = out / "tables" / "scored_token_length.csv"
-    # whole-document tokens (the corpus text, re-tokenized) vs the tokens scoring read (<= doc_max_tokens)
+    metrics: dict[str, float] = {}
     kind = "doc_tokens" if column == "doc_tokens" else "scored_tokens"
     for frame, what in ((lengths, kind), (scored_lengths, "scored_tokens")):
         for row in frame.iter_rows(named=True):
@@ -191,44 +185,36 @@ def _analysis(
             metrics[f"analysis/{what}_mean_all/{key}"] = row["mean_all"]
             metrics[f"analysis/{what}_mean_selected/{key}"] = row["mean_selected"]
             metrics[f"analysis/{what}_n_all/{key}"] = row["n_all"]
+    return lengths, scored_lengths, column, metrics
 
-    edu_source = (
-        texts
-        if (texts is not None and "edu_score" in texts.columns)
-        else (marked if "edu_score" in marked.columns else None)
-    )
-    edu = None
-    if edu_source is None:
-        skipped["edu"] = "no edu_score column in the corpus or score table"
+
+def _edu(
+    marked: pl.DataFrame, texts: pl.DataFrame | None, frac: float | None, skipped: dict[str, str]
+) -> tuple[pl.DataFrame | None, dict[str, float]]:
+    """Agreement with the corpus's edu_score per domain (Spearman, top-set overlap), or None with the reason
+    in `skipped`."""
+    if texts is not None and "edu_score" in texts.columns:
+        source = texts
+    elif "edu_score" in marked.columns:
+        source = marked
     else:
-        edu = analysis.edu_table(edu_source, frac)
-        if edu.is_empty():
-            skipped["edu"] = "no domain has at least 3 documents with an edu_score"
-            edu = None
-        else:
-            tables["edu_agreement"] = out / "tables" / "edu_agreement.csv"
-            for row in edu.iter_rows(named=True):
-                key = analysis.safe_key(row["domain"])
-                metrics[f"analysis/edu_n_docs/{key}"] = row["n_docs"]
-                metrics[f"analysis/edu_spearman/{key}"] = row["spearman"]
-                metrics[f"analysis/edu_top_overlap/{key}"] = row["top_overlap"]
+        skipped["edu"] = "no edu_score column in the corpus or score table"
+        return None, {}
+    edu = analysis.edu_table(source, frac)
+    if edu.is_empty():
+        skipped["edu"] = "no domain has at least 3 documents with an edu_score"
+        return None, {}
+    metrics: dict[str, float] = {}
+    for row in edu.iter_rows(named=True):
+        key = analysis.safe_key(row["domain"])
+        metrics[f"analysis/edu_n_docs/{key}"] = row["n_docs"]
+        metrics[f"analysis/edu_spearman/{key}"] = row["spearman"]
+        metrics[f"analysis/edu_top_overlap/{key}"] = row["top_overlap"]
+    return edu, metrics
 
-    words = None
-    if texts is not None:
-        words = analysis.word_table(texts, config.word_min_docs, config.n_words)
-        tables["overrepresented_words"] = out / "tables" / "overrepresented_words.csv"
 
-    for name, frame in (
-        ("perplexity_overlap", ppl),
-        ("token_length", lengths),
-        ("scored_token_length", scored_lengths),
-        ("edu_agreement", edu),
-        ("overrepresented_words", words),
-    ):
-        if frame is not None:
-            tables[name].parent.mkdir(parents=True, exist_ok=True)
-            frame.write_csv(tables[name])
-    by_domain = (
+def _domains(marked: pl.DataFrame) -> pl.DataFrame:
+    return (
         marked.group_by("domain")
         .agg(
             pl.len().alias("n_all"),
@@ -238,17 +224,49 @@ def _analysis(
         )
         .sort("domain")
     )
-    tables["domains"] = out / "tables" / "domains.csv"
-    by_domain.write_csv(tables["domains"])
 
-    figs["score_histograms"] = figures.score_histograms(
-        marked, out / "figures" / "score_histograms.png", config.histogram_bins
-    )
-    figs["token_length"] = figures.length_plot(
-        lengths,
-        out / "figures" / "token_length.png",
-        "tokens, whole document" if column == "doc_tokens" else "tokens scored",
-    )
+
+def _analysis(
+    marked: pl.DataFrame,
+    texts: pl.DataFrame | None,
+    config: EvalConfig,
+    out: Path,
+    skipped: dict[str, str],
+    log,
+) -> tuple[dict[str, float], dict[str, Path], dict[str, Path]]:
+    """The selection analysis (paper section 6): its metrics, its tables written under `out/tables` and
+    its figures under `out/figures`."""
+    frac = config.top_frac
+    ppl = analysis.perplexity_table(marked, frac)
+    lengths, scored_lengths, column, length_metrics = _length_tables(marked, texts, frac)
+    edu, edu_metrics = _edu(marked, texts, frac, skipped)
+    words = analysis.word_table(texts, config.word_min_docs, config.n_words) if texts is not None else None
+    metrics = {**_perplexity_metrics(ppl), **length_metrics, **edu_metrics}
+
+    tables: dict[str, Path] = {}
+    for name, frame in (
+        ("perplexity_overlap", ppl),
+        ("token_length", lengths),
+        ("scored_token_length", scored_lengths),
+        ("edu_agreement", edu),
+        ("overrepresented_words", words),
+        ("domains", _domains(marked)),
+    ):
+        if frame is not None:
+            tables[name] = out / "tables" / f"{name}.csv"
+            tables[name].parent.mkdir(parents=True, exist_ok=True)
+            frame.write_csv(tables[name])
+
+    figs = {
+        "score_histograms": figures.score_histograms(
+            marked, out / "figures" / "score_histograms.png", config.histogram_bins
+        ),
+        "token_length": figures.length_plot(
+            lengths,
+            out / "figures" / "token_length.png",
+            "tokens, whole document" if column == "doc_tokens" else "tokens scored",
+        ),
+    }
     if log:
         ov = ppl.filter(pl.col("domain") == "all").row(0, named=True)
         log(
@@ -256,6 +274,117 @@ def _analysis(
             f"(random {ov['random_frac_of_a']:.3f}); tables {', '.join(tables)}"
         )
     return metrics, tables, figs
+
+
+def _check_inputs(scores: pl.DataFrame, cut: pl.DataFrame) -> None:
+    if scores.is_empty():
+        raise ValueError("score table is empty: nothing to evaluate")
+    missing = {"id", "domain", "n_tokens", "loss_base", "score"} - set(scores.columns)
+    if missing:
+        raise ValueError(f"score table lacks column(s) {sorted(missing)}")
+    if "id" not in cut.columns:
+        raise ValueError("cut frame lacks the id column")
+
+
+def _open_run(
+    client, run_id, experiment, tracking_uri, artifact_location, run_name, run_tags, head_set, profile
+) -> tuple[str, str, str]:
+    """(run id, experiment id, experiment name): a new run with `run_tags`, or the open `run_id` tagged."""
+    from mlflow.entities import RunTag
+
+    if run_id is None:
+        exp_id = tracking.ensure_experiment(
+            client, experiment, artifact_location or tracking.default_artifact_location(tracking_uri)
+        )
+        run_id = client.create_run(
+            exp_id, run_name=run_name or f"selection-eval {head_set[:8]} {profile}", tags=run_tags
+        ).info.run_id
+        return run_id, exp_id, experiment
+    exp_id = client.get_run(run_id).info.experiment_id
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
+    return run_id, exp_id, client.get_experiment(exp_id).name
+
+
+@dataclass
+class MirrorOutput:
+    """What the mirror effect adds to the run."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    step_metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (name, value, draw)
+    tables: dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def _mirror_effect(
+    lm, ranking, probes, config: EvalConfig, client, run_id, out, skipped, say
+) -> MirrorOutput:
+    """The mirror effect (appendix D): every task with the base model, the retrieval heads masked and random
+    head sets masked; a part that cannot run is named in `skipped`."""
+    from mlflow.entities import Param
+
+    result = MirrorOutput()
+    if lm is None or ranking is None or not ranking.heads:
+        skipped["mirror_effect"] = "no model" if lm is None else "no retrieval heads to mask"
+        return result
+    tasks, task_skips = load_tasks(config.eval_dir, config)
+    skipped.update(task_skips)
+    if probes:
+        tasks.insert(0, ProbeExactMatch(probes))
+    else:
+        skipped["probes"] = "no held-out probes given"
+    if config.n_random_draws < 1:
+        skipped["random_masked"] = "n_random_draws < 1"
+    if not tasks:
+        skipped["mirror_effect"] = "no task could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        return result
+    for task in tasks:
+        client.log_batch(
+            run_id, params=[Param(f"task.{task.name}.{k}", str(v)) for k, v in task.params().items()]
+        )
+    say(f"mirror effect: {len(tasks)} task(s) x {2 + config.n_random_draws} model variants")
+    raw = mirror.run_mirror(
+        lm, tasks, list(ranking.heads), config.n_random_draws, config.seed, config.batch_tokens, say
+    )
+    summary = mirror.summarize(raw, seed=config.seed)
+    result.metrics = mirror.mirror_metrics(summary)
+    result.step_metrics = [  # one value per random draw (step = draw); random_mean is their mean
+        (f"mirror/{r['metric']}/random_draw", r["value"], r["draw"])
+        for r in raw.filter(pl.col("condition") == mirror.RANDOM).iter_rows(named=True)
+    ]
+    tables = out / "tables"
+    raw.drop(mirror.ITEM_COLUMNS).write_csv(tables / "mirror_effect_raw.csv")
+    summary.write_csv(tables / "mirror_effect.csv")
+    result.tables["mirror_effect_raw"] = tables / "mirror_effect_raw.csv"
+    result.tables["mirror_effect"] = tables / "mirror_effect.csv"
+    result.figures["mirror_effect"] = figures.mirror_chart(summary, out / "figures" / "mirror_effect.png")
+    heads_json = {
+        cond if cond != mirror.RANDOM else f"{cond}_{draw}": json.loads(h)
+        for cond, draw, h in raw.select("condition", "draw", "heads").unique().iter_rows()
+    }
+    (tables / "masked_heads.json").write_text(json.dumps(heads_json, indent=1, sort_keys=True))
+    result.tables["masked_heads"] = tables / "masked_heads.json"
+    return result
+
+
+def _log_metrics(
+    client, run_id, metrics: dict, step_metrics: list, skipped: dict[str, str]
+) -> dict[str, float]:
+    """Every finite metric (in MLflow's batches of 1,000), the per-draw ones at their step, and the skipped
+    parts as a param and tags; returns the finite metrics."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    batch = [Metric(k, v, now, 0) for k, v in finite.items()]
+    batch += [Metric(k, float(v), now, int(s)) for k, v, s in step_metrics]
+    for i in range(0, len(batch), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    client.log_batch(
+        run_id,
+        params=[Param("skipped_parts", ",".join(sorted(skipped)) or "none")],
+        tags=[RunTag(f"skipped.{k}", v[:5000]) for k, v in skipped.items()],
+    )
+    return finite
 
 
 def run_selection_evaluation(
@@ -282,18 +411,12 @@ def run_selection_evaluation(
     scores / cut: the score table and the selected rows; corpus: id, text (and edu_score) or None.
     run_id: log into this already-open run (the caller ends it) instead of creating and ending one.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     t_start = time.perf_counter()
     say = log or (lambda msg: None)
-    if scores.is_empty():
-        raise ValueError("score table is empty: nothing to evaluate")
-    missing = {"id", "domain", "n_tokens", "loss_base", "score"} - set(scores.columns)
-    if missing:
-        raise ValueError(f"score table lacks column(s) {sorted(missing)}")
-    if "id" not in cut.columns:
-        raise ValueError("cut frame lacks the id column")
+    _check_inputs(scores, cut)
     marked = analysis.mark_selected(scores, cut)
     probes = list(heldout_probes or [])[: config.n_probes]
 
@@ -308,20 +431,19 @@ def run_selection_evaluation(
     if lm is not None:
         run_tags["model"] = lm.identity
     owns_run = run_id is None
-    if owns_run:
-        exp_id = tracking.ensure_experiment(
-            client, experiment, artifact_location or tracking.default_artifact_location(tracking_uri)
-        )
-        run_id = client.create_run(
-            exp_id, run_name=run_name or f"selection-eval {head_set[:8]} {config.profile}", tags=run_tags
-        ).info.run_id
-    else:
-        exp_id = client.get_run(run_id).info.experiment_id
-        experiment = client.get_experiment(exp_id).name
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()])
+    run_id, exp_id, experiment = _open_run(
+        client,
+        run_id,
+        experiment,
+        tracking_uri,
+        artifact_location,
+        run_name,
+        run_tags,
+        head_set,
+        config.profile,
+    )
     say(f"MLflow run {run_id} in experiment {experiment!r} ({tracking_uri})")
     skipped: dict[str, str] = {}
-    metrics: dict[str, float] = {}
     try:
         client.log_batch(
             run_id,
@@ -340,80 +462,17 @@ def run_selection_evaluation(
             skipped["heatmap"] = "no head ranking given"
 
         texts = _attach_corpus(marked, corpus, config, lm, skipped)
-        a_metrics, table_paths, a_figs = _analysis(marked, texts, config, out, skipped, say)
-        metrics.update(a_metrics)
+        metrics, table_paths, a_figs = _analysis(marked, texts, config, out, skipped, say)
         fig_paths.update(a_figs)
-
-        # the mirror effect
-        step_metrics: list[tuple[str, float, int]] = []
-        if lm is None or ranking is None or not ranking.heads:
-            skipped["mirror_effect"] = "no model" if lm is None else "no retrieval heads to mask"
-        else:
-            tasks, task_skips = load_tasks(config.eval_dir, config)
-            skipped.update(task_skips)
-            if probes:
-                tasks.insert(0, ProbeExactMatch(probes))
-            else:
-                skipped["probes"] = "no held-out probes given"
-            if config.n_random_draws < 1:
-                skipped["random_masked"] = "n_random_draws < 1"
-            if tasks:
-                for task in tasks:
-                    client.log_batch(
-                        run_id,
-                        params=[Param(f"task.{task.name}.{k}", str(v)) for k, v in task.params().items()],
-                    )
-                say(f"mirror effect: {len(tasks)} task(s) x {2 + config.n_random_draws} model variants")
-                raw = mirror.run_mirror(
-                    lm,
-                    tasks,
-                    list(ranking.heads),
-                    config.n_random_draws,
-                    config.seed,
-                    config.batch_tokens,
-                    say,
-                )
-                summary = mirror.summarize(raw, seed=config.seed)
-                metrics.update(mirror.mirror_metrics(summary))
-                step_metrics = [  # one value per random draw (step = draw); random_mean is their mean
-                    (f"mirror/{r['metric']}/random_draw", r["value"], r["draw"])
-                    for r in raw.filter(pl.col("condition") == mirror.RANDOM).iter_rows(named=True)
-                ]
-                raw.drop(mirror.ITEM_COLUMNS).write_csv(out / "tables" / "mirror_effect_raw.csv")
-                summary.write_csv(out / "tables" / "mirror_effect.csv")
-                table_paths["mirror_effect_raw"] = out / "tables" / "mirror_effect_raw.csv"
-                table_paths["mirror_effect"] = out / "tables" / "mirror_effect.csv"
-                fig_paths["mirror_effect"] = figures.mirror_chart(
-                    summary, out / "figures" / "mirror_effect.png"
-                )
-                heads_json = {
-                    cond if cond != mirror.RANDOM else f"{cond}_{draw}": json.loads(h)
-                    for cond, draw, h in raw.select("condition", "draw", "heads").unique().iter_rows()
-                }
-                (out / "tables" / "masked_heads.json").write_text(
-                    json.dumps(heads_json, indent=1, sort_keys=True)
-                )
-                table_paths["masked_heads"] = out / "tables" / "masked_heads.json"
-            else:
-                skipped["mirror_effect"] = "no task could run: " + "; ".join(
-                    f"{k}: {v}" for k, v in skipped.items()
-                )
+        mirrored = _mirror_effect(lm, ranking, probes, config, client, run_id, out, skipped, say)
+        metrics.update(mirrored.metrics)
+        table_paths.update(mirrored.tables)
+        fig_paths.update(mirrored.figures)
         for name in KEY_FIGURES:
             if name in fig_paths:
                 figures.thumbnail(fig_paths[name])
         metrics["eval_seconds"] = time.perf_counter() - t_start
-
-        now = int(time.time() * 1000)
-        finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
-        batch = [Metric(k, v, now, 0) for k, v in finite.items()]
-        batch += [Metric(k, float(v), now, int(s)) for k, v, s in step_metrics]
-        for i in range(0, len(batch), 1000):  # MLflow's batch limit
-            client.log_batch(run_id, metrics=batch[i : i + 1000])
-        client.log_batch(
-            run_id,
-            params=[Param("skipped_parts", ",".join(sorted(skipped)) or "none")],
-            tags=[RunTag(f"skipped.{k}", v[:5000]) for k, v in skipped.items()],
-        )
+        finite = _log_metrics(client, run_id, metrics, mirrored.step_metrics, skipped)
         if ranking is not None:
             (out / "tables" / "head_ranking.json").write_text(json.dumps(ranking.to_json()))
             table_paths["head_ranking"] = out / "tables" / "head_ranking.json"
@@ -435,13 +494,7 @@ def run_selection_evaluation(
                 pl.read_csv(table_paths["mirror_effect"]).to_dicts() if "mirror_effect" in table_paths else []
             ),
         )
-        store = tracking.local_path(artifact_uri)
-        result.figures = {k: str((store or out) / "figures" / v.name) for k, v in fig_paths.items()}
-        result.tables = {k: str((store or out) / "tables" / v.name) for k, v in table_paths.items()}
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
-        client.log_artifacts(run_id, str(out))
-        if store is not None:  # the returned paths point into the local artifact store: drop the staging copy
-            shutil.rmtree(out, ignore_errors=True)
+        _log_artifacts(client, result, out, fig_paths, table_paths)
         if owns_run:
             client.set_terminated(run_id, "FINISHED")
         say(
@@ -453,3 +506,15 @@ def run_selection_evaluation(
         if owns_run:
             client.set_terminated(run_id, "FAILED")
         raise
+
+
+def _log_artifacts(client, result: EvalResult, out: Path, fig_paths: dict, table_paths: dict) -> None:
+    """The figures, tables and result.json as the run's artifacts; the result's paths point into the local
+    artifact store when there is one (the staging folder is then removed), else into the staging folder."""
+    store = tracking.local_path(result.artifact_uri)
+    result.figures = {k: str((store or out) / "figures" / v.name) for k, v in fig_paths.items()}
+    result.tables = {k: str((store or out) / "tables" / v.name) for k, v in table_paths.items()}
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    client.log_artifacts(result.run_id, str(out))
+    if store is not None:
+        shutil.rmtree(out, ignore_errors=True)
