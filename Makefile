@@ -31,10 +31,10 @@ lint:
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q --durations=25 -m "not slow"
 
 demo:
 	bash scripts/demo.sh

@@ -19,9 +19,23 @@ def test_expected_precision_follows_the_settings_and_the_cluster(dtype, device, 
     assert expected_precision(dtype, device, num_gpus) == expected
 
 
-def test_a_scorer_records_the_version_of_what_it_scored(tmp_path, tiny_model_dir):
+@pytest.fixture
+def no_ray(tmp_path, monkeypatch):
+    """No Ray for this test: no cluster address, and Ray's session folder (where a stale `ray_current_cluster`
+    would point at a dead cluster) is this test's own."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
+    assert not ray.is_initialized()
+    yield
+    assert not ray.is_initialized(), "the library started or joined Ray by itself"
+
+
+def test_a_scorer_records_the_version_of_what_it_scored(tmp_path, tiny_model_dir, no_ray):
     """The driver's guess only decides whether it reuses a table: the scorer records the version a
-    one-process run in the precision it loaded computes (the plain actor class, run without Ray)."""
+    one-process run in the precision it loaded computes (the plain actor class, run without Ray, which it
+    neither starts nor joins: `placement` names only host, process and device)."""
     from test_shards_record import HEADS_DOC, request, write_shard
 
     from attention_influence.cluster.scoring import ModelSpec, ScorerActor, ShardTask
@@ -37,3 +51,6 @@ def test_a_scorer_records_the_version_of_what_it_scored(tmp_path, tiny_model_dir
     assert lm.precision == {"dtype": "float32", "device_class": "cpu"}
     assert record["data_version"] == req.inputs(lm.identity, "h1", lm.precision).version() != guess
     assert record["scored"] + record["quarantined"] == 2  # max_docs_per_shard 2 of 4
+    assert (
+        set(record["placement"]) == {"hostname", "pid", "device"} and record["placement"]["device"] == "cpu"
+    )

@@ -190,6 +190,29 @@ def test_score_partition_run_renders_without_postgres(tmp_path):
     check_score_run(out)
 
 
-@pytest.mark.parametrize("name", ["values.yaml", "dagster.yaml"])
-def test_deploy_files_parse(name):
-    assert isinstance(load(name), dict)
+@pytest.mark.parametrize(
+    "name, sections",
+    [
+        (
+            "values.yaml",
+            {
+                "global",
+                "postgresql",
+                "generatePostgresqlPasswordSecret",
+                "dagster-user-deployments",
+                "runLauncher",
+                "concurrency",
+                "dagsterDaemon",
+                "telemetry",
+            },
+        ),
+        (
+            "dagster.yaml",
+            {"storage", "run_launcher", "concurrency", "run_monitoring", "run_retries", "telemetry"},
+        ),
+    ],
+)
+def test_deploy_files_parse_into_their_sections(name, sections):
+    """Each file parses, with exactly the sections the chart (values) and the instance (dagster.yaml) read:
+    a misspelt or lost section is an error here, not a default silently used in the cluster."""
+    assert set(load(name)) == sections

@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import dagster as dg
 import pytest
@@ -53,19 +51,22 @@ def test_concurrent_claims_get_distinct_devices_and_the_next_one_waits(tmp_path,
     procs, got = holders_of_all
     assert sorted(got) == SIMULATED  # N processes, N different devices
     assert sorted(h.split()[1] for h in holders(tmp_path, SIMULATED)) == SIMULATED
-    t0 = time.monotonic()
-    with pytest.raises(DevicesBusy, match="all 3 devices"):
-        claim_device(tmp_path, SIMULATED, timeout=0.5, poll=0.05)  # claim N+1 waits, then times out
-    assert time.monotonic() - t0 >= 0.5
-    # released while claim N+1 is waiting: it gets exactly that device, once it is released
-    freed = got[1]
-    release = threading.Timer(0.5, procs[1].stdin.close)  # the holder exits when its stdin closes
-    t0 = time.monotonic()
-    release.start()
-    with claim_device(tmp_path, SIMULATED, timeout=10, poll=0.05) as claim:
+    waited: list[str] = []
+    with pytest.raises(DevicesBusy, match="all 3 devices"):  # claim N+1 waits, then times out
+        claim_device(tmp_path, SIMULATED, timeout=0.5, poll=0.05, log=waited.append)
+    assert len(waited) == 1 and "waiting" in waited[0]
+    # released while claim N+1 is waiting (event order: its "waiting" message, then the release): it gets
+    # exactly that device
+    freed, events = got[1], []
+
+    def release_when_waiting(message: str) -> None:
+        events.append("waiting")
+        procs[1].stdin.close()  # the holder exits when its stdin closes
+
+    with claim_device(tmp_path, SIMULATED, timeout=60, poll=0.05, log=release_when_waiting) as claim:
+        events.append("claimed")
         assert claim.device == freed
-        assert time.monotonic() - t0 >= 0.5
-    release.join()
+    assert events == ["waiting", "claimed"]
     # and once released here, it can be claimed again
     with claim_device(tmp_path, SIMULATED, timeout=0) as again:
         assert again.device == freed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -164,8 +165,17 @@ def test_full_run_logs_params_metrics_and_artifacts(setup, tmp_path):
     assert res.heatmap_path.endswith("figures/head_heatmap.png")
     summary = pl.read_csv(res.tables["mirror_effect"])
     assert summary.height == 6 and set(summary["random_draws"]) == {2}  # probe em + token acc, 4 others
-    words = pl.read_csv(res.tables["overrepresented_words"])
-    assert "sklearn" in words.filter(pl.col("domain") == "all")["word"].to_list() or words.height > 0
+    # the over-represented words over all domains: their document counts, recounted here from the texts
+    words = pl.read_csv(res.tables["overrepresented_words"]).filter(pl.col("domain") == "all")
+    assert words.height == cfg.n_words and words["z"].to_list() == sorted(words["z"], reverse=True)
+    selected = set(cut["id"])
+    for word, in_selected, in_rest in words.select("word", "docs_selected", "docs_rest").iter_rows():
+        has = [
+            doc_id in selected
+            for doc_id, text in corpus.select("id", "text").iter_rows()
+            if re.search(rf"(?<![a-z0-9_]){re.escape(word)}(?![a-z0-9_])", text.lower())
+        ]
+        assert (in_selected, in_rest) == (sum(has), len(has) - sum(has)), word
     assert res.run_url.endswith(
         f"#/experiments/{res.experiment_id}/runs/{res.run_id}?workflowType=machine_learning"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_tokenizer, tiny_config, tiny_loaded_model
+from conftest import SCORE_TOLERANCE, build_tiny_tokenizer, tiny_config, tiny_loaded_model
 from reference import reference_score
 from test_influence_engine import DOCS, HEADS
 
@@ -57,6 +57,21 @@ def test_zero_query_windows_match_overwrite(packed):
         over = score_texts(lm, DOCS, HEADS, **kw)
     np.testing.assert_allclose(zero.loss_ref, over.loss_ref, rtol=1e-6)
     np.testing.assert_allclose(zero.loss_base, over.loss_base, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_zero_query_and_overwrite_agree_within_the_dtype_tolerance(dtype):
+    """The two strategies on one model in float32 (the same scores) and in bf16, forced on the CPU as `auto`
+    does on an AMX host: within bf16's rounding (conftest.SCORE_TOLERANCE), far below the masking effect."""
+    lm = tiny_loaded_model("tiny-mask-dtype", 2)
+    lm.model.to(dtype)
+    kw = dict(max_tokens=48, batch_tokens=96)
+    zero = score_texts(lm, DOCS, HEADS, **kw)
+    with masking_strategy(OVERWRITE):
+        over = score_texts(lm, DOCS, HEADS, **kw)
+    tolerance = SCORE_TOLERANCE[str(dtype).removeprefix("torch.")]
+    assert np.abs(zero.score - over.score).max() < tolerance
+    assert np.abs(zero.score).max() > 10 * tolerance  # the masking's effect is well above the tolerance
 
 
 def sliding_window_lm(window: int) -> LoadedModel:

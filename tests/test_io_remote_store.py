@@ -148,11 +148,17 @@ def test_outputs_shared_through_the_object_store(s3, tmp_path):
         ).fetchall()
     assert rows == [("code", 3, 1), ("web", 7, 3)]
 
-    # publish() takes files from 1 s before `since` (clock slack), and the first publish stamped them with the
-    # store's whole-second clock: wait past both, so only the rewrite is newer and the store sees it as newer
-    time.sleep(2.6)
-    step_start = time.time()
+    # a later step starts and rewrites one shard's files: its start is set ahead of the first publish's stamps
+    # (publish takes files from 1 s before `since`, clock slack) and the rewrite stamped after it, instead of
+    # waiting for the clock to get there
+    step_start = time.time() + 60
     write_score(a, "web__1", "web", [0.4, 0.8, 0.1])
+    for path in (
+        a.score_path("web__1"),
+        a.score_quarantine_path("web__1"),
+        a.score_provenance_path("web__1"),
+    ):
+        os.utime(path, (step_start + 1, step_start + 1))
     assert a.publish(since=step_start) == [
         "scores/web__1.parquet",
         "scores/web__1.quarantine.parquet",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -16,26 +15,74 @@ def test_items_come_in_order_with_their_preparation():
         assert list(prefetched([], lambda k: k, overlap=overlap)) == []
 
 
-def test_preparation_overlaps_the_consumer_and_the_wait_is_measured():
-    """prepare and the consumer each take 0.2 s per item: serial waits half the time, overlapped only for
-    the first item."""
-    threads = []
+DEADLINE = 30.0  # seconds an event may take on a loaded machine; a passing run never waits this long
+
+
+def test_the_next_item_is_prepared_while_the_consumer_holds_this_one():
+    """Event order, not timing: overlapped, item k+1's preparation starts while the consumer still holds item
+    k, in the `ai-input` thread; serial, it has not started (the generator is suspended)."""
+    for overlap in (True, False):
+        started = [threading.Event() for _ in range(5)]
+        threads = []
+
+        def prepare(k, started=started, threads=threads):
+            threads.append(threading.current_thread().name)
+            started[k].set()
+            return k
+
+        for k, _ in prefetched(range(5), prepare, overlap=overlap):
+            if k < 4:
+                if overlap:
+                    assert started[k + 1].wait(DEADLINE), f"item {k + 1} was not prepared while {k} was held"
+                else:
+                    assert not started[k + 1].is_set()
+        assert all(name.startswith("ai-input") for name in threads) == overlap
+
+
+class FakeClock:
+    """`time.perf_counter` for prefetch: moves only when a test says so (from any thread)."""
+
+    def __init__(self):
+        self.now, self.lock = 0.0, threading.Lock()
+
+    def perf_counter(self) -> float:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+def test_the_wait_is_what_the_consumer_waited(monkeypatch):
+    """On a clock that moves only by the work done: serial, every preparation (2 s each) is waited for, so
+    10 of 25 s; overlapped, the consumer (3 s per item) never waits, since each next item is ready (an event
+    says so) before it asks."""
+    from attention_influence.shards import prefetch
+
+    clock = FakeClock()
+    monkeypatch.setattr(prefetch, "time", clock)
+
+    wait = InputWait(started=clock.perf_counter())
+    for _ in prefetched(range(5), lambda k: clock.advance(2.0), overlap=False, wait=wait):
+        clock.advance(3.0)
+    wait.finish()
+    assert (wait.waited, wait.wall, wait.share()) == (10.0, 25.0, 0.4)
+
+    ready = [threading.Event() for _ in range(5)]
 
     def prepare(k):
-        threads.append(threading.current_thread().name)
-        time.sleep(0.2)
-        return k
+        if k:  # item 0 is prepared before the consumer can do anything: it takes no clock time here
+            clock.advance(2.0)
+        ready[k].set()
 
-    shares, walls = {}, {}
-    for overlap in (False, True):
-        wait = InputWait()
-        for _ in prefetched(range(5), prepare, overlap=overlap, wait=wait):
-            time.sleep(0.2)  # the model's work on this chunk
-        shares[overlap], walls[overlap] = wait.share(), time.perf_counter() - wait.started
-    assert walls[False] >= 2.0 and walls[True] < 1.6
-    assert shares[False] == pytest.approx(0.5, abs=0.08)
-    assert shares[True] == pytest.approx(0.2 / 1.2, abs=0.08)
-    assert any(name.startswith("ai-input") for name in threads)
+    wait = InputWait(started=clock.perf_counter())
+    for k, _ in prefetched(range(5), prepare, overlap=True, wait=wait):
+        if k < 4:
+            assert ready[k + 1].wait(DEADLINE)
+        clock.advance(3.0)
+    wait.finish()
+    assert (wait.waited, wait.share()) == (0.0, 0.0)
 
 
 def test_an_error_in_preparation_comes_out_at_its_item():

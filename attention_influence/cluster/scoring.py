@@ -116,16 +116,20 @@ def worker_model(model: ModelSpec):
 
 
 def placement(device: str) -> dict:
-    """Where this call runs: Ray node id and address, host name, process, device and GPU ids."""
+    """Where this call runs: Ray node id and address, host name, process, device and GPU ids. Outside Ray
+    (the actor class called in a plain process) only host, process and device: the library never starts or
+    joins a Ray cluster by itself (`ray.get_runtime_context()` would, and a stale /tmp/ray session makes that
+    wait on a dead cluster)."""
     import ray
 
+    here = {"hostname": socket.gethostname(), "pid": os.getpid(), "device": device}
+    if not ray.is_initialized():
+        return here
     ctx = ray.get_runtime_context()
     return {
         "node_id": ctx.get_node_id(),
         "node_ip": ray.util.get_node_ip_address(),
-        "hostname": socket.gethostname(),
-        "pid": os.getpid(),
-        "device": device,
+        **here,
         "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
     }
 
