@@ -43,7 +43,7 @@ from resources import (
     Workdir,
 )
 
-ASSETS = [
+SELECTION_ASSETS = [  # groups corpus and selection: pretraining data
     selector_model,
     corpus_shard,
     retrieval_probe_set,
@@ -55,11 +55,9 @@ ASSETS = [
     score_agreement,
     mixed_corpus,
     proxy_pretraining,
-    sft_step_scores,
-    sft_selection,
-    sft_training_set,
-    sft_evaluation,
 ]
+POST_TRAINING_ASSETS = [sft_step_scores, sft_selection, sft_training_set, sft_evaluation]  # AIR, on the heads
+ASSETS = SELECTION_ASSETS + POST_TRAINING_ASSETS
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "selection_automation",
