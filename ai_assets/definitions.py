@@ -70,13 +70,13 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 def build_resources(config: Config) -> dict:
     """One resource per section of the configuration (paths resolved); the launchpad overrides any field."""
-    workdir = config.workdir
+    workdir = Workdir(path=str(config.workdir))
     return {
         "model": SelectorModel(**{**config.model.model_dump(), "cache_dir": str(config.model_cache)}),
         "corpus": Corpus(**{**config.corpus.model_dump(), "uri": config.corpus_uri}),
         "profile": SelectionProfile.from_config(config),
-        "workdir": Workdir(path=str(workdir)),
-        "duckdb": DuckDB(database=str(workdir / "selection.duckdb")),
+        "workdir": workdir,
+        "duckdb": DuckDB(database=str(workdir.duckdb_path)),
         "mlflow": MLflow(**{**config.mlflow.model_dump(), "tracking_uri": config.mlflow_tracking_uri}),
         "post_training": PostTraining(**{**config.post_training.model_dump(), "input": config.sft_input}),
         "ray_cluster": RayCluster(**config.ray.model_dump()),

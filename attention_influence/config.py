@@ -145,7 +145,7 @@ class EvaluationConfig(Section):
     """The MLflow-tracked evaluation: mirror effect, selection analysis, agreement with quality labels."""
 
     preset: Literal["demo", "paper"] = Field(
-        "demo", description="Sizes of the mirror-effect and benchmark evaluation (evaluation/config.py)."
+        "demo", description="Sizes of the mirror-effect and benchmark evaluation (presets.py EVALUATION)."
     )
     eval_dir: str | None = Field(
         None,
@@ -193,7 +193,7 @@ class ProxyConfig(Section):
     """Proxy pretraining runs on the mixed corpus, one per arm and seed."""
 
     profile: Literal["cpu", "cpu_study", "gpu"] = Field(
-        "cpu", description="Proxy model and run size (training/proxy.py PROXY_PROFILES)."
+        "cpu", description="Proxy model and run size (presets.py PROXY; listed below)."
     )
     seeds: Positive = Field(2, description="Seeds per arm.")
     arms: list[Literal["baseline", "attention_influence", "random", "perplexity"]] = Field(
@@ -224,7 +224,9 @@ class PostTrainingConfig(Section):
     weight_temperature: Annotated[float, Field(gt=0.0)] = Field(0.1, description="Step weight temperature.")
     weight_min: Annotated[float, Field(ge=0.0)] = Field(0.25, description="Lower clip of a step weight.")
     weight_max: Annotated[float, Field(gt=0.0)] = Field(4.0, description="Upper clip of a step weight.")
-    finetune: Literal["demo", "study", "gpu"] = Field("demo", description="Proxy fine-tune profile.")
+    finetune: Literal["demo", "study", "gpu"] = Field(
+        "demo", description="Proxy fine-tune profile (presets.py FINETUNE)."
+    )
     messages_column: str = Field("messages", description="Chat messages column (list of role/content).")
     prompt_column: str = Field("question", description="Prompt column, when there is no messages column.")
     response_column: str = Field("answer", description="Response column, when there is no messages column.")
@@ -669,10 +671,33 @@ def reference_markdown() -> str:
     for name in profile_names():
         flat = flatten(read_file(profile_path(name)))
         out.append(f"- `{name}`: " + ", ".join(f"`{k}` = `{_toml(v)}`" for k, v in sorted(flat.items())))
+    out += _presets_markdown()
     out += ["", "## Deprecated environment variables", "", "| variable | key |", "|---|---|"]
     out += ["| `AI_PROFILE` | `profile` |"]
     out += [f"| `{var}` | `{key}` |" for var, key in DEPRECATED_ENV.items()]
     return "\n".join(out) + "\n"
+
+
+def _presets_markdown() -> list[str]:
+    """The named size presets (`attention_influence/presets.py`), each with its values."""
+    from attention_influence.presets import PRESETS
+
+    keys = {"shapes": "bench `--model random:<name>`", "evaluation": "`evaluation.preset`"}
+    keys |= {"proxy": "`proxy.profile`", "finetune": "`post_training.finetune`"}
+    out = [
+        "",
+        "## Presets",
+        "",
+        "Named sizes, all in `attention_influence/presets.py`, chosen by the key named:",
+        "",
+    ]
+    for kind, presets in PRESETS.items():
+        for name, values in presets.items():
+            listed = ", ".join(
+                f"`{k}` = `{_toml(v) if not isinstance(v, dict) else v}`" for k, v in values.items()
+            )
+            out.append(f"- {keys[kind]} `{name}`: {listed}")
+    return out
 
 
 def _simple(annotation) -> str:

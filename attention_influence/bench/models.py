@@ -7,47 +7,13 @@ import torch
 from attention_influence.bench.config import BenchConfig
 from attention_influence.influence.masking import normalize_heads
 from attention_influence.influence.models import LoadedModel
+from attention_influence.presets import SHAPES
 from attention_influence.settings import model_cache_from_env
 
 DEFAULT_FIRST_LAYER = 10
 DEFAULT_N_HEADS = 14
 
-# `--model random:<name>`: randomly initialised Llama models, for throughput only (scores mean nothing).
-RANDOM_CONFIGS = {
-    # SmolLM2-135M's shape (its config.json): the GPU check builds it with random weights, no download
-    "smollm2-135m": dict(
-        hidden_size=576,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        intermediate_size=1536,
-        vocab_size=49152,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
-        tie_word_embeddings=True,
-    ),
-    # the paper's 1.3B selector (Table 7)
-    "paper-1.3b": dict(
-        hidden_size=2560,
-        num_hidden_layers=16,
-        num_attention_heads=20,
-        num_key_value_heads=10,
-        intermediate_size=10240,
-        vocab_size=155136,
-        max_position_embeddings=4096,
-    ),
-    "tiny": dict(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=50000,
-        max_position_embeddings=512,
-    ),
-}
+RANDOM_CONFIGS = SHAPES  # `--model random:<name>`: randomly initialised Llama models, for throughput only
 
 
 def default_heads(

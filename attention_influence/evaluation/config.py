@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from attention_influence.presets import EVALUATION
 from attention_influence.settings import DEFAULT_EVAL_DIR
 
 
@@ -39,37 +40,7 @@ class EvalConfig:
         return {f"eval.{k}": str(v) for k, v in d.items()}
 
 
-PROFILES: dict[str, dict] = {
-    # sized for `make demo` on 2 CPU cores (docs/results/air.md has the measured budget)
-    "demo": dict(n_random_draws=2),
-    # closer to the paper: more draws, many-shot Banking77 over all 77 intents, hundreds of items
-    "paper": dict(
-        n_random_draws=5,
-        n_probes=100,
-        banking77_labels=77,
-        banking77_shots_per_label=4,
-        banking77_queries=500,
-        hellaswag_items=1000,
-        gsm8k_shots=8,
-        gsm8k_items=500,
-        batch_tokens=32768,
-    ),
-    # unit tests on a tiny random model
-    "test": dict(
-        n_random_draws=2,
-        n_probes=2,
-        banking77_labels=3,
-        banking77_shots_per_label=1,
-        banking77_queries=4,
-        hellaswag_items=3,
-        gsm8k_shots=1,
-        gsm8k_items=2,
-        batch_tokens=2048,
-        n_words=5,
-        word_min_docs=1,
-        histogram_bins=10,
-    ),
-}
+PROFILES = EVALUATION  # the named presets (attention_influence.presets)
 
 
 def profile_config(profile: str = "demo", **overrides) -> EvalConfig:

@@ -8,7 +8,7 @@ and the loss differ. Evaluation: GSM8K test gold-answer NLL per token, 0-shot, w
 the training samples are (chat template or the fallback) and the gold solution as the continuation
 (`evaluation.loglik`); the same items for every run, and the untuned model as a reference row.
 
-CPU sizing (FINETUNE_PROFILES): SmolLM2-135M with only its top `trainable_layers` decoder layers and the
+CPU sizing (`presets.FINETUNE`): SmolLM2-135M with only its top `trainable_layers` decoder layers and the
 final norm trained (the tied embedding / LM head stays frozen). The frozen layers below give the same hidden
 states in every run, so they run once per training sample and evaluation item (`cache_hidden`) and each
 run trains and evaluates `TopStack` on those states; 256-token sequences; logits only at response (gold)
@@ -28,6 +28,8 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
+
+from attention_influence.presets import FINETUNE
 
 ARMS = ("air", "random", "all")
 LOSSES = ("plain", "weighted")
@@ -51,21 +53,7 @@ class FinetuneProfile:
         return {f"finetune.{k}": str(v) for k, v in asdict(self).items()}
 
 
-FINETUNE_PROFILES: dict[str, FinetuneProfile] = {
-    # inside `make demo`: 1 seed, 3 steps of 2 x 256 tokens per run, 16 GSM8K items (a smoke run: its table
-    # is not evidence of anything). bf16 autocast where the hardware has fast bf16 (`has_fast_bf16`): on an
-    # AMX host the LM head's forward + backward ran 8x faster than in float32; on an AVX512-BF16-only host
-    # 1.7x slower (0.93 s vs 1.62 s for 512 tokens), so it is off there
-    "demo": FinetuneProfile(2, 256, 2, 3, 1e-4, 0, 1, 16, eval_batch_tokens=2048, bf16=True),
-    # the closing-note experiment on 2 shared CPU cores: 3 seeds, 12 steps of 4 samples (<= 256 tokens),
-    # 40 GSM8K test items, bf16 autocast where fast (sized to ~1 minute per run while two other jobs held the
-    # cores; 11-21 s per run in float32 on an idle AVX512-BF16-only host)
-    "study": FinetuneProfile(2, 256, 4, 12, 2e-4, 1, 3, 40, bf16=True),
-    # a GPU: every parameter, 1,024-token sequences, 16 x 4 samples per step, 500 steps, all 1,319 items
-    "gpu": FinetuneProfile(
-        0, 1024, 16, 500, 1e-5, 50, 3, 1319, grad_accum=4, bf16=True, eval_batch_tokens=65536
-    ),
-}
+FINETUNE_PROFILES: dict[str, FinetuneProfile] = {n: FinetuneProfile(**size) for n, size in FINETUNE.items()}
 
 
 def finetune_profile(name: str, **overrides) -> FinetuneProfile:

@@ -24,6 +24,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from attention_influence.presets import PROXY
+
 
 @dataclass(frozen=True)
 class ProxyProfile:
@@ -66,72 +68,7 @@ class ProxyProfile:
         }
 
 
-PROXY_PROFILES: dict[str, ProxyProfile] = {
-    # inside `make demo`: ~1.6M parameters (1.57M of them the tied 49k-token embedding), 24 steps of 512
-    # tokens (12K tokens per run); the 49k-way softmax dominates a step (timings: docs/results/)
-    "cpu": ProxyProfile(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=96,
-        seq_len=128,
-        batch_size=4,
-        max_steps=24,
-        learning_rate=3e-3,
-        warmup_steps=3,
-        heldout_per_domain=4,
-        hellaswag_items=8,
-        gsm8k_items=8,
-        eval_batch_tokens=2048,
-        logging_steps=3,
-    ),
-    # the closing-note experiment on the sample corpus (CPU, a few minutes per run): 3.2M parameters (3.1M of
-    # them the tied embedding), 400 steps of 8 x 128 tokens (410K tokens per run), 32 held-out documents per
-    # domain, 200 HellaSwag and 100 GSM8K items: larger evaluation samples than the demo's, so seed-to-seed
-    # spread, not evaluation sampling, dominates the comparison
-    "cpu_study": ProxyProfile(
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=192,
-        seq_len=128,
-        batch_size=8,
-        max_steps=400,
-        learning_rate=3e-3,
-        warmup_steps=20,
-        heldout_per_domain=32,
-        hellaswag_items=200,
-        gsm8k_items=100,
-        eval_batch_tokens=4096,
-        logging_steps=20,
-    ),
-    # GPU: SmolLM2-135M's shape (576 x 30 layers, 9 heads / 3 KV heads, 1,536 MLP; 134.5M parameters with the
-    # tied 49k embedding), 2,048-token blocks, 524,288 tokens per step (32 x grad_accum 8 on 1 GPU; with
-    # `accelerate launch` on 8 GPUs set grad_accum 1), 6,000 steps = 3.15B tokens per run. README "Proxy
-    # pretraining" has the projected cost.
-    "gpu": ProxyProfile(
-        hidden_size=576,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        intermediate_size=1536,
-        seq_len=2048,
-        batch_size=32,
-        grad_accum=8,
-        max_steps=6000,
-        learning_rate=3e-3,
-        warmup_steps=300,
-        heldout_per_domain=500,
-        eval_context=2048,
-        hellaswag_items=2000,
-        gsm8k_items=1319,
-        eval_batch_tokens=65536,
-        bf16=True,
-        logging_steps=20,
-    ),
-}
+PROXY_PROFILES: dict[str, ProxyProfile] = {name: ProxyProfile(**size) for name, size in PROXY.items()}
 
 
 def proxy_profile(name: str, **overrides) -> ProxyProfile:
