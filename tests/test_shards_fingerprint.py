@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 from shard_helpers import write_docs
+from test_shards_resume import Crash, crash_after
 
 from attention_influence.code_versions import CODE_VERSIONS
 from attention_influence.influence.heads import head_set_id
@@ -123,18 +124,6 @@ def test_the_resume_check_takes_the_same_inputs(lm):
     assert score_inputs(lm, heads, job, "other content").version() != base.version()
     other_heads = HeadSet([(2, 1)], head_set_id(lm.identity, [(2, 1)]))
     assert score_inputs(lm, other_heads, job, "content").version() != base.version()
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after(n_chunks: int):
-    def progress(done: int, total: int) -> None:
-        if done >= n_chunks:
-            raise Crash
-
-    return progress
 
 
 def test_parts_written_with_another_batch_size_and_interval_are_resumed(tmp_path, lm):
