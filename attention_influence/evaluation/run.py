@@ -450,17 +450,7 @@ def run_selection_evaluation(
             params=[Param(k, v) for k, v in _params(lm, ranking, marked, probes, config, params).items()],
         )
         out = Path(tempfile.mkdtemp(prefix="selection-eval-"))
-        fig_paths: dict[str, Path] = {}
-        if ranking is not None:
-            fig_paths["head_heatmap"] = figures.head_heatmap(
-                np.nan_to_num(np.asarray(ranking.scores, dtype=np.float64)),
-                list(ranking.heads),
-                out / "figures" / "head_heatmap.png",
-                ranking.model_identity,
-            )
-        else:
-            skipped["heatmap"] = "no head ranking given"
-
+        fig_paths = _heatmap(ranking, out, skipped)
         texts = _attach_corpus(marked, corpus, config, lm, skipped)
         metrics, table_paths, a_figs = _analysis(marked, texts, config, out, skipped, say)
         fig_paths.update(a_figs)
@@ -477,7 +467,6 @@ def run_selection_evaluation(
             (out / "tables" / "head_ranking.json").write_text(json.dumps(ranking.to_json()))
             table_paths["head_ranking"] = out / "tables" / "head_ranking.json"
 
-        artifact_uri = client.get_run(run_id).info.artifact_uri
         result = EvalResult(
             run_id=run_id,
             experiment_id=exp_id,
@@ -485,7 +474,7 @@ def run_selection_evaluation(
             tracking_uri=tracking_uri,
             run_url=tracking.run_url(exp_id, run_id, ui_base_url),
             run_uri=f"runs:/{run_id}",
-            artifact_uri=artifact_uri,
+            artifact_uri=client.get_run(run_id).info.artifact_uri,
             ui_command=tracking.ui_command(tracking_uri),
             metrics=finite,
             skipped=skipped,
@@ -506,6 +495,16 @@ def run_selection_evaluation(
         if owns_run:
             client.set_terminated(run_id, "FAILED")
         raise
+
+
+def _heatmap(ranking, out: Path, skipped: dict[str, str]) -> dict[str, Path]:
+    """The heads' retrieval scores as a heatmap with the chosen heads marked, when there is a ranking."""
+    if ranking is None:
+        skipped["heatmap"] = "no head ranking given"
+        return {}
+    scores = np.nan_to_num(np.asarray(ranking.scores, dtype=np.float64))
+    path = out / "figures" / "head_heatmap.png"
+    return {"head_heatmap": figures.head_heatmap(scores, list(ranking.heads), path, ranking.model_identity)}
 
 
 def _log_artifacts(client, result: EvalResult, out: Path, fig_paths: dict, table_paths: dict) -> None:
