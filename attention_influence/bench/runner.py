@@ -36,7 +36,6 @@ from attention_influence.influence.batching import (
     auto_batch_tokens,
     length_buckets,
     pad_batch,
-    split_pieces,
     tokenize,
 )
 from attention_influence.influence.masking import (
@@ -48,6 +47,7 @@ from attention_influence.influence.masking import (
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
+from attention_influence.influence.prepare import split_pieces
 from attention_influence.influence.scoring import prepare_documents, score_batches, score_texts
 
 Method = Callable[[str, list[str]], object]  # (method name, documents) -> its result on them
@@ -121,7 +121,7 @@ def run_naive(lm: LoadedModel, masked: torch.nn.Module, texts: list[str], max_to
             if len(seq) < 2:
                 scores.append(float("nan"))
                 continue
-            x = torch.tensor([seq], device=lm.device)
+            x = torch.as_tensor(np.asarray(seq, dtype=np.int64)[None], device=lm.device)  # (1, T)
             lb = float(base(input_ids=x, labels=x).loss)
             lr = float(masked(input_ids=x, labels=x).loss)
             scores.append((lr - lb) / lb)

@@ -24,7 +24,7 @@ from attention_influence.influence.packing import (
     to_device,
     varlen_supported,
 )
-from attention_influence.influence.structure import repeat3_flags
+from attention_influence.influence.prepare import Piece, encode
 
 Progress = Callable[[int, int], None] | None  # (tokens done, tokens in all)
 AUTO_BATCH_TOKENS_CPU = 8192
@@ -33,32 +33,9 @@ MIN_FILL = 0.85  # real tokens per padded row, at least (batches of one piece ar
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "could not allocate", "failed to allocate")
 
 
-@dataclass
-class Piece:
-    doc: int  # index of the document in the input list
-    ids: list[int]  # one window of token ids (>= 2 tokens)
-    flags: np.ndarray | None = None  # (len(ids),) bool: the token continues an earlier 3-gram of the document
-
-
-def tokenize(lm: LoadedModel, texts: list[str]) -> list[list[int]]:
-    return lm.tokenizer(texts, add_special_tokens=True).input_ids
-
-
-def split_pieces(
-    token_lists: list[list[int]], max_tokens: int, windows: bool
-) -> tuple[list[Piece], np.ndarray]:
-    """Truncate (or window) each document; returns the pieces and each document's scored token count. Each
-    piece carries the repeat-3-gram flags of its tokens, found over the document's scored tokens."""
-    pieces, n_tokens = [], np.zeros(len(token_lists), dtype=np.int64)
-    for doc, ids in enumerate(token_lists):
-        starts = range(0, len(ids), max_tokens) if windows else [0]
-        flags = repeat3_flags(ids if windows else ids[:max_tokens])
-        spans = [(ids[i : i + max_tokens], flags[i : i + max_tokens]) for i in starts]
-        for span, span_flags in spans:
-            if len(span) >= 2:  # a window of one token predicts nothing
-                pieces.append(Piece(doc, span, span_flags))
-        n_tokens[doc] = sum(len(s) for s, _ in spans) if windows else min(len(ids), max_tokens)
-    return pieces, n_tokens
+def tokenize(lm: LoadedModel, texts: list[str]) -> list[np.ndarray]:
+    """Each whole text's token ids (int32), special tokens added: the Rust batch encode (`prepare.encode`)."""
+    return encode(lm.tokenizer, texts)
 
 
 def length_buckets(

@@ -10,7 +10,7 @@ at a time may write a given output (a lock file next to it); a second one fails 
 
 The parts of the job, in order: the validating pass over the whole shard (`valid_rows`: the resume check
 needs every row's content), the parts folder claimed (`parts`), then chunk by chunk: the next chunk prepared
-(`prepare`: clipped, tokenized, cut into pieces) in a background thread (`prefetch`) while this one is scored
+(`prepare`: clipped, tokenized once, pieces, line features) beside it (`prefetch`) while this one is scored
 (`influence.scoring`), its part written; finally the table and the quarantine written and the reconciliation
 returned. A batch that runs out of memory is split and retried down to one document; a document that fails
 alone is quarantined as "out of memory" with the error, so nothing is lost.
@@ -32,7 +32,7 @@ from attention_influence.shards.fingerprint import ScoreInputs
 from attention_influence.shards.lock import OutputBusyError, output_lock, remove_stale_tmp
 from attention_influence.shards.parts import claim_parts, part_path, parts_path, score_table, usable_part
 from attention_influence.shards.prefetch import InputWait, prefetched
-from attention_influence.shards.prepare import clip_long_texts, prepare_chunk
+from attention_influence.shards.prepare import chunk_preparer
 from attention_influence.shards.quarantine import quarantine_path, quarantine_table, set_aside_unscorable
 from attention_influence.shards.reader import check_shard, shard_format, shard_row_count
 from attention_influence.shards.rows import InputError
@@ -44,7 +44,6 @@ __all__ = [  # InputError and OutputBusyError too: what the CLI catches from a j
     "InputError",
     "OutputBusyError",
     "ShardJob",
-    "clip_long_texts",
     "load_heads_file",
     "parts_path",
     "run_score_job",
@@ -111,8 +110,10 @@ def _score_chunks(
             if k >= max(todo):
                 return
 
+    preparer = chunk_preparer(lm, job)
+
     def prepare(item: tuple[int, pl.DataFrame]) -> tuple[pl.DataFrame, object]:
-        return item[1], prepare_chunk(lm, job, item[1])
+        return item[1], preparer(item[1].get_column("text").to_list())
 
     for (k, _), (chunk, prepared) in prefetched(wanted(), prepare, overlap=job.overlap_input, wait=wait):
         atomic_write_parquet(_score_chunk(lm, heads, job, chunk, prepared), part_path(parts_dir, k))
