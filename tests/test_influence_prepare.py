@@ -73,7 +73,8 @@ def test_prepared_chunk_equals_the_whole_texts_tokens_flags_and_decoded_features
     tiny_tokenizer, max_tokens, windows
 ):
     """Ids, counts, pieces, flags and line features of a chunk, chunk after chunk (the rate learnt on the
-    way), against tokenizing each whole text, a brute-force 3-gram scan and the decode of the scored tokens."""
+    way), against tokenizing each whole text, a brute-force 3-gram scan and the decode of the scored
+    tokens."""
     preparer = Preparer(tiny_tokenizer, max_tokens, windows)
     for seed in range(3):
         texts = documents(seed) + ["", "é🙂" * 300, "x" * 3000]
