@@ -56,18 +56,41 @@ def length_buckets(
         yield batch
 
 
+def canonical_length(n: int) -> int:
+    """The padded length of a piece of n tokens in canonical batches: n rounded up to 1/8 of its power of two
+    (at least 16 tokens), so at most 12.5% of a long row is padding."""
+    step = max(16, 1 << max(n.bit_length() - 4, 0))
+    return -(-n // step) * step
+
+
+def canonical_buckets(pieces: list[Piece], batch_tokens: int) -> Iterator[list[Piece]]:
+    """Batches whose padded length depends on their pieces' own lengths only (`canonical_length`): a piece is
+    computed at the same shape whatever else is scored with it, so its losses do not depend on the batch
+    size or on its neighbours (padding to another length moves a float32 loss by ~1e-6, a bf16 score by up
+    to ~5e-3: docs/performance.md). Longest first; as many rows of one length as batch_tokens holds."""
+    groups: dict[int, list[Piece]] = {}
+    for p in sorted(pieces, key=lambda p: -len(p.ids)):
+        groups.setdefault(canonical_length(len(p.ids)), []).append(p)
+    for length, group in groups.items():
+        rows = max(1, batch_tokens // length)
+        for i in range(0, len(group), rows):
+            yield group[i : i + rows]
+
+
 def pad_id(lm: LoadedModel) -> int:
     return lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
 
 
 def pad_batch(
-    batch: list[Piece], pad_id: int, device: torch.device
+    batch: list[Piece], pad_id: int, device: torch.device, canonical: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pieces -> (B, T) ids right-padded with pad_id, their (B,) lengths and the (N,) flat positions of
     ids.view(-1) that predict a next token (`packing.predicting_index`, row after row); laid out on the host
-    and moved in one transfer (`packing.to_device`: pinned and non-blocking on CUDA)."""
+    and moved in one transfer (`packing.to_device`: pinned and non-blocking on CUDA). T is the longest
+    piece, or with `canonical` its `canonical_length`."""
     lengths = np.array([len(p.ids) for p in batch], dtype=np.int64)  # (B,)
     T = int(lengths.max())
+    T = canonical_length(T) if canonical else T
     ids = np.full((len(batch), T), pad_id, dtype=np.int64)
     for i, p in enumerate(batch):
         ids[i, : len(p.ids)] = p.ids
@@ -132,6 +155,7 @@ class PassOptions:
     packed: bool = False  # pieces end to end in one row instead of right-padded length buckets
     compile: bool = False  # torch.compile the layer stacks (`losses.layer_stack`)
     base: bool = True  # False: the masked pass only (a control that reuses another run's base losses)
+    canonical: bool = False  # padded batches of canonical lengths (`canonical_buckets`), not length buckets
 
     @classmethod
     def resolve(
@@ -142,11 +166,23 @@ class PassOptions:
         packed: bool | None = None,
         compile: bool = False,
         base: bool = True,
+        canonical: bool | None = None,
     ) -> PassOptions:
-        """batch_tokens None (or <= 0): sized from free accelerator memory; packed None: `use_packing`."""
-        if batch_tokens is None or batch_tokens <= 0:
+        """batch_tokens None (or <= 0): sized from free accelerator memory; packed None: `use_packing`;
+        canonical None: `use_canonical`."""
+        auto = batch_tokens is None or batch_tokens <= 0
+        if auto:
             batch_tokens = auto_batch_tokens(lm, longest)
-        return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base)
+        canonical = use_canonical(lm, auto) if canonical is None else canonical
+        return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base, canonical)
+
+
+def use_canonical(lm: LoadedModel, auto_sized: bool) -> bool:
+    """Canonical padded lengths where a score must not depend on the batch: half precision (a bf16 score
+    moved by up to 5e-3 with its batch's padded length) and batch sizes chosen from free memory on a GPU
+    (they differ between cards and runs). Float32 at a fixed batch size keeps the tighter length buckets
+    (its scores move by ~1e-7) and the scores of earlier versions."""
+    return lm.dtype in (torch.bfloat16, torch.float16) or (auto_sized and lm.device.type == "cuda")
 
 
 # ---------------------------------------------------------------- running batches
@@ -203,6 +239,8 @@ def run_batches(
     batch that runs out of memory split (`split_on_oom`, a piece that fails alone marked in `failed`)."""
     if opts.packed:
         batches = pack_batches(pieces, opts.batch_tokens)
+    elif opts.canonical:
+        batches = canonical_buckets(pieces, opts.batch_tokens)
     else:
         batches = length_buckets(pieces, opts.batch_tokens)
     done, total = 0, sum(len(p.ids) for p in pieces)

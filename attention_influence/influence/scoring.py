@@ -62,14 +62,15 @@ class TokenLosses:
 
 
 def device_batch(
-    lm: LoadedModel, batch: list[Piece], packed: bool
+    lm: LoadedModel, batch: list[Piece], packed: bool, canonical: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, Packed | None, torch.Tensor]:
     """The pieces on the device: (1, N) ids end to end and their layout, or (B, T) right-padded ids and
-    their (B,) lengths; with the flat positions that predict a next token, piece after piece."""
+    their (B,) lengths (T canonical or the longest); with the flat positions that predict a next token,
+    piece after piece."""
     if packed:
         ids, layout, pred = pack_batch(batch, lm.device)
         return ids, None, layout, pred
-    ids, lengths, pred = pad_batch(batch, pad_id(lm), lm.device)
+    ids, lengths, pred = pad_batch(batch, pad_id(lm), lm.device, canonical)
     return ids, lengths, None, pred
 
 
@@ -86,7 +87,7 @@ def piece_sums(
     are taken on the host in float64 (`piece_token_sums`), the same for a piece whatever shares its batch."""
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed)
+        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed, opts.canonical)
         return pair_nll(
             lm, ids, lengths, masked, pred=pred, compile=opts.compile, packed=layout, base=opts.base
         )
@@ -157,10 +158,11 @@ def score_tokens(
     compile: bool = False,
     packed: bool | None = None,
     base: bool = True,
+    canonical: bool | None = None,
 ) -> Scores:
     """`score_texts` on already tokenized documents: `prepare_documents`, then `score_prepared`."""
     prepared = prepare_documents(lm, token_lists, max_tokens, windows)
-    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base)
+    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base, canonical)
 
 
 def score_prepared(
@@ -172,6 +174,7 @@ def score_prepared(
     compile: bool = False,
     packed: bool | None = None,
     base: bool = True,
+    canonical: bool | None = None,
 ) -> Scores:
     """Scores of prepared documents (`prepare_documents`, possibly built in another thread).
 
@@ -179,12 +182,14 @@ def score_prepared(
     where the varlen kernel runs. A batch that runs out of memory is split in halves and retried
     (`split_on_oom`); a document that fails alone gets NaN losses and its reason in `Scores.failed`.
     base=False runs the masked model only (loss_base NaN): a control that reuses the base losses of another
-    run. `Scores.features` holds the structure features (`structure`) and `score_norep`, the score without
-    the repeat-3-gram tokens.
+    run. canonical=True pads every piece to a length of its own (`batching.canonical_buckets`), so a
+    document's score does not depend on the batch size or its neighbours; None: in half precision and with
+    batches sized from GPU memory (`batching.use_canonical`). `Scores.features` holds the structure features
+    (`structure`) and `score_norep`, the score without the repeat-3-gram tokens.
     """
     pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
     masked = heads_by_layer(pairs, lm.device)
-    opts = PassOptions.resolve(lm, batch_tokens, prepared.max_tokens, packed, compile, base)
+    opts = PassOptions.resolve(lm, batch_tokens, prepared.max_tokens, packed, compile, base, canonical)
     failed: dict[int, str] = {}
     order, piece_base, piece_ref = piece_sums(lm, prepared.pieces, masked, opts, failed, progress)
     n = prepared.n_docs
@@ -220,7 +225,7 @@ def score_token_losses(
     opts = PassOptions.resolve(lm, batch_tokens, longest, packed, compile)
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed)
+        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed, opts.canonical)
         return pair_nll(lm, ids, lengths, masked, pred=pred, compile=opts.compile, packed=layout)
 
     n = len(token_lists)
@@ -266,6 +271,7 @@ def score_texts(
     compile: bool = False,
     packed: bool | None = None,
     base: bool = True,
+    canonical: bool | None = None,
 ) -> Scores:
     """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
 
@@ -274,7 +280,7 @@ def score_texts(
     compile); packed: `score_prepared`.
     """
     prepared = prepare_texts(lm, texts, max_tokens, windows)
-    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base)
+    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base, canonical)
 
 
 def score_batches(
