@@ -178,11 +178,12 @@ class PassOptions:
 
 
 def use_canonical(lm: LoadedModel, auto_sized: bool) -> bool:
-    """Canonical padded lengths where a score must not depend on the batch: half precision (a bf16 score
-    moved by up to 5e-3 with its batch's padded length) and batch sizes chosen from free memory on a GPU
-    (they differ between cards and runs). Float32 at a fixed batch size keeps the tighter length buckets
-    (its scores move by ~1e-7) and the scores of earlier versions."""
-    return lm.dtype in (torch.bfloat16, torch.float16) or (auto_sized and lm.device.type == "cuda")
+    """Canonical padded lengths by default where the batch size is chosen from free GPU memory: it differs
+    between cards and runs, and a score must not follow it. Elsewhere the tighter length buckets, and the
+    scores of earlier versions; there a document's score moves with its batch's padded length by ~1e-7 in
+    float32 and up to ~5e-3 in bf16 (docs/performance.md), and `scoring.batch_invariant` asks for canonical
+    lengths anyway."""
+    return auto_sized and lm.device.type == "cuda"
 
 
 # ---------------------------------------------------------------- running batches
