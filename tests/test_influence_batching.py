@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_loaded_model
 
 from attention_influence.influence import batching
-from attention_influence.influence.batching import PassOptions, canonical_buckets, canonical_length
-from attention_influence.influence.prepare import Piece
+from attention_influence.influence.batching import PassOptions
+from attention_influence.influence.prepare import Piece, canonical_buckets, canonical_length
 from attention_influence.influence.scoring import score_texts
 
 HEADS = [(0, 1), (1, 3), (2, 0), (3, 2)]

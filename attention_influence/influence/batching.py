@@ -24,7 +24,13 @@ from attention_influence.influence.packing import (
     to_device,
     varlen_supported,
 )
-from attention_influence.influence.prepare import Piece, encode
+from attention_influence.influence.prepare import (
+    Piece,
+    canonical_buckets,
+    canonical_length,
+    encode,
+    use_canonical,
+)
 
 Progress = Callable[[int, int], None] | None  # (tokens done, tokens in all)
 AUTO_BATCH_TOKENS_CPU = 8192
@@ -54,27 +60,6 @@ def length_buckets(
         batch.append(p)
     if batch:
         yield batch
-
-
-def canonical_length(n: int) -> int:
-    """The padded length of a piece of n tokens in canonical batches: n rounded up to 1/8 of its power of two
-    (at least 16 tokens), so at most 12.5% of a long row is padding."""
-    step = max(16, 1 << max(n.bit_length() - 4, 0))
-    return -(-n // step) * step
-
-
-def canonical_buckets(pieces: list[Piece], batch_tokens: int) -> Iterator[list[Piece]]:
-    """Batches whose padded length depends on their pieces' own lengths only (`canonical_length`): a piece is
-    computed at the same shape whatever else is scored with it, so its losses do not depend on the batch
-    size or on its neighbours (padding to another length moves a float32 loss by ~1e-6, a bf16 score by up
-    to ~5e-3: docs/performance.md). Longest first; as many rows of one length as batch_tokens holds."""
-    groups: dict[int, list[Piece]] = {}
-    for p in sorted(pieces, key=lambda p: -len(p.ids)):
-        groups.setdefault(canonical_length(len(p.ids)), []).append(p)
-    for length, group in groups.items():
-        rows = max(1, batch_tokens // length)
-        for i in range(0, len(group), rows):
-            yield group[i : i + rows]
 
 
 def pad_id(lm: LoadedModel) -> int:
@@ -173,17 +158,8 @@ class PassOptions:
         auto = batch_tokens is None or batch_tokens <= 0
         if auto:
             batch_tokens = auto_batch_tokens(lm, longest)
-        canonical = use_canonical(lm, auto) if canonical is None else canonical
+        canonical = use_canonical(canonical, auto, lm.device.type)
         return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base, canonical)
-
-
-def use_canonical(lm: LoadedModel, auto_sized: bool) -> bool:
-    """Canonical padded lengths by default where the batch size is chosen from free GPU memory: it differs
-    between cards and runs, and a score must not follow it. Elsewhere the tighter length buckets, and the
-    scores of earlier versions; there a document's score moves with its batch's padded length by ~1e-7 in
-    float32 and up to ~5e-3 in bf16 (docs/performance.md), and `scoring.batch_invariant` asks for canonical
-    lengths anyway."""
-    return auto_sized and lm.device.type == "cuda"
 
 
 # ---------------------------------------------------------------- running batches

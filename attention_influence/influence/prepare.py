@@ -14,7 +14,7 @@ tokenizers), the features for a whole chunk at once (`structure.text_features`, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -56,6 +56,7 @@ class Prepared:
     n_docs: int
     max_tokens: int
     windows: bool
+    cached: bool = False  # read back from a token cache (`shards.prepare.ChunkPreparer`)
 
 
 def split_pieces(
@@ -78,6 +79,36 @@ def split_pieces(
                 )
         offset += n
     return pieces, lengths
+
+
+def canonical_length(n: int) -> int:
+    """The padded length of a piece of n tokens in canonical batches: n rounded up to 1/8 of its power of two
+    (at least 16 tokens), so at most 12.5% of a long row is padding."""
+    step = max(16, 1 << max(n.bit_length() - 4, 0))
+    return -(-n // step) * step
+
+
+def canonical_buckets(pieces: list[Piece], batch_tokens: int) -> Iterator[list[Piece]]:
+    """Batches whose padded length depends on their pieces' own lengths only (`canonical_length`): a piece is
+    computed at the same shape whatever else is scored with it, so its losses do not depend on the batch
+    size or on its neighbours (padding to another length moves a float32 loss by ~1e-6, a bf16 score by up
+    to ~5e-3: docs/performance.md). Longest first; as many rows of one length as batch_tokens holds."""
+    groups: dict[int, list[Piece]] = {}
+    for p in sorted(pieces, key=lambda p: -len(p.ids)):
+        groups.setdefault(canonical_length(len(p.ids)), []).append(p)
+    for length, group in groups.items():
+        rows = max(1, batch_tokens // length)
+        for i in range(0, len(group), rows):
+            yield group[i : i + rows]
+
+
+def use_canonical(setting: bool | None, auto_sized: bool, device_type: str) -> bool:
+    """Canonical padded lengths (`canonical_buckets`): as set (`scoring.batch_invariant`), else where the
+    batch size is chosen from free GPU memory: it differs between cards and runs, and a score must not
+    follow it. Elsewhere the tighter length buckets, and the scores of earlier versions; there a document's
+    score moves with its batch's padded length by ~1e-7 in float32 and up to ~5e-3 in bf16
+    (docs/performance.md)."""
+    return setting if setting is not None else (auto_sized and device_type == "cuda")
 
 
 def backend(tokenizer):
