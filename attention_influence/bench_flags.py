@@ -40,6 +40,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--input-chunk", type=int, default=16, help="documents per chunk for --input-wait")
     p.add_argument(
+        "--batch-spread",
+        action="store_true",
+        help="also score the documents in calls of 4: the largest score difference from one call, with the "
+        "default layout and with canonical padded lengths (0: batch-invariant)",
+    )
+    p.add_argument(
         "--prep-workers",
         type=int,
         default=0,

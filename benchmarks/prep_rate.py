@@ -108,10 +108,17 @@ def old_prepare(tokenizer, texts: list[str], max_tokens: int) -> int:
 
 
 def read_texts(corpus: str) -> dict[str, list[str]]:
-    """domain -> texts, in file order."""
+    """domain -> texts, in file order: `corpus` a folder of <domain>/*.parquet, or a glob of Parquet files
+    (each file its own domain)."""
     out: dict[str, list[str]] = {}
-    for f in sorted(glob.glob(os.path.join(corpus, "*", "*.parquet"))):
-        out.setdefault(Path(f).parent.name, []).extend(pq.read_table(f, columns=["text"])["text"].to_pylist())
+    files = (
+        glob.glob(corpus)
+        if any(c in corpus for c in "*?[")
+        else glob.glob(os.path.join(corpus, "*", "*.parquet"))
+    )
+    for f in sorted(files):
+        domain = Path(f).parent.name if not any(c in corpus for c in "*?[") else Path(f).stem
+        out.setdefault(domain, []).extend(pq.read_table(f, columns=["text"])["text"].to_pylist())
     return out
 
 

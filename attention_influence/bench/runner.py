@@ -37,7 +37,9 @@ from attention_influence.influence.batching import (
     length_buckets,
     pad_batch,
     tokenize,
+    use_packing,
 )
+from attention_influence.influence.losses import head_path
 from attention_influence.influence.masking import (
     ATTN_NAME,
     OVERWRITE,
@@ -231,6 +233,23 @@ def preparation_rate(lm: LoadedModel, texts: list[str], max_tokens: int, repeats
     }
 
 
+def batch_spread(lm: LoadedModel, heads, texts: list[str], cfg: BenchConfig, chunk: int = 4) -> dict:
+    """How much a score depends on its batch: the documents scored in one call and in calls of `chunk`
+    documents, the largest score difference, with the default layout (packed rows on a GPU, length buckets
+    on a CPU) and with canonical padded lengths (0: batch-invariant)."""
+    out = {"batch_spread_chunk": chunk}
+    for name, canonical in (("default", None), ("canonical", True)):
+        kw = dict(max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens, canonical=canonical)
+        whole = score_texts(lm, texts, heads, **kw).score
+        parts = [
+            score_texts(lm, texts[i : i + chunk], heads, **kw).score for i in range(0, len(texts), chunk)
+        ]
+        parts = np.concatenate(parts)
+        out[f"batch_spread_{name}"] = float(np.nanmax(np.abs(whole - parts))) if len(texts) else 0.0
+    out["batch_spread_score_sd"] = float(np.nanstd(whole)) if len(texts) else 0.0
+    return out
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. Linux's VmHWM belongs to the current address space; ru_maxrss would carry the
     parent's peak over fork + exec, so a child started by a 5 GB parent would report 5 GB."""
@@ -279,6 +298,9 @@ def run_benchmark(
         "tokens": tokens,
         "max_tokens": cfg.max_tokens,
         "batch_tokens": batch_tokens,
+        "batch_tokens_auto": cfg.batch_tokens is None,  # chosen from free GPU memory (8192 on a CPU)
+        "head_path": head_path(lm.device, lm.dtype),
+        "packed_by_default": use_packing(lm, None, cfg.compile),
         "rounds": rounds,
         "compile": cfg.compile,
         "masked_heads": [list(h) for h in heads],
