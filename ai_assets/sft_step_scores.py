@@ -78,7 +78,12 @@ def sft_step_scores(
         else:
             progress = _log_progress(context, f"scoring {key}")
             summary = score_sft_shard(
-                model.lm, *args, profile.scoring.batch_tokens, progress=progress, fingerprint=fingerprint
+                model.lm,
+                *args,
+                profile.scoring.batch_tokens,
+                progress=progress,
+                fingerprint=fingerprint,
+                log=context.log.info,
             )
     except (SFTShardError, SFTInputError) as exc:
         raise dg.Failure(str(exc)) from exc

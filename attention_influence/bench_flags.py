@@ -39,6 +39,18 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "of wall time the model waited for input in each",
     )
     p.add_argument("--input-chunk", type=int, default=16, help="documents per chunk for --input-wait")
+    p.add_argument(
+        "--batch-spread",
+        action="store_true",
+        help="also score the documents in calls of 4: the largest score difference from one call, with the "
+        "default layout and with canonical padded lengths (0: batch-invariant)",
+    )
+    p.add_argument(
+        "--prep-workers",
+        type=int,
+        default=0,
+        help="with --input-wait, also prepare the chunks in this many worker processes (0: not timed)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the scorer's layer stacks (GPU)")
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"

@@ -117,8 +117,27 @@ class ScoringConfig(Section):
     max_docs_per_shard: Positive | None = Field(
         None, description="Only the first N rows of each shard are scored. Null: all."
     )
-    batch_tokens: Positive = Field(8192, description="Padded tokens per forward.")
+    batch_tokens: Positive | Literal["auto"] = Field(
+        "auto",
+        description="Padded tokens per forward. auto: sized from free GPU memory on a GPU (the size chosen "
+        "is in the metadata), 8192 on a CPU.",
+    )
+    batch_invariant: bool | None = Field(
+        None,
+        description="Pad every document to a length of its own, so its score does not depend on the batch "
+        "size or its neighbours (to the bit). Null: where batch_tokens is auto on a GPU.",
+    )
     checkpoint_every: Positive = Field(256, description="Documents between resume checkpoints in a shard.")
+    prep_workers: NonNegative | Literal["auto"] = Field(
+        "auto",
+        description="Processes that prepare (clip, tokenize) the next chunks while the model scores. 0: one "
+        "background thread. auto: the cores beyond the model's process on a GPU (at most 8), 0 on a CPU.",
+    )
+    token_cache: bool = Field(
+        False,
+        description="Keep each shard's prepared tokens beside its scores (scores/.tokens), reused when the "
+        "shard is scored again with the same tokenizer and doc_max_tokens (another head set, a rerun).",
+    )
 
 
 class CutConfig(Section):

@@ -22,8 +22,10 @@ def _dagster_type(annotation):
     if origin is list:
         return list[_dagster_type(args[0])]
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in args if a is not type(None)]
-        return typing.Optional[_dagster_type(inner)]  # noqa: UP045 - dagster reads Optional
+        inner = [a for a in args if a is not type(None)]
+        # a number or a word ("auto"): any value in the launchpad, checked by the section's model
+        kind = _dagster_type(inner[0]) if len(inner) == 1 else typing.Any
+        return typing.Optional[kind] if type(None) in args else kind  # noqa: UP045 - dagster reads Optional
     return annotation
 
 

@@ -55,10 +55,9 @@ def load_domain(corpus: str, domain: str) -> pl.DataFrame:
 def clipped_tokens(lm, texts: list[str], doc_tokens: int) -> list[list[int]]:
     """The token ids of each text clipped as the shard job clips it (at least its first `doc_tokens` tokens,
     not megabytes more), so every subcommand sees the same tokens."""
-    from attention_influence.influence.batching import tokenize
-    from attention_influence.shards.prepare import clip_long_texts
+    from attention_influence.influence.prepare import Preparer
 
-    return tokenize(lm, clip_long_texts(texts, lm.tokenizer, doc_tokens))
+    return Preparer(lm.tokenizer, doc_tokens).tokenize(texts)
 
 
 def score(args) -> None:

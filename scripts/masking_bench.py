@@ -17,10 +17,11 @@ import torch
 from attention_influence.bench.documents import read_docs
 from attention_influence.bench.flops import sync
 from attention_influence.bench.models import default_heads
-from attention_influence.influence.batching import pad_batch, pad_id, split_pieces, tokenize
+from attention_influence.influence.batching import pad_batch, pad_id, tokenize
 from attention_influence.influence.losses import pair_nll
 from attention_influence.influence.masking import OVERWRITE, ZERO_QUERY, heads_by_layer, masking_strategy
 from attention_influence.influence.models import load_model
+from attention_influence.influence.prepare import split_pieces
 
 
 def main() -> None:

@@ -2,12 +2,15 @@
 
 It shares no code with transformers or the engine: weights come from the state dict, attention is an explicit
 softmax matrix, and a masked head's weight matrix is replaced by the lower-triangular 1/(t+1) matrix of
-appendix C. Used only to check the engine.
+appendix C. Used only to check the engine. Also the structure features' line rules one line at a time in
+plain Python (`reference_line_features`), what the engine computes for a whole chunk with pyarrow.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 
 import torch
 
@@ -92,3 +95,26 @@ def reference_score(model, ids, heads, window: int | None = None):
     base = reference_losses(model, ids, (), window)
     ref = reference_losses(model, ids, heads, window)
     return base, ref, (ref - base) / base
+
+
+# ---------------------------------------------------------------- line features, one line at a time in Python
+
+LIST_ITEM = re.compile(r"^\s*(?:[-*•+·▪►]|\d{1,3}[.)])\s+\S")
+MENU_SEPARATOR = re.compile(r"\s*(?:\||·|»|›|\s/\s)\s*")
+
+
+def reference_markup_line(line: str) -> bool:
+    """A list item, a table row or a link menu, with Python's own regexes, splitlines() and split()."""
+    if LIST_ITEM.match(line) or line.count("|") >= 2 or line.count("\t") >= 2:
+        return True
+    items = [item for item in MENU_SEPARATOR.split(line) if item]
+    return len(items) >= 3 and all(len(item.split()) <= 4 for item in items)
+
+
+def reference_line_features(text: str) -> tuple[float, float]:
+    """(repeated_line_share, markup_share) of one text, as `structure` defines them."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    total = sum(len(line) for line in lines)
+    counts = Counter(lines)
+    repeated = sum(len(line) for line in lines if counts[line] > 1) / total if total else 0.0
+    return repeated, (sum(map(reference_markup_line, lines)) / len(lines) if lines else 0.0)

@@ -386,7 +386,8 @@ def test_bench_random_model(tiny_model_dir, corpus, capsys):
 
 
 def test_length_buckets_bound_padding_and_keep_every_piece():
-    from attention_influence.influence.batching import Piece, length_buckets
+    from attention_influence.influence.batching import length_buckets
+    from attention_influence.influence.prepare import Piece
 
     lengths = [512, 500, 480, 300, 290, 40, 35, 512, 2]
     pieces = [Piece(i, [7] * n) for i, n in enumerate(lengths)]

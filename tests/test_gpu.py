@@ -12,7 +12,7 @@ from reference import reference_score
 from test_influence_engine import DOCS, HEADS
 
 from attention_influence.influence import llama, packing
-from attention_influence.influence.batching import Piece
+from attention_influence.influence.prepare import Piece
 from attention_influence.influence.scoring import score_texts
 
 pytestmark = [

@@ -164,3 +164,59 @@ def test_lm_head_runs_in_float32_from_bf16_hidden_states():
     head32 = torch.nn.Linear(64, 500, bias=False)
     h32 = torch.randn(7, 64)
     assert torch.equal(losses.chunk_logits(head32, h32), head32(h32))
+
+
+def test_an_older_varlen_signature_falls_back_to_padded_batches_with_one_warning(gpus, monkeypatch):
+    """A torch whose varlen_attn lacks keywords we pass (window_size, enable_gqa): no packed batch, so no
+    TypeError on the first one; one warning names what is missing. Every keyword is checked, not one."""
+
+    def older(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None):
+        raise AssertionError("never called")
+
+    assert packing.varlen_missing(older) == ["window_size", "enable_gqa"]
+    assert packing.varlen_missing(lambda *a, **k: None) == []  # takes any keyword
+    monkeypatch.setattr(packing, "varlen_attn", older)
+    packing.varlen_usable.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="window_size, enable_gqa"):
+            assert not packing.varlen_supported(torch.device("cuda:1"), torch.bfloat16)
+        assert not use_packing(simulated("cuda:1", torch.bfloat16), None)  # padded length buckets instead
+    finally:
+        packing.varlen_usable.cache_clear()
+
+
+def test_tf32_is_scoped_to_the_heads_matmul(monkeypatch):
+    """The TF32 head path turns TF32 on around its own matmul only: the process's flag is what it was after
+    the call, after an error inside, and after a whole score; the logits are the float32 head's."""
+    from attention_influence.influence import losses
+    from attention_influence.influence.scoring import score_texts
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def spy(x, weight, *args, **kwargs):  # the flag as each LM head (vocabulary rows) runs
+        if weight.shape[0] in (500, 384):
+            seen.append(matmul.fp32_precision)
+        return linear(x, weight, *args, **kwargs)
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 500, bias=False).to(torch.bfloat16)
+    h = torch.randn(40, 64).to(torch.bfloat16)
+    expected = losses.chunk_logits(head, h)  # the CPU path: float32 from upcast hidden states
+    assert losses.head_path(torch.device("cpu"), torch.bfloat16) == "float32"
+    monkeypatch.setattr(losses, "head_path", lambda device, dtype: "tf32")
+    monkeypatch.setattr(losses.F, "linear", spy)
+    got = losses.chunk_logits(head, h)
+    assert seen == ["tf32"] and matmul.fp32_precision == before
+    assert torch.equal(got, expected)
+    with pytest.raises(RuntimeError, match="inside"), losses.tf32_matmuls():
+        assert matmul.fp32_precision == "tf32"
+        raise RuntimeError("inside")
+    assert matmul.fp32_precision == before
+    lm = tiny_loaded_model("tiny-llama-2-0")
+    lm.model.to(torch.bfloat16)
+    seen.clear()
+    score_texts(lm, ["a few words to score here", "and a second text"], [(0, 1)], max_tokens=16)
+    assert seen and set(seen) == {"tf32"} and matmul.fp32_precision == before

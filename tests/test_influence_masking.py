@@ -120,7 +120,7 @@ def test_query_norm_model_zero_query_equals_overwrite():
 def test_zero_query_attends_uniformly_to_every_visible_key():
     """A zero query's attention output is the running mean of the values within each packed piece."""
     from attention_influence.influence import llama, packing
-    from attention_influence.influence.batching import Piece
+    from attention_influence.influence.prepare import Piece
 
     g = torch.Generator().manual_seed(0)
     lengths = [5, 9, 3]

@@ -17,7 +17,7 @@ from test_influence_engine import DOCS as ENGINE_DOCS
 from test_influence_engine import HEADS
 
 from attention_influence.influence import packing, scoring
-from attention_influence.influence.batching import Piece
+from attention_influence.influence.prepare import Piece
 from attention_influence.influence.scoring import score_texts
 from attention_influence.shards import HeadSet, ShardJob, quarantine_path, score_shard
 

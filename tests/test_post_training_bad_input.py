@@ -173,3 +173,44 @@ def test_sft_listing_takes_compressed_json_lines_and_keys_by_file_name(tmp_path)
     (tmp_path / "notes.txt").write_text("")
     assert [k for k, _, _ in list_sft_shards(str(tmp_path))] == ["a", "b", "c"]
     assert list_sft_shards(str(tmp_path / "*.nothing")) == []
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_sft_shard_resumes_from_its_chunks_and_equals_an_uninterrupted_run(tmp_path, lm):
+    """Scored in chunks of 3 rows (bad rows among them): a run killed after two chunks leaves their parts;
+    the rerun scores only the rest, and its three tables equal an uninterrupted run's; counts reconcile."""
+    rows = [(f"{name}-{k}", msgs) for k in range(3) for name, msgs in ROWS]  # 24 rows, duplicates too
+    path = write_jsonl(tmp_path / "sft.jsonl", rows)
+    fmt = SFTFormat(max_tokens=300)
+    whole = score_sft_shard(
+        lm, path, tmp_path / "ref" / "s.steps.parquet", [(1, 0)], "h", fmt, checkpoint_every=3
+    )
+    assert whole["chunks"] == 8 and whole["rows"] == whole["samples"] + whole["quarantined"] == 24
+
+    def crash_after(n: int):
+        def progress(done: int, total: int) -> None:
+            if done >= n:
+                raise Crash
+
+        return progress
+
+    out = tmp_path / "run" / "s.steps.parquet"
+    with pytest.raises(Crash):
+        score_sft_shard(lm, path, out, [(1, 0)], "h", fmt, progress=crash_after(2), checkpoint_every=3)
+    parts = sorted(p.name for p in (out.parent / ".s.steps.parquet.parts").glob("part-*.steps.parquet"))
+    assert parts == ["part-000000.steps.parquet", "part-000001.steps.parquet"]
+    lines: list[str] = []
+    again = score_sft_shard(lm, path, out, [(1, 0)], "h", fmt, checkpoint_every=3, log=lines.append)
+    assert again["chunks_resumed"] == 2 and any("resuming, 2 of 8 chunks" in line for line in lines)
+    for kind in ("steps", "samples", "quarantine"):
+        a = pl.read_parquet(tmp_path / "ref" / f"s.{kind}.parquet")
+        b = pl.read_parquet(out.parent / f"s.{kind}.parquet")
+        assert a.equals(b) and a.height > 0, kind
+    assert not (out.parent / ".s.steps.parquet.parts").exists()
+    with pytest.raises(Crash):  # parts of another head set are never resumed
+        score_sft_shard(lm, path, out, [(1, 0)], "h", fmt, progress=crash_after(1), checkpoint_every=3)
+    other = score_sft_shard(lm, path, out, [(2, 1)], "h2", fmt, checkpoint_every=3)
+    assert other["chunks_resumed"] == 0 and other["head_set_id"] == "h2"

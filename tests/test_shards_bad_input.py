@@ -20,7 +20,6 @@ from attention_influence.shards import (
     HeadSet,
     InputError,
     ShardJob,
-    clip_long_texts,
     cross_shard_duplicates,
     quarantine_path,
     read_shard,
@@ -151,24 +150,12 @@ def test_invalid_utf8_in_a_string_column(tmp_path, lm):
 # --------------------------------------------------------------------------------------------- long documents
 
 
-class TokenizerSpy:
-    """The tokenizer, recording the length of every text it is asked to tokenise."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.lengths = tokenizer, []
-
-    def __call__(self, texts, *args, **kwargs):
-        self.lengths += [len(t) for t in ([texts] if isinstance(texts, str) else texts)]
-        return self.tokenizer(texts, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-
 def test_ten_megabyte_document_is_scored_truncated_never_tokenised_whole(tmp_path, lm, monkeypatch):
     """Tokenising the whole 10 MB takes ~25 s (and ~1.5 GB) with this tokenizer: the scorer never asks for
-    more than the clipped prefix (a few thousand characters), and scores exactly what a 50,000-character
-    prefix scores."""
+    more than the clipped prefix (a few hundred characters: the text's own characters predict where its
+    tokens end), and scores exactly what a 50,000-character prefix scores."""
+    from attention_influence.influence import prepare
+
     rng = random.Random(4)
     vocabulary = ["fox", "dog", "head", "circle", "key", "value", "the", "copies"]
     huge = " ".join(rng.choice(vocabulary) for _ in range(2_500_000))[:10_000_000]
@@ -177,12 +164,17 @@ def test_ten_megabyte_document_is_scored_truncated_never_tokenised_whole(tmp_pat
     shard.parent.mkdir()
     small = text(rng, 30)
     pl.DataFrame({"id": ["huge", "small"], "text": [huge, small]}).write_parquet(shard)
-    assert len(clip_long_texts([huge], lm.tokenizer, 64)[0]) == 64 * 64
-    spy = TokenizerSpy(lm.tokenizer)
-    monkeypatch.setattr(lm, "tokenizer", spy)
+    lengths: list[int] = []
+    encode = prepare.encode
+
+    def spy(tokenizer, texts):  # what the Rust tokenizer is asked to tokenize
+        lengths.extend(map(len, texts))
+        return encode(tokenizer, texts)
+
+    monkeypatch.setattr(prepare, "encode", spy)
     summary = score(lm, shard, tmp_path / "out.parquet", max_tokens=64)
     monkeypatch.undo()
-    assert spy.lengths and max(spy.lengths) <= 64 * 64  # the first bound held: 64 characters per token
+    assert lengths and max(lengths) <= (64 + prepare.CLIP_MARGIN_TOKENS) * prepare.MAX_CHARS_PER_TOKEN
     scores, _ = reconcile(summary, tmp_path / "out.parquet")
     from attention_influence.influence.scoring import score_documents
 
@@ -199,17 +191,22 @@ def test_ten_megabyte_document_is_scored_truncated_never_tokenised_whole(tmp_pat
 
 
 def test_clipping_keeps_the_first_tokens_exactly(tiny_tokenizer):
-    """Whatever the starting bound, the clipped text tokenises to the same first max_tokens tokens."""
+    """Whatever the starting bound, the clipped text tokenises to the same first max_tokens tokens, and a
+    text the bound leaves too short is cut again, wider."""
+    from attention_influence.influence.prepare import Preparer
+
     rng = random.Random(5)
     texts = [text(rng, rng.randint(50, 400)) for _ in range(30)] + ["x" * 5000, "ab " * 3000, "\n" * 4000]
-    for max_tokens, chars_per_token in [(16, 1), (32, 2), (64, 4), (100, 64)]:
-        clipped = clip_long_texts(texts, tiny_tokenizer, max_tokens, chars_per_token=chars_per_token)
-        for full, cut in zip(texts, clipped, strict=True):
-            assert full.startswith(cut)
+    from attention_influence.influence.prepare import FIRST_RATES, TokenRate
+
+    for max_tokens, scale in [(16, 4.0), (32, 2.0), (64, 1.0), (100, 1 / 16)]:  # tokens per character x scale
+        preparer = Preparer(tiny_tokenizer, max_tokens, rate=TokenRate(FIRST_RATES * scale))
+        for full, ids_cut in zip(texts, preparer.tokenize(texts), strict=True):
             ids_full = tiny_tokenizer(full).input_ids
-            ids_cut = tiny_tokenizer(cut).input_ids
-            assert ids_cut[:max_tokens] == ids_full[:max_tokens]
+            assert ids_cut[:max_tokens].tolist() == ids_full[:max_tokens]
             assert min(len(ids_cut), max_tokens) == min(len(ids_full), max_tokens)  # n_tokens unchanged
+        if scale == 4.0:
+            assert preparer.stats["retried"] > 0  # four times the tokens per character: cut too short
 
 
 # --------------------------------------------------------------------------------------------- duplicates

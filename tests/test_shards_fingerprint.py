@@ -5,7 +5,6 @@ ones the earlier formula gave), and the resume check is shown to follow the same
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -13,6 +12,7 @@ from shard_helpers import write_docs
 from test_shards_resume import Crash, crash_after
 
 from attention_influence.code_versions import CODE_VERSIONS
+from attention_influence.config import ScoringConfig
 from attention_influence.influence.heads import head_set_id
 from attention_influence.io.corpus import Shard
 from attention_influence.shards import HeadSet, ShardJob, parts_path, score_shard
@@ -44,6 +44,10 @@ CHANGES = [
     ("doc_max_tokens", 256),
     ("windows", True),
     ("code_version", "3"),
+    (
+        "batch_invariant",
+        True,
+    ),  # canonical padded lengths: other digits (only when set: earlier versions kept)
 ]
 
 
@@ -66,11 +70,8 @@ def test_unset_limits_are_one_value():
     assert unset.version() == dataclasses.replace(BASE, max_docs=0).version()
 
 
-def scoring(**kw) -> SimpleNamespace:
-    defaults = dict(
-        max_docs_per_shard=2, doc_max_tokens=None, windows=False, batch_tokens=4096, checkpoint_every=8
-    )
-    return SimpleNamespace(**{**defaults, **kw})
+def scoring(**kw) -> ScoringConfig:
+    return ScoringConfig(**{"max_docs_per_shard": 2, "batch_tokens": 4096, "checkpoint_every": 8, **kw})
 
 
 def test_the_reuse_check_takes_the_scoring_inputs_and_no_work_settings(tmp_path):
@@ -88,10 +89,18 @@ def test_the_reuse_check_takes_the_scoring_inputs_and_no_work_settings(tmp_path)
 
     base = version(scoring())
     assert base == BASE.version()
-    for same in (scoring(batch_tokens=512), scoring(checkpoint_every=1), scoring(doc_max_tokens=0)):
+    for same in (
+        scoring(batch_tokens=512),
+        scoring(batch_tokens="auto"),  # on a CPU: the fixed 8192, length buckets
+        scoring(checkpoint_every=1),
+        scoring(doc_max_tokens=None),
+        scoring(prep_workers=4),
+        scoring(token_cache=True),
+    ):
         assert version(same) == base
+    assert version(scoring(batch_invariant=True)) != base  # canonical padded lengths
     assert version(scoring(), profile="paper") == base
-    for other in (scoring(windows=True), scoring(doc_max_tokens=128), scoring(max_docs_per_shard=0)):
+    for other in (scoring(windows=True), scoring(doc_max_tokens=128), scoring(max_docs_per_shard=None)):
         assert version(other) != base
     assert version(scoring(), id_column=None) != base
 
@@ -104,8 +113,9 @@ def lm():
 
 
 def test_the_resume_check_takes_the_same_inputs(lm):
-    """`job.score_inputs` (the resume check): the ShardJob's max_tokens, windows, row limit and columns
-    change it, the batch size, checkpoint interval and background preparation do not."""
+    """`job.score_inputs` (the resume check): the ShardJob's max_tokens, windows, row limit, columns and
+    canonical lengths change it; the batch size, checkpoint interval, background preparation (thread or
+    worker processes) and the token cache do not."""
     heads = HeadSet([(1, 0)], head_set_id(lm.identity, [(1, 0)]))
     job = ShardJob("in.parquet", "out.parquet", max_tokens=48)
     base = score_inputs(lm, heads, job, "content")
@@ -115,8 +125,18 @@ def test_the_resume_check_takes_the_same_inputs(lm):
         "cpu",
         48,
     )
-    for same in ({"batch_tokens": 512}, {"checkpoint_every": 3}, {"overlap_input": False}, {"shard": "x"}):
+    for same in (
+        {"batch_tokens": 512},
+        {"checkpoint_every": 3},
+        {"overlap_input": False},
+        {"shard": "x"},
+        {"prep_workers": 2},
+        {"token_cache": True},
+    ):
         assert score_inputs(lm, heads, dataclasses.replace(job, **same), "content") == base
+    # canonical padded lengths (batch_invariant) give other digits: a version of their own
+    assert score_inputs(lm, heads, job, "content", canonical=True).version() != base.version()
+    assert score_inputs(lm, heads, job, "content", canonical=False).version() == base.version()
     for other in ({"max_tokens": 32}, {"windows": True}, {"max_docs": 5}, {"text_column": "body"}):
         assert (
             score_inputs(lm, heads, dataclasses.replace(job, **other), "content").version() != base.version()

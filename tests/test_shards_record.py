@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import torch
 
+from attention_influence.config import ScoringConfig
 from attention_influence.io.corpus import Shard
 from attention_influence.shards import InputError
 from attention_influence.shards.record import (
@@ -50,9 +51,7 @@ def request(
     tmp_path: Path, uri: str, max_docs: int | None = 2, domain_column: str = "domain"
 ) -> ShardScoring:
     shard = Shard(key="web__w0", uri=uri, folder="web", fingerprint="fp1")
-    scoring = SimpleNamespace(
-        max_docs_per_shard=max_docs, doc_max_tokens=None, batch_tokens=4096, windows=False, checkpoint_every=8
-    )
+    scoring = ScoringConfig(max_docs_per_shard=max_docs, batch_tokens=4096, checkpoint_every=8)
     return ShardScoring(
         shard=shard,
         output_path=tmp_path / "scores" / "web__w0.parquet",

@@ -30,13 +30,14 @@ from attention_influence.bench.documents import corpus_files, iter_texts, read_d
 from attention_influence.bench.flops import Shape, flop_rates, ideal_over_plain, matmul_peak_gflops
 from attention_influence.bench.input_wait import input_wait
 from attention_influence.bench.models import RANDOM_CONFIGS, default_heads, load, load_heads, random_model
-from attention_influence.bench.runner import peak_rss_mb, rss_check, run_benchmark, stream_ai
+from attention_influence.bench.runner import batch_spread, peak_rss_mb, rss_check, run_benchmark, stream_ai
 
 __all__ = [
     "KEYS",
     "METHODS",
     "RANDOM_CONFIGS",
     "BenchConfig",
+    "batch_spread",
     "Shape",
     "corpus_files",
     "default_heads",
@@ -131,6 +132,9 @@ def main(args) -> int:
     if cfg.input_wait:
         log_stderr("input wait: the documents as a shard, serial then overlapped input")
         res.update(input_wait(lm, heads, texts, cfg))
+    if cfg.batch_spread:
+        log_stderr("batch spread: the documents in one call and in calls of 4")
+        res.update(batch_spread(lm, heads, texts, cfg))
     if cfg.rss_check:
         log_stderr("rss check: streamed scoring of 1x and 4x the documents in fresh processes")
         res.update(rss_check(cfg))

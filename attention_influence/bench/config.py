@@ -49,6 +49,8 @@ class BenchConfig:
     stream_chunk: int = 64
     input_wait: bool = False  # also time shard scoring with serial and with overlapped input
     input_chunk: int = 16  # documents per chunk in the input-wait runs
+    prep_workers: int = 0  # > 0: the input-wait runs also prepare chunks in that many worker processes
+    batch_spread: bool = False  # also score in chunks of 4 documents: how far a score follows its batch
 
     @classmethod
     def from_args(cls, args) -> BenchConfig:

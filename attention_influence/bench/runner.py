@@ -36,9 +36,10 @@ from attention_influence.influence.batching import (
     auto_batch_tokens,
     length_buckets,
     pad_batch,
-    split_pieces,
     tokenize,
+    use_packing,
 )
+from attention_influence.influence.losses import head_path
 from attention_influence.influence.masking import (
     ATTN_NAME,
     OVERWRITE,
@@ -48,7 +49,8 @@ from attention_influence.influence.masking import (
     normalize_heads,
 )
 from attention_influence.influence.models import LoadedModel
-from attention_influence.influence.scoring import prepare_documents, score_batches, score_texts
+from attention_influence.influence.prepare import Preparer, split_pieces
+from attention_influence.influence.scoring import score_batches, score_texts
 
 Method = Callable[[str, list[str]], object]  # (method name, documents) -> its result on them
 Log = Callable[[str], None]
@@ -75,16 +77,16 @@ def run_plain(lm: LoadedModel, texts: list[str], max_tokens: int, batch_tokens: 
     """(a) the yardstick; returns the token-weighted mean loss (a sanity value, not timed separately)."""
     pieces, _ = split_pieces(tokenize(lm, texts), max_tokens, windows=False)  # the pieces (b) scores
     pad = lm.tokenizer.pad_token_id or 0
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=lm.device), 0  # the loss sum stays on the device: no sync per batch
     with plain_attention(lm.model) as model:
         for batch in length_buckets(pieces, max(batch_tokens, max_tokens)):  # the same batches as (b)
             ids, lengths, _ = pad_batch(batch, pad, lm.device)  # (B, T), (B,)
             pads = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths[:, None]  # (B, T)
             loss = model(input_ids=ids, labels=ids.masked_fill(pads, -100)).loss
-            n = int((lengths - 1).sum())
-            total += float(loss) * n
+            n = sum(len(p.ids) - 1 for p in batch)  # predicted tokens, counted on the host
+            total += loss.float() * n
             count += n
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def run_ai(
@@ -121,7 +123,7 @@ def run_naive(lm: LoadedModel, masked: torch.nn.Module, texts: list[str], max_to
             if len(seq) < 2:
                 scores.append(float("nan"))
                 continue
-            x = torch.tensor([seq], device=lm.device)
+            x = torch.as_tensor(np.asarray(seq, dtype=np.int64)[None], device=lm.device)  # (1, T)
             lb = float(base(input_ids=x, labels=x).loss)
             lr = float(masked(input_ids=x, labels=x).loss)
             scores.append((lr - lb) / lb)
@@ -162,24 +164,29 @@ def warm_up(call: Method, texts: list[str], methods: tuple[str, ...], n_docs: in
 
 def timed_rounds(
     call: Method, groups: list[list[str]], methods: tuple[str, ...], device: torch.device, log: Log
-) -> tuple[dict[str, float], dict[str, float], dict[str, list[np.ndarray]]]:
-    """Every group through every method, the order rotated each round; wall and CPU seconds per method, and
-    the (b) and (c) scores, both in the same document order."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[np.ndarray]], dict[str, float]]:
+    """Every group through every method, the order rotated each round; wall and CPU seconds per method, the
+    (b) and (c) scores, both in the same document order, and each method's peak device memory (MB; CUDA)."""
     wall = dict.fromkeys(methods, 0.0)
     cpu = dict.fromkeys(methods, 0.0)
+    peak = dict.fromkeys(methods, 0.0)
     scores: dict[str, list[np.ndarray]] = {"ai": [], "naive": [], "packed": [], "padded": [], "overwrite": []}
     for r, docs in enumerate(groups):
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for method in order:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)  # each method's own peak
             c0, t0 = time.process_time(), time.perf_counter()
             out = call(method, docs)
-            sync(device)
+            sync(device)  # once per method and group: the methods themselves never sync per batch
             wall[method] += time.perf_counter() - t0
             cpu[method] += time.process_time() - c0
+            if device.type == "cuda":
+                peak[method] = max(peak[method], torch.cuda.max_memory_allocated(device) / 2**20)
             if method in scores:
                 scores[method].append(out)
         log(f"round {r + 1}/{len(groups)}: " + ", ".join(f"{m} {wall[m]:.1f}s" for m in methods))
-    return wall, cpu, scores
+    return wall, cpu, scores, peak
 
 
 # ---------------------------------------------------------------- results
@@ -208,20 +215,39 @@ def speedups(res: dict, methods: tuple[str, ...], scores: dict[str, list[np.ndar
 
 
 def preparation_rate(lm: LoadedModel, texts: list[str], max_tokens: int, repeats: int = 3) -> dict:
-    """Host-side input work per scored token, on one thread (what the prefetch thread does per chunk):
-    tokenizing, pieces with repeat-3-gram flags, decoding and line features. The best of `repeats` runs; the
-    tokens/s it supports is the input rate one prefetch thread can feed the model."""
-    best = float("inf")
+    """Host-side input work per scored token in this process (what the prefetch thread does per chunk, the
+    tokenizer on its own threads): clipping, tokenizing, pieces with repeat-3-gram flags and line features,
+    chunks of 256 documents as a shard job prepares them (`prepare.Preparer`). The best of `repeats` runs;
+    `prepare_tok_s` is the scored tokens per second it can feed the model (benchmarks/prep_rate.py compares
+    it with the bare tokenizer and measures worker processes)."""
+    best, tokens = float("inf"), 0
     for _ in range(repeats):
+        preparer = Preparer(lm.tokenizer, max_tokens)
         t0 = time.perf_counter()
-        prepared = prepare_documents(lm, tokenize(lm, texts), max_tokens)
+        tokens = sum(int(preparer(texts[i : i + 256]).n_tokens.sum()) for i in range(0, len(texts), 256))
         best = min(best, time.perf_counter() - t0)
-    tokens = int(prepared.n_tokens.sum())
     return {
         "prepare_s": round(best, 6),
         "prepare_us_per_token": round(1e6 * best / max(tokens, 1), 4),
         "prepare_tok_s": round(tokens / best, 1) if best > 0 else 0.0,
     }
+
+
+def batch_spread(lm: LoadedModel, heads, texts: list[str], cfg: BenchConfig, chunk: int = 4) -> dict:
+    """How much a score depends on its batch: the documents scored in one call and in calls of `chunk`
+    documents, the largest score difference, with the default layout (packed rows on a GPU, length buckets
+    on a CPU) and with canonical padded lengths (0: batch-invariant)."""
+    out = {"batch_spread_chunk": chunk}
+    for name, canonical in (("default", None), ("canonical", True)):
+        kw = dict(max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens, canonical=canonical)
+        whole = score_texts(lm, texts, heads, **kw).score
+        parts = [
+            score_texts(lm, texts[i : i + chunk], heads, **kw).score for i in range(0, len(texts), chunk)
+        ]
+        parts = np.concatenate(parts)
+        out[f"batch_spread_{name}"] = float(np.nanmax(np.abs(whole - parts))) if len(texts) else 0.0
+    out["batch_spread_score_sd"] = float(np.nanstd(whole)) if len(texts) else 0.0
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -260,7 +286,7 @@ def run_benchmark(
     warm_up(call, texts, cfg.methods, batch_tokens // cfg.max_tokens, log)
     sync(lm.device)
     load_before = os.getloadavg()
-    wall, cpu, scores = timed_rounds(
+    wall, cpu, scores, peak = timed_rounds(
         call, [texts[r::rounds] for r in range(rounds)], cfg.methods, lm.device, log
     )
     load_after = os.getloadavg()
@@ -272,6 +298,9 @@ def run_benchmark(
         "tokens": tokens,
         "max_tokens": cfg.max_tokens,
         "batch_tokens": batch_tokens,
+        "batch_tokens_auto": cfg.batch_tokens is None,  # chosen from free GPU memory (8192 on a CPU)
+        "head_path": head_path(lm.device, lm.dtype),
+        "packed_by_default": use_packing(lm, None, cfg.compile),
         "rounds": rounds,
         "compile": cfg.compile,
         "masked_heads": [list(h) for h in heads],
@@ -283,6 +312,8 @@ def run_benchmark(
         res[f"{m}_s"] = round(wall[m], 6)
         res[f"{m}_cpu_s"] = round(cpu[m], 6)
         res[f"{m}_tok_s"] = round(tokens / wall[m], 2)
+        if lm.device.type == "cuda":
+            res[f"{m}_peak_gpu_mem_mb"] = round(peak[m], 1)
     res.update(speedups(res, cfg.methods, scores))
     res.update(flop_rates(Shape.of(lm), lengths, first, wall, matmul_peak_gflops(lm.dtype, lm.device)))
     res.update(preparation_rate(lm, texts, cfg.max_tokens))

@@ -24,6 +24,17 @@ def progress_bar(desc: str, unit: str):
     return update
 
 
+def batch_tokens_arg(value: str) -> int | str:
+    """--batch-tokens: a positive number, or auto (sized from free GPU memory, 8192 on a CPU)."""
+    from attention_influence.shards.spec import batch_size
+
+    try:
+        size = batch_size(value.strip().lower())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "auto" if size is None else size
+
+
 def unset_column(value: str | None) -> str | None:
     """A column flag as the configuration spells it: `null` (or an empty string) is no column."""
     return None if value is None or value.strip().lower() in ("", "null") else value

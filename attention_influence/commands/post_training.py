@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from attention_influence.commands.common import add_model_args, load_from_args, progress_bar
+from attention_influence.commands.common import add_model_args, batch_tokens_arg, load_from_args, progress_bar
 from attention_influence.config import Config
 
 
@@ -32,7 +32,12 @@ def _add_score_steps(sub, c: Config) -> None:
         default=c.post_training.max_samples or 0,
         help="only the first N rows (0: all)",
     )
-    p.add_argument("--batch-tokens", type=int, default=c.scoring.batch_tokens, help="padded tokens per batch")
+    p.add_argument(
+        "--batch-tokens",
+        type=batch_tokens_arg,
+        default=c.scoring.batch_tokens,
+        help="padded tokens per batch, or auto (from free GPU memory; 8192 on a CPU)",
+    )
     _add_sft_args(p, c)
     p.set_defaults(func=cmd_score_steps)
 
@@ -92,7 +97,7 @@ def cmd_score_steps(args) -> int:
         fmt,
         args.max_samples or None,
         args.batch_tokens,
-        progress=progress_bar("scoring samples", "token"),
+        progress=progress_bar("scoring samples", "chunk"),
     )
     print(json.dumps(summary))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from attention_influence.commands.common import (
     add_model_args,
+    batch_tokens_arg,
     expand_corpus,
     load_from_args,
     progress_bar,
@@ -88,7 +89,12 @@ def _add_score(sub, c: Config) -> None:
         default=c.scoring.windows,
         help="score long documents as consecutive windows",
     )
-    p.add_argument("--batch-tokens", type=int, default=c.scoring.batch_tokens, help="padded tokens per batch")
+    p.add_argument(
+        "--batch-tokens",
+        type=batch_tokens_arg,
+        default=c.scoring.batch_tokens,
+        help="padded tokens per batch, or auto (from free GPU memory; 8192 on a CPU)",
+    )
     p.add_argument(
         "--text-column", default=c.corpus.text_column, help="a column or a dotted path (meta.text)"
     )

@@ -334,13 +334,11 @@ def control_scores(
     """`sample` (id, domain, text, loss_base) with `random_heads_<d>` for each draw d: the score with as many
     random non-retrieval heads masked (seed + d), from one masked forward per document and the sample's own
     base losses. Returns the frame and the head sets drawn."""
-    from attention_influence.influence.batching import tokenize
+    from attention_influence.influence.prepare import Preparer
     from attention_influence.influence.scoring import score_tokens
-    from attention_influence.shards.prepare import clip_long_texts
 
     max_tokens = max_tokens or lm.max_context
-    texts = sample.get_column("text").to_list()
-    token_lists = tokenize(lm, texts if windows else clip_long_texts(texts, lm.tokenizer, max_tokens))
+    token_lists = Preparer(lm.tokenizer, max_tokens, windows).tokenize(sample.get_column("text").to_list())
     base = sample.get_column("loss_base").to_numpy()
     out, drawn = sample, []
     for d in range(draws):

@@ -24,7 +24,13 @@ from attention_influence.influence.packing import (
     to_device,
     varlen_supported,
 )
-from attention_influence.influence.structure import repeat3_flags
+from attention_influence.influence.prepare import (
+    Piece,
+    canonical_buckets,
+    canonical_length,
+    encode,
+    use_canonical,
+)
 
 Progress = Callable[[int, int], None] | None  # (tokens done, tokens in all)
 AUTO_BATCH_TOKENS_CPU = 8192
@@ -33,32 +39,9 @@ MIN_FILL = 0.85  # real tokens per padded row, at least (batches of one piece ar
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "could not allocate", "failed to allocate")
 
 
-@dataclass
-class Piece:
-    doc: int  # index of the document in the input list
-    ids: list[int]  # one window of token ids (>= 2 tokens)
-    flags: np.ndarray | None = None  # (len(ids),) bool: the token continues an earlier 3-gram of the document
-
-
-def tokenize(lm: LoadedModel, texts: list[str]) -> list[list[int]]:
-    return lm.tokenizer(texts, add_special_tokens=True).input_ids
-
-
-def split_pieces(
-    token_lists: list[list[int]], max_tokens: int, windows: bool
-) -> tuple[list[Piece], np.ndarray]:
-    """Truncate (or window) each document; returns the pieces and each document's scored token count. Each
-    piece carries the repeat-3-gram flags of its tokens, found over the document's scored tokens."""
-    pieces, n_tokens = [], np.zeros(len(token_lists), dtype=np.int64)
-    for doc, ids in enumerate(token_lists):
-        starts = range(0, len(ids), max_tokens) if windows else [0]
-        flags = repeat3_flags(ids if windows else ids[:max_tokens])
-        spans = [(ids[i : i + max_tokens], flags[i : i + max_tokens]) for i in starts]
-        for span, span_flags in spans:
-            if len(span) >= 2:  # a window of one token predicts nothing
-                pieces.append(Piece(doc, span, span_flags))
-        n_tokens[doc] = sum(len(s) for s, _ in spans) if windows else min(len(ids), max_tokens)
-    return pieces, n_tokens
+def tokenize(lm: LoadedModel, texts: list[str]) -> list[np.ndarray]:
+    """Each whole text's token ids (int32), special tokens added: the Rust batch encode (`prepare.encode`)."""
+    return encode(lm.tokenizer, texts)
 
 
 def length_buckets(
@@ -84,13 +67,15 @@ def pad_id(lm: LoadedModel) -> int:
 
 
 def pad_batch(
-    batch: list[Piece], pad_id: int, device: torch.device
+    batch: list[Piece], pad_id: int, device: torch.device, canonical: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pieces -> (B, T) ids right-padded with pad_id, their (B,) lengths and the (N,) flat positions of
     ids.view(-1) that predict a next token (`packing.predicting_index`, row after row); laid out on the host
-    and moved in one transfer (`packing.to_device`: pinned and non-blocking on CUDA)."""
+    and moved in one transfer (`packing.to_device`: pinned and non-blocking on CUDA). T is the longest
+    piece, or with `canonical` its `canonical_length`."""
     lengths = np.array([len(p.ids) for p in batch], dtype=np.int64)  # (B,)
     T = int(lengths.max())
+    T = canonical_length(T) if canonical else T
     ids = np.full((len(batch), T), pad_id, dtype=np.int64)
     for i, p in enumerate(batch):
         ids[i, : len(p.ids)] = p.ids
@@ -155,6 +140,7 @@ class PassOptions:
     packed: bool = False  # pieces end to end in one row instead of right-padded length buckets
     compile: bool = False  # torch.compile the layer stacks (`losses.layer_stack`)
     base: bool = True  # False: the masked pass only (a control that reuses another run's base losses)
+    canonical: bool = False  # padded batches of canonical lengths (`canonical_buckets`), not length buckets
 
     @classmethod
     def resolve(
@@ -165,11 +151,15 @@ class PassOptions:
         packed: bool | None = None,
         compile: bool = False,
         base: bool = True,
+        canonical: bool | None = None,
     ) -> PassOptions:
-        """batch_tokens None (or <= 0): sized from free accelerator memory; packed None: `use_packing`."""
-        if batch_tokens is None or batch_tokens <= 0:
+        """batch_tokens None (or <= 0): sized from free accelerator memory; packed None: `use_packing`;
+        canonical None: `use_canonical`."""
+        auto = batch_tokens is None or batch_tokens <= 0
+        if auto:
             batch_tokens = auto_batch_tokens(lm, longest)
-        return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base)
+        canonical = use_canonical(canonical, auto, lm.device.type)
+        return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base, canonical)
 
 
 # ---------------------------------------------------------------- running batches
@@ -226,6 +216,8 @@ def run_batches(
     batch that runs out of memory split (`split_on_oom`, a piece that fails alone marked in `failed`)."""
     if opts.packed:
         batches = pack_batches(pieces, opts.batch_tokens)
+    elif opts.canonical:
+        batches = canonical_buckets(pieces, opts.batch_tokens)
     else:
         batches = length_buckets(pieces, opts.batch_tokens)
     done, total = 0, sum(len(p.ids) for p in pieces)

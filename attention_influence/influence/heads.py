@@ -145,6 +145,25 @@ def next_draft(context: list[int], generated: list[int], needle: list[int], ptr:
     return lookup_draft(context, len(generated), size) or needle[ptr : ptr + size]
 
 
+def count_copies(
+    counts: torch.Tensor,
+    argmax: dict[int, torch.Tensor],
+    context: torch.Tensor,
+    queries: list[int],
+    outputs: list[int],
+    slots: list[int],
+) -> None:
+    """Add one forward's copy events to `counts` (L, H, U) on the device, without a sync: for each accepted
+    query i whose output w is a needle token, every head whose top key position holds w copies it.
+    argmax: layer -> (1, H, n) key positions of the forward's last n queries; context: (T,) what they see."""
+    device = counts.device
+    q = torch.tensor(queries, dtype=torch.long, device=device)  # (P,)
+    top = torch.stack([argmax[layer][0].index_select(1, q) for layer in range(counts.shape[0])])  # (L, H, P)
+    w = torch.tensor(outputs, dtype=torch.long, device=device)  # (P,)
+    hits = (context[top] == w).float()  # (L, H, P)
+    counts.index_add_(2, torch.tensor(slots, dtype=torch.long, device=device), hits)
+
+
 @torch.inference_mode()
 def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded:
     """Greedy decoding of len(answer) tokens; with `record`, the per-head copy score of eq. 4.
@@ -162,8 +181,8 @@ def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded
     needle = list(probe.answer_ids)
     uniq = sorted(set(needle))
     slot = {tok: i for i, tok in enumerate(uniq)}
-    needle_count = torch.tensor([needle.count(t) for t in uniq], dtype=torch.float32)  # (U,)
-    counts = torch.zeros(lm.num_layers, lm.num_heads, len(uniq))  # (L, H, U) copy events per needle token
+    needle_count = torch.tensor([needle.count(t) for t in uniq], dtype=torch.float32, device=device)  # (U,)
+    counts = torch.zeros(lm.num_layers, lm.num_heads, len(uniq), device=device)  # (L, H, U) copy events
     eos = lm.tokenizer.eos_token_id
     out_tokens: list[int] = []
     seq = list(probe.prompt_ids)  # the context so far
@@ -177,20 +196,20 @@ def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded
             out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=len(draft) + 1)
             past = out.past_key_values
             greedy = out.logits[0].argmax(-1).tolist()  # greedy[i]: the next token after seq + draft[:i]
-            context = torch.tensor(seq + draft, dtype=torch.long, device=device)  # what query i can see
-            accepted = 0
+            accepted, copied = 0, []  # copied: queries whose output w is a needle token
             for i, w in enumerate(greedy):
                 out_tokens.append(w)
                 accepted += 1
                 ptr = advance(ptr, w, needle)
                 if record and w in slot:
-                    argmax = torch.stack(
-                        [rec.argmax[layer][0, :, i] for layer in range(lm.num_layers)]
-                    )  # (L, H)
-                    counts[:, :, slot[w]] += (context[argmax] == w).float().cpu()  # top position holds w
+                    copied.append(i)
                 finished = w == eos or len(out_tokens) == len(needle)
                 if finished or i == len(draft) or w != draft[i]:
                     break
+            if copied:
+                context = torch.tensor(seq + draft, dtype=torch.long, device=device)  # what query i can see
+                outputs = [greedy[i] for i in copied]
+                count_copies(counts, rec.argmax, context, copied, outputs, [slot[w] for w in outputs])
             if not finished:
                 rejected = len(draft) - (accepted - 1)  # draft tokens in the cache after the mismatch
                 if rejected:
@@ -198,8 +217,8 @@ def decode_probe(lm: LoadedModel, probe: Probe, record: bool = False) -> Decoded
                 seq += greedy[:accepted]
                 pending = [greedy[accepted - 1]]
     copies = None
-    if record:
-        copies = (torch.minimum(counts, needle_count).sum(-1) / len(needle)).numpy()  # (L, H)
+    if record:  # the one transfer of the probe's bookkeeping
+        copies = (torch.minimum(counts, needle_count).sum(-1) / len(needle)).cpu().numpy()  # (L, H)
     return Decoded(tokens=out_tokens, text=lm.tokenizer.decode(out_tokens), copies=copies)
 
 

@@ -15,6 +15,8 @@ large enough to keep the device busy.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -49,14 +51,63 @@ def fp32_head(lm_head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     return cached[1], cached[2]
 
 
+@contextmanager
+def tf32_matmuls():
+    """CUDA float32 matmuls on TF32 tensor cores inside the block only: the process's flags are put back as
+    they were on the way out (also on error), so a user's own float32 work is untouched. Uses the API the
+    installed torch has (`fp32_precision` since 2.9, else `allow_tf32`)."""
+    m = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if hasattr(m, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(m, name)
+    setattr(m, name, value)
+    try:
+        yield
+    finally:
+        setattr(m, name, before)
+
+
+@cache
+def mm_out_dtype_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `torch.mm(..., out_dtype=torch.float32)` runs on `device` for `dtype` operands (CUDA since
+    torch 2.8: half-precision operands, float32 accumulation and result; the CPU build has no kernel)."""
+    a = torch.ones(2, 2, dtype=dtype, device=device)
+    try:
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def head_path(device: torch.device, dtype: torch.dtype) -> str:
+    """How `chunk_logits` runs the LM head for hidden states of `dtype` on `device`: "float32" (a float32
+    model, or a CPU: the head in float32 from upcast hidden states), "half-operands-fp32-out" (CUDA: bf16/fp16
+    operands, float32 accumulation and logits, at tensor-core speed), "tf32" (CUDA without that kernel:
+    float32 operands on TF32 tensor cores, exact for bf16/fp16 values) or "low-precision" (FP32_HEAD off)."""
+    if dtype == torch.float32:
+        return "float32"
+    if not FP32_HEAD[0]:
+        return "low-precision"
+    if device.type != "cuda":
+        return "float32"
+    return "half-operands-fp32-out" if mm_out_dtype_runs(device, dtype) else "tf32"
+
+
 def chunk_logits(lm_head: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """(n, C) final hidden states -> (n, V) float32 logits. With FP32_HEAD the head runs in float32 from the
-    upcast hidden states: bf16 logits carry 8 bits of mantissa at values ~10-30, and scores computed from them
-    moved by up to 6e-3 on a CPU (issue 26), the size of score gaps near the cut."""
-    if not FP32_HEAD[0] or h.dtype == torch.float32:
+    """(n, C) final hidden states -> (n, V) float32 logits. With FP32_HEAD, low-precision hidden states go
+    through the head with float32 accumulation and a float32 result: bf16 logits carry 8 bits of mantissa at
+    values ~10-30, and scores computed from them moved by up to 6e-3 on a CPU (issue 26). A bf16 or fp16
+    value is exact in float32 and in TF32 (10 mantissa bits), and so is the product of two of them in a
+    float32 accumulator, so on CUDA the head runs on tensor cores (`head_path`) with the float32 head's
+    result up to summation order; without this a float32 matmul runs at ~1/8 of the card's bf16 rate."""
+    path = head_path(h.device, h.dtype)
+    if h.dtype == torch.float32 or path == "low-precision":
         return lm_head(h).float()
+    if path == "half-operands-fp32-out":
+        w, b = lm_head.weight, getattr(lm_head, "bias", None)
+        out = torch.mm(h, w.t(), out_dtype=torch.float32)  # (n, V)
+        return out if b is None else out + b.float()
     w, b = fp32_head(lm_head)
-    return F.linear(h.float(), w, b)
+    with tf32_matmuls() if path == "tf32" else nullcontext():
+        return F.linear(h.float(), w, b)
 
 
 def chunked_nll(lm_head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

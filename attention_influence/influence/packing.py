@@ -13,6 +13,7 @@ packing measured slower there).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,13 +103,43 @@ def pack_batch(batch: list, device: torch.device) -> tuple[torch.Tensor, Packed,
 
 
 VARLEN_MIN_CAPABILITY = (8, 0)  # FlashAttention 2 needs Ampere (sm80) or newer; a T4/V100 raises
+VARLEN_KEYWORDS = ("scale", "window_size", "enable_gqa")  # what `packed_varlen_attention` passes
+VARLEN_OPTIONAL = ("num_splits",)  # passed where the installed varlen_attn takes it
+
+
+def varlen_missing(fn=None) -> list[str]:
+    """The keywords `packed_varlen_attention` needs that the installed `varlen_attn` does not take (torch
+    2.9-2.12 releases differ); every name is checked against the signature, not only the newest one."""
+    fn = fn or varlen_attn
+    if fn is None:
+        return ["varlen_attn"]
+    params = inspect.signature(fn).parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return [] if takes_kwargs else [k for k in VARLEN_KEYWORDS if k not in params]
+
+
+@lru_cache(maxsize=1)
+def varlen_usable() -> bool:
+    """The installed varlen_attn takes every keyword we pass; if not, packed batches fall back to padded
+    length buckets, with one warning naming what is missing (instead of a TypeError on the first batch)."""
+    missing = varlen_missing()
+    if missing and varlen_attn is not None:
+        warnings.warn(
+            f"torch {torch.__version__}: varlen_attn lacks {', '.join(missing)}; "
+            "scoring uses padded batches instead of packed ones",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return not missing
 
 
 def varlen_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    """FlashAttention's varlen kernel runs here: a CUDA device of compute capability >= 8.0, fp16/bf16."""
+    """FlashAttention's varlen kernel runs here: a CUDA device of compute capability >= 8.0, fp16/bf16, and
+    a varlen_attn that takes our keywords (`varlen_usable`)."""
     if varlen_attn is None or device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
         return False
-    return tuple(torch.cuda.get_device_capability(device)) >= VARLEN_MIN_CAPABILITY
+    capable = tuple(torch.cuda.get_device_capability(device)) >= VARLEN_MIN_CAPABILITY
+    return capable and varlen_usable()
 
 
 def uses_varlen(q: torch.Tensor) -> bool:
@@ -117,19 +148,21 @@ def uses_varlen(q: torch.Tensor) -> bool:
 
 
 @lru_cache(maxsize=1)
-def varlen_takes_num_splits() -> bool:
-    """torch's varlen_attn has `num_splits` (2.13 does; older releases may not)."""
-    return varlen_attn is not None and "num_splits" in inspect.signature(varlen_attn).parameters
+def varlen_optional_keywords() -> tuple[str, ...]:
+    """Of VARLEN_OPTIONAL, what the installed varlen_attn takes (torch 2.13 has `num_splits`)."""
+    if varlen_attn is None:
+        return ()
+    return tuple(k for k in VARLEN_OPTIONAL if k in inspect.signature(varlen_attn).parameters)
 
 
 def packed_varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, packed: Packed
 ) -> torch.Tensor:
     """Causal attention within each piece: (1, N, H, D), (1, N, Hkv, D) x2 -> (1, N, H, D). Without split-KV
-    (num_splits=1): the split would depend on the longest piece of the row, so a document's scores would
-    depend on which documents share its row."""
+    (num_splits=1, where the installed torch takes it): the split would depend on the longest piece of the
+    row, so a document's scores would depend on which documents share its row."""
     cu, m = packed.cu_seqlens, packed.max_len
-    extra = {"num_splits": 1} if varlen_takes_num_splits() else {}
+    extra = {"num_splits": 1} if "num_splits" in varlen_optional_keywords() else {}
     y = varlen_attn(
         q[0],
         k[0],

@@ -22,20 +22,17 @@ import torch
 
 from attention_influence.influence.batching import (
     PassOptions,
-    Piece,
     Progress,
     pad_batch,
     pad_id,
     run_batches,
-    split_pieces,
     target_flags,
-    tokenize,
 )
 from attention_influence.influence.losses import Masked, pair_nll
 from attention_influence.influence.masking import heads_by_layer, normalize_heads
 from attention_influence.influence.models import LoadedModel
 from attention_influence.influence.packing import Packed, pack_batch
-from attention_influence.influence.structure import text_features
+from attention_influence.influence.prepare import Piece, Prepared, Preparer, prepare_token_lists
 
 
 @dataclass
@@ -65,14 +62,15 @@ class TokenLosses:
 
 
 def device_batch(
-    lm: LoadedModel, batch: list[Piece], packed: bool
+    lm: LoadedModel, batch: list[Piece], packed: bool, canonical: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, Packed | None, torch.Tensor]:
     """The pieces on the device: (1, N) ids end to end and their layout, or (B, T) right-padded ids and
-    their (B,) lengths; with the flat positions that predict a next token, piece after piece."""
+    their (B,) lengths (T canonical or the longest); with the flat positions that predict a next token,
+    piece after piece."""
     if packed:
         ids, layout, pred = pack_batch(batch, lm.device)
         return ids, None, layout, pred
-    ids, lengths, pred = pad_batch(batch, pad_id(lm), lm.device)
+    ids, lengths, pred = pad_batch(batch, pad_id(lm), lm.device, canonical)
     return ids, lengths, None, pred
 
 
@@ -89,7 +87,7 @@ def piece_sums(
     are taken on the host in float64 (`piece_token_sums`), the same for a piece whatever shares its batch."""
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed)
+        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed, opts.canonical)
         return pair_nll(
             lm, ids, lengths, masked, pred=pred, compile=opts.compile, packed=layout, base=opts.base
         )
@@ -136,31 +134,17 @@ def mean_loss(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(counts[0] > 0, sums[0] / counts[0], np.nan)
 
 
-@dataclass
-class Prepared:
-    """Documents made ready for the model on the host: their pieces with repeat flags, scored token counts
-    and line features (decoding and regexes). What a prefetch thread builds while the model runs the previous
-    chunk (`shards.job`), so the model's thread only batches and runs."""
-
-    pieces: list[Piece]
-    n_tokens: np.ndarray  # (N,) tokens scored per document
-    text_features: dict[str, np.ndarray]  # `structure.text_features` of the scored text
-    n_docs: int
-    max_tokens: int
-    windows: bool
-
-
 def prepare_documents(
-    lm: LoadedModel, token_lists: list[list[int]], max_tokens: int | None = None, windows: bool = False
+    lm: LoadedModel, token_lists: list, max_tokens: int | None = None, windows: bool = False
 ) -> Prepared:
-    """The host-side work of scoring `token_lists`: pieces and repeat flags (`split_pieces`), the scored
-    text decoded and its line features. No model and no device: safe in a background thread."""
-    max_tokens = max_tokens or lm.max_context
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
-    pieces, n_tokens = split_pieces(token_lists, max_tokens, windows)
-    features = text_features(scored_texts(lm, token_lists, max_tokens, windows))
-    return Prepared(pieces, n_tokens, features, len(token_lists), max_tokens, windows)
+    """The host-side work of scoring already tokenized documents (`prepare.prepare_token_lists`): pieces and
+    repeat flags, the scored tokens decoded for their line features. No model and no device."""
+    return prepare_token_lists(lm.tokenizer, token_lists, max_tokens or lm.max_context, windows)
+
+
+def prepare_texts(lm: LoadedModel, texts: list[str], max_tokens: int | None = None, windows: bool = False):
+    """Texts made ready for the model: clipped near max_tokens, tokenized once (`prepare.Preparer`)."""
+    return Preparer(lm.tokenizer, max_tokens or lm.max_context, windows)(texts)
 
 
 def score_tokens(
@@ -174,10 +158,11 @@ def score_tokens(
     compile: bool = False,
     packed: bool | None = None,
     base: bool = True,
+    canonical: bool | None = None,
 ) -> Scores:
     """`score_texts` on already tokenized documents: `prepare_documents`, then `score_prepared`."""
     prepared = prepare_documents(lm, token_lists, max_tokens, windows)
-    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base)
+    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base, canonical)
 
 
 def score_prepared(
@@ -189,6 +174,7 @@ def score_prepared(
     compile: bool = False,
     packed: bool | None = None,
     base: bool = True,
+    canonical: bool | None = None,
 ) -> Scores:
     """Scores of prepared documents (`prepare_documents`, possibly built in another thread).
 
@@ -196,12 +182,14 @@ def score_prepared(
     where the varlen kernel runs. A batch that runs out of memory is split in halves and retried
     (`split_on_oom`); a document that fails alone gets NaN losses and its reason in `Scores.failed`.
     base=False runs the masked model only (loss_base NaN): a control that reuses the base losses of another
-    run. `Scores.features` holds the structure features (`structure`) and `score_norep`, the score without
-    the repeat-3-gram tokens.
+    run. canonical=True pads every piece to a length of its own (`batching.canonical_buckets`), so a
+    document's score does not depend on the batch size or its neighbours; None: in half precision and with
+    batches sized from GPU memory (`batching.use_canonical`). `Scores.features` holds the structure features
+    (`structure`) and `score_norep`, the score without the repeat-3-gram tokens.
     """
     pairs = normalize_heads(heads, lm.num_layers, lm.num_heads)
     masked = heads_by_layer(pairs, lm.device)
-    opts = PassOptions.resolve(lm, batch_tokens, prepared.max_tokens, packed, compile, base)
+    opts = PassOptions.resolve(lm, batch_tokens, prepared.max_tokens, packed, compile, base, canonical)
     failed: dict[int, str] = {}
     order, piece_base, piece_ref = piece_sums(lm, prepared.pieces, masked, opts, failed, progress)
     n = prepared.n_docs
@@ -237,7 +225,7 @@ def score_token_losses(
     opts = PassOptions.resolve(lm, batch_tokens, longest, packed, compile)
 
     def run(batch: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed)
+        ids, lengths, layout, pred = device_batch(lm, batch, opts.packed, opts.canonical)
         return pair_nll(lm, ids, lengths, masked, pred=pred, compile=opts.compile, packed=layout)
 
     n = len(token_lists)
@@ -272,20 +260,27 @@ def loss_features(base: np.ndarray, ref: np.ndarray, counts: np.ndarray) -> dict
     return {"repeat3_share": share, "repeat3_gap_share": gap_share, "score_norep": norep}
 
 
-def scored_texts(lm: LoadedModel, token_lists: list[list[int]], max_tokens: int, windows: bool) -> list[str]:
-    """The text of the tokens each document is scored on (what the line features look at)."""
-    scored = [ids if windows else ids[:max_tokens] for ids in token_lists]
-    return lm.tokenizer.batch_decode(scored, skip_special_tokens=True)
-
-
-def score_texts(lm: LoadedModel, texts: list[str], heads: Iterable, *args, **kwargs) -> Scores:
+def score_texts(
+    lm: LoadedModel,
+    texts: list[str],
+    heads: Iterable,
+    max_tokens: int | None = None,
+    batch_tokens: int | None = 8192,
+    windows: bool = False,
+    progress: Progress = None,
+    compile: bool = False,
+    packed: bool | None = None,
+    base: bool = True,
+    canonical: bool | None = None,
+) -> Scores:
     """Per-document L_base, L_ref and token counts; a document with < 2 tokens gets NaN losses.
 
-    The arguments after `heads` are score_tokens': max_tokens, batch_tokens (None: sized from free
-    accelerator memory, 8192 on a CPU), windows, progress, compile (torch.compile the layer stacks: worth it
-    on a GPU for long jobs; the first batches pay the compile), packed.
+    max_tokens None: the model's context; batch_tokens None: sized from free accelerator memory (8192 on a
+    CPU); compile: torch.compile the layer stacks (worth it on a GPU for long jobs; the first batches pay the
+    compile); packed: `score_prepared`.
     """
-    return score_tokens(lm, tokenize(lm, texts), heads, *args, **kwargs)
+    prepared = prepare_texts(lm, texts, max_tokens, windows)
+    return score_prepared(lm, prepared, heads, batch_tokens, progress, compile, packed, base, canonical)
 
 
 def score_batches(

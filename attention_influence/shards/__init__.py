@@ -21,7 +21,6 @@ _EXPORTS = {
     "OutputBusyError": "lock",
     "ShardJob": "job",
     "check_shard": "reader",
-    "clip_long_texts": "prepare",
     "cross_shard_duplicates": "quarantine",
     "output_lock": "lock",
     "parts_path": "parts",

@@ -7,9 +7,11 @@ time, or the store's ETag), its columns and the row limit; once the shard is rea
 by the content digest of its valid rows (`ContentDigest`), so parts of an edited shard are never mixed in.
 
 What changes the scores' digits is in it: the rows, the model, its dtype and device class, the head set (its
-id is the hash of the model and the heads, `influence.heads.head_set_id`), `doc_max_tokens`, `windows` and the
-code version (`code_versions.CODE_VERSIONS["document_scores"]`). What only changes how the work is done is
-not: the batch size (batches are cut differently, the same documents are scored), the checkpoint interval
+id is the hash of the model and the heads, `influence.heads.head_set_id`), `doc_max_tokens`, `windows`,
+canonical padded lengths (`batch_invariant`) and the code version (`code_versions.CODE_VERSIONS
+["document_scores"]`). What only changes how the work is done is not: the batch size (batches are cut
+differently, the same documents are scored; with canonical lengths to the bit, with length buckets a score
+moves by ~1e-7 in float32, up to ~5e-3 in bf16: docs/performance.md), the checkpoint interval
 (the parts' layout: a resumed run keeps the interval its parts were written with), the background preparation
 and where it runs (one process, a Ray scorer; the precision a Ray driver expects is checked by the scorer
 that loads the model, `cluster.scoring.ScorerActor.score`).
@@ -47,6 +49,7 @@ class ScoreInputs:
     doc_max_tokens: int  # tokens scored per document (or per window); 0: the model's context
     windows: bool  # every token scored in windows, not only the first doc_max_tokens
     code_version: str = SCORE_CODE_VERSION
+    batch_invariant: bool = False  # canonical padded lengths (`batching.use_canonical`): other digits
 
     def __post_init__(self) -> None:  # the forms the checks hash: a tuple, 0 for "no limit"
         object.__setattr__(self, "columns", tuple(self.columns))
@@ -57,11 +60,14 @@ class ScoreInputs:
     @property
     def knobs(self) -> dict:
         """The settings besides model and heads that change a table, as the provenance records them."""
-        return {
+        knobs = {
             "doc_max_tokens": self.doc_max_tokens,
             "windows": self.windows,
             "max_docs_per_shard": self.max_docs,
         }
+        if self.batch_invariant:  # only when set, so the versions of earlier tables stay as they were
+            knobs["batch_invariant"] = True
+        return knobs
 
     def version(self) -> str:
         """The hash the checks compare: equal inputs, equal version. The payload is the one `document_scores`

@@ -10,7 +10,7 @@ at a time may write a given output (a lock file next to it); a second one fails 
 
 The parts of the job, in order: the validating pass over the whole shard (`valid_rows`: the resume check
 needs every row's content), the parts folder claimed (`parts`), then chunk by chunk: the next chunk prepared
-(`prepare`: clipped, tokenized, cut into pieces) in a background thread (`prefetch`) while this one is scored
+(`prepare`: clipped, tokenized once, pieces, line features) beside it (`prefetch`) while this one is scored
 (`influence.scoring`), its part written; finally the table and the quarantine written and the reconciliation
 returned. A batch that runs out of memory is split and retried down to one document; a document that fails
 alone is quarantined as "out of memory" with the error, so nothing is lost.
@@ -26,13 +26,19 @@ from pathlib import Path
 
 import polars as pl
 
+from attention_influence.influence.losses import head_path
 from attention_influence.influence.models import LoadedModel
 from attention_influence.io.atomic import atomic_write_parquet
 from attention_influence.shards.fingerprint import ScoreInputs
 from attention_influence.shards.lock import OutputBusyError, output_lock, remove_stale_tmp
 from attention_influence.shards.parts import claim_parts, part_path, parts_path, score_table, usable_part
 from attention_influence.shards.prefetch import InputWait, prefetched
-from attention_influence.shards.prepare import clip_long_texts, prepare_chunk
+from attention_influence.shards.prepare import (
+    ChunkPreparer,
+    chunk_preparer,
+    drop_other_caches,
+    token_cache_folder,
+)
 from attention_influence.shards.quarantine import quarantine_path, quarantine_table, set_aside_unscorable
 from attention_influence.shards.reader import check_shard, shard_format, shard_row_count
 from attention_influence.shards.rows import InputError
@@ -44,7 +50,6 @@ __all__ = [  # InputError and OutputBusyError too: what the CLI catches from a j
     "InputError",
     "OutputBusyError",
     "ShardJob",
-    "clip_long_texts",
     "load_heads_file",
     "parts_path",
     "run_score_job",
@@ -56,8 +61,11 @@ Progress = Callable[[int, int], None] | None
 Log = Callable[[str], None] | None
 
 
-def score_inputs(lm: LoadedModel, heads: HeadSet, job: ShardJob, content: str) -> ScoreInputs:
-    """The job's `ScoreInputs`, its rows named by the valid rows' `ContentDigest` hex digest."""
+def score_inputs(
+    lm: LoadedModel, heads: HeadSet, job: ShardJob, content: str, canonical: bool = False
+) -> ScoreInputs:
+    """The job's `ScoreInputs`, its rows named by the valid rows' `ContentDigest` hex digest; `canonical`:
+    the batches have canonical padded lengths (`batch_options`)."""
     columns = (job.text_column, job.id_column, job.domain_column)
     return ScoreInputs(
         content,
@@ -68,17 +76,28 @@ def score_inputs(lm: LoadedModel, heads: HeadSet, job: ShardJob, content: str) -
         head_set_id=heads.head_set_id,
         doc_max_tokens=job.max_tokens,
         windows=job.windows,
+        batch_invariant=canonical,
     )
 
 
-def _score_chunk(
-    lm: LoadedModel, heads: HeadSet, job: ShardJob, chunk: pl.DataFrame, prepared
-) -> pl.DataFrame:
+def _score_chunk(lm: LoadedModel, heads: HeadSet, passes, chunk: pl.DataFrame, prepared) -> pl.DataFrame:
     """The chunk's part: the score-table columns plus `error` (why a document has no loss, else null)."""
     from attention_influence.influence.scoring import score_prepared, scores_frame
 
-    s = score_prepared(lm, prepared, heads.heads, batch_tokens=job.batch_tokens)
+    s = score_prepared(
+        lm, prepared, heads.heads, passes.batch_tokens, packed=passes.packed, canonical=passes.canonical
+    )
     return scores_frame(chunk, s, heads.head_set_id, with_errors=True)
+
+
+def batch_options(lm: LoadedModel, job: ShardJob):
+    """How the shard's batches are built (`batching.PassOptions`), resolved once for the whole shard: the
+    batch size chosen from free GPU memory when it is "auto", recorded in the summary."""
+    from attention_influence.influence.batching import PassOptions
+
+    return PassOptions.resolve(
+        lm, job.batch_tokens, job.max_tokens or lm.max_context, canonical=job.batch_invariant
+    )
 
 
 def _score_chunks(
@@ -91,9 +110,12 @@ def _score_chunks(
     progress: Progress,
     log: Log,
     wait: InputWait | None = None,
-) -> tuple[int, int]:
+    passes=None,
+    cache: Path | None = None,
+) -> tuple[int, int, int]:
     """Score every chunk that has no usable part yet, the next chunk's input prepared while this one is
-    scored; `chunks`: the valid rows, chunk by chunk; returns (chunks, chunks resumed)."""
+    scored (in a thread or `job.prep_workers` processes, through the token cache `cache` when there is one);
+    `chunks`: the valid rows, chunk by chunk; returns (chunks, chunks resumed, chunks read from the cache)."""
     shard, every = job.name, job.checkpoint_every
     n_chunks = -(-valid.height // every)
     done = [k for k in range(n_chunks) if usable_part(part_path(parts_dir, k), log)]
@@ -111,17 +133,24 @@ def _score_chunks(
             if k >= max(todo):
                 return
 
-    def prepare(item: tuple[int, pl.DataFrame]) -> tuple[pl.DataFrame, object]:
-        return item[1], prepare_chunk(lm, job, item[1])
+    passes = passes or batch_options(lm, job)
+    prepare = ChunkPreparer(chunk_preparer(lm, job), cache)
 
-    for (k, _), (chunk, prepared) in prefetched(wanted(), prepare, overlap=job.overlap_input, wait=wait):
-        atomic_write_parquet(_score_chunk(lm, heads, job, chunk, prepared), part_path(parts_dir, k))
-        finished += 1
+    def texts(item: tuple[int, pl.DataFrame]) -> tuple[int, list[str]]:
+        return item[0], item[1].get_column("text").to_list()
+
+    ready = prefetched(
+        wanted(), prepare, overlap=job.overlap_input, wait=wait, workers=job.prep_workers, send=texts
+    )
+    cached = 0
+    for (k, chunk), prepared in ready:
+        atomic_write_parquet(_score_chunk(lm, heads, passes, chunk, prepared), part_path(parts_dir, k))
+        finished, cached = finished + 1, cached + prepared.cached
         if progress:
             progress(finished, n_chunks)
         if log:
             log(f"{shard}: chunk {k + 1}/{n_chunks} scored ({chunk.height} documents)")
-    return n_chunks, len(done)
+    return n_chunks, len(done), cached
 
 
 def score_shard(
@@ -153,11 +182,18 @@ def score_shard(
             if log:
                 log(f"{shard}: removed {tmp.name}, left by an interrupted writer")
         parts_dir = parts_path(out)
-        version = score_inputs(lm, heads, job, valid.content).version()
+        passes = batch_options(lm, job)
+        version = score_inputs(lm, heads, job, valid.content, passes.canonical).version()
         job = replace(job, checkpoint_every=claim_parts(parts_dir, version, job.checkpoint_every, log))
+        cache = None
+        if job.token_cache:
+            cache = token_cache_folder(job, lm.tokenizer, valid.content, job.checkpoint_every)
+            drop_other_caches(cache, shard)
         wait = InputWait()
         chunks = valid_chunks(job, fmt.name, valid)
-        n_chunks, resumed = _score_chunks(lm, heads, job, valid, chunks, parts_dir, progress, log, wait)
+        n_chunks, resumed, cached = _score_chunks(
+            lm, heads, job, valid, chunks, parts_dir, progress, log, wait, passes, cache
+        )
         wait.finish()
         table, quarantined = set_aside_unscorable(
             score_table(parts_dir, n_chunks), valid.quarantined, valid.ids(), shard
@@ -177,6 +213,14 @@ def score_shard(
         **_counts(total_rows, valid.rows_read, table, quarantined),
         "chunks": n_chunks,
         "chunks_resumed": resumed,
+        "batch_tokens": passes.batch_tokens,  # as chosen ("auto": from free GPU memory)
+        "batch_tokens_setting": job.batch_tokens or "auto",
+        "batch_invariant": passes.canonical,
+        "packed": passes.packed,
+        "head_path": head_path(lm.device, lm.dtype),
+        "prep_workers": job.prep_workers,
+        "token_cache": str(cache) if cache is not None else None,
+        "chunks_from_token_cache": cached,
         "seconds": round(time.perf_counter() - t0, 2),
         "head_set_id": heads.head_set_id,
         "model": lm.identity,

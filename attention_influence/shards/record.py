@@ -18,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from attention_influence.influence.prepare import use_canonical
 from attention_influence.io.atomic import atomic_write_json
 from attention_influence.io.corpus import Shard
 from attention_influence.shards.fingerprint import ScoreInputs
+from attention_influence.shards.prepare import prep_workers
+from attention_influence.shards.spec import batch_size
 from attention_influence.shards.staging import considered_count, stage_shard
 
 Log = Callable[[str], None] | None
@@ -42,6 +45,11 @@ class ShardScoring:
     scoring: object  # the scoring section: max_docs_per_shard, doc_max_tokens, batch_tokens, windows, ...
     profile: str
 
+    def batch_invariant(self, device_class: str) -> bool:
+        """Whether the shard is scored with canonical padded lengths on this kind of device."""
+        auto = batch_size(self.scoring.batch_tokens) is None
+        return use_canonical(self.scoring.batch_invariant, auto, device_class)
+
     def inputs(self, model_identity: str, head_set_id: str, precision: dict) -> ScoreInputs:
         """What the table depends on, its rows named by the shard file's fingerprint (known before reading):
         `.version()` is the data version a rerun compares. `precision`: `LoadedModel.precision`."""
@@ -54,6 +62,11 @@ class ShardScoring:
             head_set_id=head_set_id,
             doc_max_tokens=self.scoring.doc_max_tokens,
             windows=self.scoring.windows,
+            batch_invariant=use_canonical(
+                self.scoring.batch_invariant,
+                batch_size(self.scoring.batch_tokens) is None,
+                precision["device_class"],
+            ),
         )
 
 
@@ -150,9 +163,12 @@ def score_and_record(
         id_column=request.id_column,
         domain_column=domain_column,
         max_tokens=scoring.doc_max_tokens or None,
-        batch_tokens=scoring.batch_tokens,
+        batch_tokens=batch_size(scoring.batch_tokens),
+        batch_invariant=scoring.batch_invariant,
         windows=scoring.windows,
         checkpoint_every=scoring.checkpoint_every,
+        prep_workers=prep_workers(scoring.prep_workers, lm.precision["device_class"]),
+        token_cache=scoring.token_cache,
         **options,
     )
     result = score_shard(lm, HeadSet(heads, hsid), job, progress=progress, log=log)

@@ -42,12 +42,16 @@ class ShardJob:
     allowed_domains: tuple[str, ...] | None = None  # rows of other domains: quarantined "unknown domain"
     # scoring
     max_tokens: int | None = None  # None: the model's context
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None  # None ("auto"): sized from free GPU memory, 8192 on a CPU
+    batch_invariant: bool | None = None  # canonical padded lengths; None: with batch sizes from GPU memory
     windows: bool = False  # score every token in windows rather than the first max_tokens
     checkpoint_every: int = 256  # documents per part file
-    overlap_input: bool = True  # prepare the next chunk in a background thread (scores are the same)
+    overlap_input: bool = True  # prepare the next chunk beside the scoring of this one (scores are the same)
+    prep_workers: int = 0  # > 0: prepare chunks in that many worker processes; 0: a background thread
+    token_cache: bool = False  # keep the prepared chunks beside the output (`prepare.TokenCache`)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_tokens", batch_size(self.batch_tokens))
         object.__setattr__(self, "input_path", str(self.input_path))
         object.__setattr__(self, "output_path", Path(self.output_path))
         if self.allowed_domains is not None:
@@ -56,3 +60,14 @@ class ShardJob:
     @property
     def name(self) -> str:
         return self.shard or shard_name(self.input_path)
+
+
+def batch_size(setting: int | str | None) -> int | None:
+    """`scoring.batch_tokens` as the engine takes it: a number of tokens, or None for "auto"."""
+    if setting is None or setting == "auto":
+        return None
+    if isinstance(setting, str) and not setting.isdigit():
+        raise ValueError(f"batch_tokens must be a positive number or 'auto', not {setting!r}")
+    if int(setting) <= 0:
+        raise ValueError(f"batch_tokens must be a positive number or 'auto', not {setting!r}")
+    return int(setting)
