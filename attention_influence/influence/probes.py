@@ -141,6 +141,19 @@ def build_probes(
     return [build_probe(pool, tokenizer, max_tokens, seed, start + i) for i in range(n)]
 
 
+def draw_seeds(seed: int, draws: int) -> list[int]:
+    """The probe seed of each draw: `seed` for the first (the probe set of one draw), then the next ones."""
+    return [seed + d for d in range(draws)]
+
+
+def probes_by_draw(probes: list[Probe]) -> list[list[Probe]]:
+    """The probes of each draw (grouped by their seed, in the order the seeds first appear)."""
+    groups: dict[int, list[Probe]] = {}
+    for p in probes:
+        groups.setdefault(p.seed, []).append(p)
+    return list(groups.values())
+
+
 def probes_to_rows(probes: list[Probe]) -> list[dict]:
     return [asdict(p) for p in probes]
 
