@@ -169,3 +169,38 @@ def test_probe_set_of_several_draws():
     assert three.digest != one.digest
     prov = probe_set_provenance(three, 800, 1, "tiny@abc", "c", "1")
     assert (prov["draws"], prov["seeds"], prov["n_probes"]) == (3, [1, 2, 3], 9)
+
+
+def first_answer(pool: list[str], index: int) -> str:
+    """The needle of a probe's first draw (the first value of its seeded order)."""
+    import random
+
+    rng = random.Random(f"0:{index}")
+    return " " + pool[rng.sample(range(len(pool)), len(pool))[0]]
+
+
+def test_a_probe_whose_shots_do_not_fit_is_drawn_again():
+    import random
+
+    from attention_influence.influence.probes import _draw_probe, build_probe
+
+    tok = build_tiny_tokenizer()
+    pool = [f"Cat {i} sat." for i in range(30)] + [
+        f"The long sentence {i} goes on and on, far away." for i in range(30)
+    ]
+    shots = [_draw_probe(pool, tok, 1, random.Random(f"0:{i}"), 0, i)[1] for i in range(40)]  # 3-shot tokens
+    budget = int(np.median(shots))
+    first = [_draw_probe(pool, tok, budget, random.Random(f"0:{i}"), 0, i) for i in range(40)]
+    refused = [i for i, (p, _) in enumerate(first) if p is None]
+    assert refused and len(refused) < 40
+    for i, (p, n) in enumerate(first):
+        got = build_probe(pool, tok, budget, 0, i)
+        assert got.n_tokens <= budget and (got.seed, got.index) == (0, i)
+        if p is None:
+            assert n == shots[i] > budget and got.answer != first_answer(pool, i)  # drawn again
+        else:
+            assert got == p  # fits on the first draw: the probe of before
+    with pytest.raises(
+        ValueError, match=r"max_tokens=50 is too small for a 3-shot probe \(the shortest of 21"
+    ):
+        build_probe(pool, tok, 50, 0, 0)
