@@ -199,6 +199,7 @@ def _rank(context, lm, probes: list, profile: SelectionProfile, corpus: Corpus, 
         scoring.batch_tokens,
         scoring.windows,
         log=context.log.info,
+        progress=_log_progress(context, "selection stability: tokens scored"),
     )
     for note in record_warnings(ranking, by_domain):
         context.log.warning(note)

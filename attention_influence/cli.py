@@ -159,6 +159,7 @@ def _selection_stability(args, lm, ranking):
         c.scoring.batch_tokens,
         c.scoring.windows,
         log=lambda line: print(line, file=sys.stderr),
+        progress=_progress("selection stability", "token"),
     )
 
 

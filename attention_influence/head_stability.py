@@ -29,6 +29,7 @@ SCORE_PREFIX = "score_draw_"
 STABILITY_COLUMNS = ("spearman_mean", "spearman_min", "top_overlap_mean", "top_overlap_min")
 
 Log = Callable[[str], None] | None
+Progress = Callable[[int, int], None] | None
 
 
 def read_sample(
@@ -90,9 +91,11 @@ def draw_scores(
     batch_tokens: int = 8192,
     windows: bool = False,
     log: Log = None,
+    progress: Progress = None,
 ) -> pl.DataFrame:
     """`sample` with `score_draw_<d>`: each document's score with draw d's heads masked. The base losses
-    come from the first pass; a head set already scored is not scored again."""
+    come from the first pass; a head set already scored is not scored again. `progress(done, total)`
+    counts tokens over all passes."""
     from attention_influence.influence.batching import tokenize
     from attention_influence.influence.scoring import score_tokens
     from attention_influence.shards.job import clip_long_texts
@@ -101,10 +104,18 @@ def draw_scores(
     texts = sample.get_column("text").to_list()
     token_lists = tokenize(lm, texts if windows else clip_long_texts(texts, lm.tokenizer, max_tokens))
     base, done, out = None, {}, sample
+    passes = len({tuple(sorted(map(tuple, heads))) for heads in head_sets})
     for d, heads in enumerate(head_sets):
         key = tuple(sorted(map(tuple, heads)))
         if key not in done:
-            s = score_tokens(lm, token_lists, key, max_tokens, batch_tokens, windows, base=base is None)
+
+            def step(n: int, total: int, offset: int = len(done)) -> None:
+                if progress:
+                    progress(offset * total + n, passes * total)
+
+            s = score_tokens(
+                lm, token_lists, key, max_tokens, batch_tokens, windows, progress=step, base=base is None
+            )
             base = s.loss_base if base is None else base
             with np.errstate(divide="ignore", invalid="ignore"):
                 done[key] = (s.loss_ref - base) / base
@@ -209,6 +220,7 @@ def assess_selection(
     batch_tokens: int = 8192,
     windows: bool = False,
     log: Log = None,
+    progress: Progress = None,
 ) -> pl.DataFrame | None:
     """For a ranking over several draws: sample `per_domain` documents of each domain of `shards` (columns:
     text, id, domain), score them under each draw's heads and record the per-domain table in
@@ -220,7 +232,8 @@ def assess_selection(
     if log:
         counts = sample.group_by("domain").len().sort("domain").rows()
         log(f"selection stability: {sample.height} sampled documents {counts}, {len(results)} head sets")
-    scores = draw_scores(lm, sample, [r["heads"] for r in results], max_tokens, batch_tokens, windows, log)
+    heads = [r["heads"] for r in results]
+    scores = draw_scores(lm, sample, heads, max_tokens, batch_tokens, windows, log, progress)
     table = stability_by_domain(scores, len(results), top_frac)
     ranking.extra["selection_stability"] = stability_document(table, per_domain, seed, top_frac)
     return table

@@ -15,9 +15,10 @@ from graph_helpers import build_corpus, graph_resources, rank_heads
 from attention_influence.cli import main
 from attention_influence.influence.heads import head_set_id
 
-# the data versions of `retrieval_probe_set` and `retrieval_heads` on this corpus and tiny model with the
-# graph tests' profile, computed with the code before `heads.draws` (commit 483eca2)
-ONE_DRAW_VERSIONS = {"retrieval_probe_set": "f31e7f94d43d64cb", "retrieval_heads": "29ac4602cae12754"}
+# the data versions of `retrieval_probe_set` and `retrieval_heads` on this corpus and the tiny model saved in
+# a folder named tiny-pin (the folder's name is part of the model identity) with the graph tests' profile,
+# computed with the code before `heads.draws` (commit 483eca2)
+ONE_DRAW_VERSIONS = {"retrieval_probe_set": "f31e7f94d43d64cb", "retrieval_heads": "2cd4eebbe6c0d3b8"}
 
 
 def latest(instance: dg.DagsterInstance, asset: str):
@@ -35,8 +36,13 @@ def corpus(tmp_path):
     return build_corpus(tmp_path / "corpus")
 
 
-def test_one_draw_keeps_the_data_versions_of_before(tmp_path, tiny_model_dir, corpus):
-    resources = graph_resources(tiny_model_dir, corpus, tmp_path / "work")
+def test_one_draw_keeps_the_data_versions_of_before(tmp_path, corpus):
+    from conftest import make_tiny_model
+
+    model, tokenizer = make_tiny_model("llama", kv_heads=2)
+    model.save_pretrained(tmp_path / "tiny-pin")
+    tokenizer.save_pretrained(tmp_path / "tiny-pin")
+    resources = graph_resources(tmp_path / "tiny-pin", corpus, tmp_path / "work")
     with instance_in(tmp_path) as instance:
         rank_heads(instance, resources)
         got = {a: latest(instance, a).tags["dagster/data_version"] for a in ONE_DRAW_VERSIONS}

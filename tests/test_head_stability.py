@@ -108,12 +108,23 @@ def test_draw_scores_equal_scoring_each_head_set_alone(tmp_path):
     lm = tiny_loaded_model("tiny-stability")
     sample = read_sample(list_shards(str(build_corpus(tmp_path / "c"))), "text", "id", "domain", 3, 0)
     sets = [[(1, 0), (2, 1)], [(0, 3)], [(2, 1), (1, 0)]]  # the third is the first again
-    lines = []
-    got = draw_scores(lm, sample, sets, max_tokens=32, batch_tokens=256, log=lines.append)
+    lines, seen = [], []
+    got = draw_scores(
+        lm,
+        sample,
+        sets,
+        max_tokens=32,
+        batch_tokens=256,
+        log=lines.append,
+        progress=lambda *a: seen.append(a),
+    )
     for d, heads in enumerate(sets):
         ref = score_texts(lm, sample["text"].to_list(), heads, max_tokens=32, batch_tokens=256).score
         np.testing.assert_allclose(got[f"score_draw_{d}"].to_numpy(), ref, rtol=1e-6, atol=1e-9)
     assert len(lines) == 2  # the repeated head set is not scored again
+    totals = {t for _, t in seen}
+    assert len(totals) == 1 and seen[-1][0] == seen[-1][1]  # two passes, counted through to the end
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[0][1] % 2 == 0
 
 
 def test_assess_selection_records_the_table_in_the_ranking(tmp_path):
