@@ -31,6 +31,7 @@ def _metadata(probe_set: ProbeSet, provenance: dict, workdir: Workdir) -> dict:
         "sentence_pool": probe_set.sentence_pool,
         "corpus_documents_read": probe_set.documents_read,
         "seed": provenance["seed"],
+        "draws": probe_set.draws,
         "tokenizer_of": provenance["tokenizer_of"],
         "example": dg.MetadataValue.md(f"```\n{prompt}\n```\nanswer: `{answer}`"),
     }
@@ -42,7 +43,8 @@ def _metadata(probe_set: ProbeSet, provenance: dict, workdir: Workdir) -> dict:
     group_name="selection",
     kinds={"parquet"},
     description="Key-value retrieval probes (a JSON object of random 32-char keys -> corpus sentences, three "
-    "demonstrations, one query), filled up to the token budget. Data version: the probe set's content hash.",
+    "demonstrations, one query), filled up to the token budget; heads.draws independent draws (seeds). "
+    "Data version: the probe set's content hash.",
 )
 def retrieval_probe_set(
     context: dg.AssetExecutionContext,
@@ -59,6 +61,7 @@ def retrieval_probe_set(
         max_tokens=heads.probe_max_tokens,
         seed=heads.probe_seed,
         log=context.log.info,
+        draws=heads.draws,
     )
     provenance = probe_set_provenance(
         probe_set,

@@ -37,16 +37,22 @@ def rank_heads(
     probe_max_tokens: int = 1024,
     top_frac: float = 0.05,
     seed: int = 0,
+    draws: int = 1,
     progress=None,
 ):
     """`HeadRanking` of every head on synthetic 3-shot JSON key-value probes built from sentences of
-    `texts`; its `.heads` are the top `top_frac` (paper: 800 probes of 4,096 tokens, 5%)."""
-    from attention_influence.influence.heads import rank_on_probes as rank
-    from attention_influence.influence.probes import build_probes, extract_sentences
+    `texts`; its `.heads` are the top `top_frac` (paper: 800 probes of 4,096 tokens, 5%). With `draws` > 1,
+    on the mean over that many probe draws (seeds seed, seed + 1, ...); `.extra` holds each draw's top heads,
+    exact match and token accuracy and their pairwise Jaccard (`influence.head_draws`)."""
+    from attention_influence.influence.head_draws import rank_draws
+    from attention_influence.influence.probes import build_probes, draw_seeds, extract_sentences
 
     sentences = extract_sentences(texts, selector.tokenizer)
-    probes = build_probes(sentences, selector.tokenizer, n=n_probes, max_tokens=probe_max_tokens, seed=seed)
-    return rank(selector, probes, top_frac=top_frac, progress=progress)
+    probe_draws = [
+        build_probes(sentences, selector.tokenizer, n=n_probes, max_tokens=probe_max_tokens, seed=s)
+        for s in draw_seeds(seed, draws)
+    ]
+    return rank_draws(selector, probe_draws, top_frac=top_frac, progress=progress)
 
 
 def _heads_and_id(selector, heads) -> tuple[list[tuple[int, int]], str]:

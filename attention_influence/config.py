@@ -100,6 +100,17 @@ class HeadsConfig(Section):
     probe_seed: NonNegative = Field(0, description="Seed of the probe set.")
     probe_source_docs: Positive = Field(5000, description="Corpus documents read for probe sentences.")
     top_frac: Fraction = Field(0.05, description="Fraction of heads masked (paper: 0.05).")
+    draws: Positive = Field(
+        1,
+        description="Independent probe draws of n_probes each (seeds probe_seed, probe_seed + 1, ...); the "
+        "heads are chosen on the mean score over draws, and the draws' agreement (head-set Jaccard, "
+        "selection stability) is reported. 1: one draw, as the paper.",
+    )
+    stability_docs: NonNegative = Field(
+        200,
+        description="With draws > 1: documents per domain (a seeded sample) scored under each draw's head "
+        "set, to measure how much the top cut.top_frac depends on the draw. 0: not measured.",
+    )
     heads_file: str | None = Field(
         None,
         description="A head set JSON ([[layer, head], ...] or a heads.json) used instead of the ranked top "

@@ -67,16 +67,23 @@ def fixed_ranking(lm, heads_file: str, n_probes: int):
 def load_or_rank(
     lm, probes: list, heads_file: str | None, top_frac: float, log: Log = None, progress: Progress = None
 ):
-    """The fixed head set of `heads_file`, or the top fraction of heads ranked on `probes`; either way every
-    head is checked against the model (`HeadSetError`)."""
+    """The fixed head set of `heads_file`, or the top fraction of heads ranked on `probes` (on the mean over
+    draws when the probes hold several seeds: `influence.head_draws`); either way every head is checked
+    against the model (`HeadSetError`)."""
+    from attention_influence.influence.head_draws import probes_by_draw, rank_draws
     from attention_influence.influence.heads import rank_on_probes
 
+    draws = probes_by_draw(probes)
     if heads_file:
         ranking = fixed_ranking(lm, heads_file, len(probes))
     else:
         if log:
-            log(f"ranking {lm.num_layers}x{lm.num_heads} heads of {lm.identity} on {len(probes)} probes")
-        ranking = rank_on_probes(lm, probes, top_frac=top_frac, progress=progress)
+            of = f" in {len(draws)} draws" if len(draws) > 1 else ""
+            log(f"ranking {lm.num_layers}x{lm.num_heads} heads of {lm.identity} on {len(probes)} probes{of}")
+        if len(draws) > 1:
+            ranking = rank_draws(lm, draws, top_frac=top_frac, progress=progress)
+        else:
+            ranking = rank_on_probes(lm, probes, top_frac=top_frac, progress=progress)
         ranking.model_spec = lm.spec
     check_heads_exist(ranking.heads, lm.num_layers, lm.num_heads, lm.identity)
     return ranking
@@ -90,18 +97,20 @@ def heads_document(ranking, profile: str, code_versions: dict) -> dict:
 
 
 def head_scores_table(ranking):
-    """One row per (layer, head), layer-major: retrieval_score, selected (masked) and the head_set_id."""
+    """One row per (layer, head), layer-major: retrieval_score (with several probe draws their mean, and
+    retrieval_score_sd), selected (masked) and the head_set_id."""
     import polars as pl
 
     L, H = ranking.scores.shape
     chosen = set(ranking.heads)
-    return pl.DataFrame(
-        {
-            "layer": np.repeat(np.arange(L), H),
-            "head": np.tile(np.arange(H), L),
-            "retrieval_score": ranking.scores.reshape(-1),
-        }
-    ).with_columns(
+    columns = {
+        "layer": np.repeat(np.arange(L), H),
+        "head": np.tile(np.arange(H), L),
+        "retrieval_score": ranking.scores.reshape(-1),
+    }
+    if "scores_sd" in ranking.extra:  # several probe draws: the score is their mean
+        columns["retrieval_score_sd"] = np.asarray(ranking.extra["scores_sd"]).reshape(-1)
+    return pl.DataFrame(columns).with_columns(
         pl.struct("layer", "head")
         .map_elements(lambda r: (r["layer"], r["head"]) in chosen, return_dtype=pl.Boolean)
         .alias("selected"),
@@ -123,6 +132,42 @@ def write_heatmap(ranking, path: Path) -> Path:
     from attention_influence.evaluation.figures import head_heatmap  # matplotlib: only when drawing
 
     return head_heatmap(np.nan_to_num(ranking.scores), ranking.heads, path, ranking.model_identity)
+
+
+def write_draws_figure(ranking, path: Path) -> Path | None:
+    """Mean ± sd of every head's score over the probe draws (`figures.head_draws_figure`); None for one
+    draw."""
+    if ranking.extra.get("draws", 1) < 2:
+        return None
+    from attention_influence.evaluation.figures import head_draws_figure
+
+    sd = np.asarray(ranking.extra["scores_sd"])
+    return head_draws_figure(ranking.scores, sd, ranking.heads, ranking.extra["draws"], path)
+
+
+def draw_rows(ranking) -> list[dict]:
+    """One row per probe draw: its seed, exact match, token accuracy, best head score, the Jaccard of its
+    top heads with the chosen set and with the other draws (mean), and its heads."""
+    from attention_influence.influence.head_draws import jaccard
+
+    results = ranking.extra.get("draw_results") or []
+    matrix = np.asarray(ranking.extra.get("jaccard") or [[1.0]])
+    rows = []
+    for d, r in enumerate(results):
+        others = [matrix[d, j] for j in range(len(results)) if j != d]
+        rows.append(
+            {
+                "draw": d,
+                "seed": r["seed"],
+                "exact_match": r["exact_match"],
+                "token_accuracy": r["token_accuracy"],
+                "best_head_score": r["best_head_score"],
+                "jaccard_with_chosen": jaccard(r["heads"], ranking.heads),
+                "jaccard_with_other_draws": float(np.mean(others)) if others else float("nan"),
+                "heads": " ".join(f"{layer}.{h}" for layer, h in r["heads"]),
+            }
+        )
+    return rows
 
 
 def top_heads(table, n: int) -> list[dict]:

@@ -27,14 +27,23 @@ class ProbeSet:
     digest: str  # probe_set_digest: the content hash, the set's data version
     sentence_pool: int  # clean sentences the pairs were drawn from
     documents_read: int  # corpus documents the sentences came from
+    draws: int = 1  # independent draws of `n` probes each (seeds seed, seed + 1, ...: `head_draws`)
 
 
 def build_probe_set(
-    texts: list[str], tokenizer, n: int, max_tokens: int, seed: int, log: Callable[[str], None] | None = None
+    texts: list[str],
+    tokenizer,
+    n: int,
+    max_tokens: int,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+    draws: int = 1,
 ) -> ProbeSet:
-    """`n` probes of at most `max_tokens` tokens from the sentences of `texts`, seeded."""
+    """`n` probes of at most `max_tokens` tokens from the sentences of `texts`, seeded; with `draws` > 1,
+    `n` more for each further seed (one table: a probe's `seed` column says its draw)."""
     from attention_influence.influence.probes import (
         build_probes,
+        draw_seeds,
         extract_sentences,
         probe_set_digest,
         probes_to_frame,
@@ -43,16 +52,24 @@ def build_probe_set(
     sentences = extract_sentences(texts, tokenizer)
     if log:
         log(f"{len(sentences)} clean sentences of <= 30 tokens from {len(texts)} corpus documents")
-    probes = build_probes(sentences, tokenizer, n=n, max_tokens=max_tokens, seed=seed)
-    return ProbeSet(probes, probes_to_frame(probes), probe_set_digest(probes), len(sentences), len(texts))
+    probes = [
+        p
+        for s in draw_seeds(seed, draws)
+        for p in build_probes(sentences, tokenizer, n=n, max_tokens=max_tokens, seed=s)
+    ]
+    digest = probe_set_digest(probes)
+    return ProbeSet(probes, probes_to_frame(probes), digest, len(sentences), len(texts), draws)
 
 
 def probe_set_provenance(
     probe_set: ProbeSet, max_tokens: int, seed: int, tokenizer_of: str, corpus: str, code_version: str
 ) -> dict:
-    """What the probes file records: version, digest, size, budget, seed, tokenizer, corpus, code version."""
-    from attention_influence.influence.probes import PROBE_SET_VERSION
+    """What the probes file records: version, digest, size, budget, seed, tokenizer, corpus, code version;
+    with several draws also their number and seeds."""
+    from attention_influence.influence.probes import PROBE_SET_VERSION, draw_seeds
 
+    n = probe_set.draws
+    draws = {"draws": n, "seeds": draw_seeds(seed, n)} if n > 1 else {}
     return {
         "asset": "retrieval_probe_set",
         "probe_set_version": PROBE_SET_VERSION,
@@ -63,6 +80,7 @@ def probe_set_provenance(
         "tokenizer_of": tokenizer_of,
         "corpus": corpus,
         "code_versions": {"retrieval_probe_set": code_version},
+        **draws,
     }
 
 

@@ -87,6 +87,10 @@ class Workdir(dg.ConfigurableResource):
     def heads_figure_path(self) -> Path:
         return self.inside("heads", "head_scores.png")
 
+    @property
+    def head_draws_figure_path(self) -> Path:
+        return self.inside("heads", "head_draws.png")
+
     def score_path(self, key: str) -> Path:
         return self.inside("scores", f"{validate_key(key)}.parquet")
 

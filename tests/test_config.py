@@ -32,7 +32,7 @@ def test_both_shipped_profiles_load(name):
     c = load_config(env={}, profile=name).config
     assert c.profile == name
     if name == "demo":
-        assert (c.heads.n_probes, c.heads.probe_max_tokens, c.scoring.doc_max_tokens) == (40, 1024, 256)
+        assert (c.heads.n_probes, c.heads.probe_max_tokens, c.scoring.doc_max_tokens) == (40, 512, 256)
         assert (c.scoring.max_docs_per_shard, c.evaluation.control_docs, c.evaluation.random_draws) == (
             30,
             16,

@@ -92,9 +92,29 @@ def test_load_or_rank_ranks_without_a_heads_file(monkeypatch):
 
     monkeypatch.setattr(heads_module, "rank_on_probes", fake_rank)
     lines = []
-    got = load_or_rank(SimpleNamespace(**{**LM.__dict__, "spec": "tiny-v2"}), [1, 2], None, 0.3, lines.append)
+    probes = [SimpleNamespace(seed=0), SimpleNamespace(seed=0)]  # one draw
+    got = load_or_rank(SimpleNamespace(**{**LM.__dict__, "spec": "tiny-v2"}), probes, None, 0.3, lines.append)
     assert seen == {"top_frac": 0.3, "n": 2} and got.model_spec == "tiny-v2"
     assert lines == ["ranking 3x2 heads of tiny@abc on 2 probes"]
+
+
+def test_load_or_rank_over_several_draws(monkeypatch):
+    import attention_influence.influence.head_draws as draws_module
+
+    per_draw = iter([ranking(heads=((0, 1), (1, 0))), ranking(heads=((0, 1), (1, 1)))])
+    seen = []
+
+    def fake_rank(lm, probes, top_frac, progress=None):
+        seen.append([p.seed for p in probes])
+        return next(per_draw)
+
+    monkeypatch.setattr(draws_module, "rank_on_probes", fake_rank)
+    lines = []
+    probes = [SimpleNamespace(seed=s, prompt_ids=[s], answer_ids=[1]) for s in (4, 4, 5, 5)]
+    got = load_or_rank(LM, probes, None, 0.34, lines.append)
+    assert seen == [[4, 4], [5, 5]] and lines == ["ranking 3x2 heads of tiny@abc on 4 probes in 2 draws"]
+    assert got.extra["draws"] == 2 and got.extra["jaccard_mean"] == pytest.approx(1 / 3)
+    assert got.head_set_id == head_set_id("tiny@abc", got.heads, draws=2) and got.model_spec == "tiny"
 
 
 def test_head_scores_table_marks_the_chosen_heads():
@@ -138,3 +158,30 @@ def test_head_set_of_reads_the_id_or_computes_it(tmp_path):
     ranked = tmp_path / "heads.json"
     ranked.write_text(json.dumps({"heads": [[0, 1]], "head_set_id": "given"}))
     assert head_set_of(ranked, "tiny@abc") == ([(0, 1)], "given")
+
+
+def test_draw_rows_sd_column_and_the_draws_figure(tmp_path):
+    from attention_influence.head_selection import draw_rows, write_draws_figure
+    from attention_influence.influence.head_draws import combine_draws
+
+    a = ranking(scores=((0.1, 0.9), (0.5, 0.5), (0.0, 0.2)), heads=((0, 1), (1, 0)))
+    b = ranking(scores=((0.3, 0.7), (0.1, 0.5), (0.0, 0.4)), heads=((0, 1), (1, 1)))
+    a.exact_match, b.exact_match, a.token_accuracy, b.token_accuracy = 0.25, 0.0, 0.5, 0.4
+    got = combine_draws([a, b], top_frac=0.34, seeds=[3, 4])
+    assert got.heads == [(0, 1), (1, 1)]  # mean 0.8, 0.5, then (1, 0) 0.3
+    rows = draw_rows(got)
+    assert [(r["draw"], r["seed"], r["exact_match"], r["token_accuracy"]) for r in rows] == [
+        (0, 3, 0.25, 0.5),
+        (1, 4, 0.0, 0.4),
+    ]
+    assert [r["jaccard_with_chosen"] for r in rows] == [pytest.approx(1 / 3), 1.0]
+    assert [r["jaccard_with_other_draws"] for r in rows] == [pytest.approx(1 / 3)] * 2
+    assert [r["heads"] for r in rows] == ["0.1 1.0", "0.1 1.1"] and rows[0]["best_head_score"] == 0.9
+    table = head_scores_table(got)
+    assert table["retrieval_score"].to_list() == pytest.approx([0.2, 0.8, 0.3, 0.5, 0.0, 0.3])
+    sd = np.sqrt(2) / 2 * np.abs(np.array(a.scores) - np.array(b.scores)).reshape(-1)  # ddof 1, two draws
+    assert table["retrieval_score_sd"].to_list() == pytest.approx(sd.round(6).tolist())
+    assert "retrieval_score_sd" not in head_scores_table(a).columns
+    figure = write_draws_figure(got, tmp_path / "heads" / "head_draws.png")
+    assert figure.exists() and figure.stat().st_size > 1000
+    assert write_draws_figure(a, tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()

@@ -52,7 +52,29 @@ def _add_heads(sub, c: Config) -> None:
     p.add_argument(
         "--top-frac", type=float, default=c.heads.top_frac, help="fraction of heads kept (paper: 0.05)"
     )
-    p.add_argument("--seed", type=int, default=c.heads.probe_seed)
+    p.add_argument("--seed", type=int, default=c.heads.probe_seed, help="probe seed (of the first draw)")
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=c.heads.draws,
+        help="independent probe draws (seeds SEED, SEED+1, ...); heads chosen on the mean score, with the "
+        "draws' head-set Jaccard and the selection's stability reported",
+    )
+    p.add_argument(
+        "--stability-docs",
+        type=int,
+        default=c.heads.stability_docs,
+        help="with --draws > 1: documents per domain scored under each draw's heads (0: not measured)",
+    )
+    p.add_argument(
+        "--cut-frac",
+        type=float,
+        default=c.cut.top_frac,
+        help="the top fraction per domain whose overlap between draws is reported (default: cut.top_frac)",
+    )
+    p.add_argument(
+        "--text-column", default=c.corpus.text_column, help="the corpus' text column (probes and the sample)"
+    )
     p.set_defaults(func=cmd_heads)
 
 
@@ -165,34 +187,93 @@ def _add_cut(sub, c: Config) -> None:
 
 
 def cmd_heads(args) -> int:
-    from attention_influence.influence.heads import rank_on_probes
-    from attention_influence.influence.probes import build_probes, extract_sentences
+    from attention_influence.head_stability import record_warnings
+    from attention_influence.influence.head_draws import rank_draws
+    from attention_influence.influence.probes import build_probes, draw_seeds, extract_sentences
 
     lm = load_from_args(args)
-    sentences = extract_sentences(read_texts(expand_corpus(args.corpus)), lm.tokenizer)
-    probes = build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=args.seed)
+    sentences = extract_sentences(read_texts(expand_corpus(args.corpus), args.text_column), lm.tokenizer)
+    draws = [
+        build_probes(sentences, lm.tokenizer, n=args.probes, max_tokens=args.max_tokens, seed=seed)
+        for seed in draw_seeds(args.seed, args.draws)
+    ]
     t0 = time.perf_counter()
-    ranking = rank_on_probes(
-        lm, probes, top_frac=args.top_frac, progress=progress_bar("ranking heads", "probe")
-    )
+    ranking = rank_draws(lm, draws, top_frac=args.top_frac, progress=progress_bar("ranking heads", "probe"))
+    by_domain = _selection_stability(args, lm, ranking)
+    warnings = record_warnings(ranking, by_domain)
     ranking.extra.update(
         {"seed": args.seed, "corpus": args.corpus, "seconds": round(time.perf_counter() - t0, 1)}
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     ranking.save(args.out)
-    print(
-        json.dumps(
-            {
-                "out": args.out,
-                "head_set_id": ranking.head_set_id,
-                "heads": ranking.heads,
-                "n_heads": len(ranking.heads),
-                "exact_match": ranking.exact_match,
-                "seconds": ranking.extra["seconds"],
-            }
-        )
-    )
+    print(_stability_text(ranking, by_domain), end="")
+    for note in warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    summary = {
+        "out": args.out,
+        "head_set_id": ranking.head_set_id,
+        "heads": ranking.heads,
+        "n_heads": len(ranking.heads),
+        "exact_match": ranking.exact_match,
+        "token_accuracy": ranking.token_accuracy,
+        "seconds": ranking.extra["seconds"],
+    }
+    if args.draws > 1:
+        summary |= {k: ranking.extra[k] for k in ("draws", "jaccard_mean", "jaccard_min", "draw_results")}
+        summary["selection_stability"] = by_domain.to_dicts() if by_domain is not None else None
+    print(json.dumps({**summary, "warnings": warnings}))
     return 0
+
+
+def _selection_stability(args, lm, ranking):
+    """With several draws: the per-domain stability table on a sample of the corpus (None otherwise)."""
+    from attention_influence.head_stability import assess_selection
+    from attention_influence.io.corpus import list_shards
+
+    if args.draws < 2 or not args.stability_docs:
+        return None
+    c = args.loaded.config
+    return assess_selection(
+        lm,
+        ranking,
+        list_shards(args.corpus, c.corpus.format),
+        (args.text_column, c.corpus.id_column, c.corpus.domain_column),
+        args.stability_docs,
+        args.seed,
+        args.cut_frac,
+        c.scoring.doc_max_tokens,
+        c.scoring.batch_tokens,
+        c.scoring.windows,
+        log=lambda line: print(line, file=sys.stderr),
+        progress=progress_bar("selection stability", "token"),
+    )
+
+
+def _stability_text(ranking, by_domain) -> str:
+    """Per draw and per domain, as text (nothing for one draw)."""
+    from attention_influence.head_selection import draw_rows
+
+    rows = draw_rows(ranking)
+    if not rows:
+        return ""
+    lines = [
+        f"{ranking.extra['draws']} probe draws: head-set Jaccard between draws mean "
+        f"{ranking.extra['jaccard_mean']:.2f}, min {ranking.extra['jaccard_min']:.2f}",
+        "draw  seed  exact_match  token_accuracy  best_head  jaccard_chosen  heads",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['draw']:>4}  {r['seed']:>4}  {r['exact_match']:>11.3f}  {r['token_accuracy']:>14.3f}  "
+            f"{r['best_head_score']:>9.3f}  {r['jaccard_with_chosen']:>14.2f}  {r['heads']}"
+        )
+    if by_domain is not None:
+        lines.append("domain  documents  top_k  spearman_mean  spearman_min  top_overlap_mean  overlap_min")
+        for r in by_domain.iter_rows(named=True):
+            lines.append(
+                f"{r['domain']}  {r['documents']}  {r['top_k']}  {r['spearman_mean']:.3f}  "
+                f"{r['spearman_min']:.3f}  {r['top_overlap_mean']:.3f}  {r['top_overlap_min']:.3f}"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_score(args) -> int:

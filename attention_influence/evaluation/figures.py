@@ -49,6 +49,33 @@ def head_heatmap(scores: np.ndarray, heads: list[tuple[int, int]], path: Path, m
     return _save(fig, path)
 
 
+def head_draws_figure(
+    mean: np.ndarray, sd: np.ndarray, heads: list[tuple[int, int]], draws: int, path: Path, show: int = 40
+) -> Path:
+    """Retrieval score per head over probe draws, mean ± sd: the `show` best heads by mean (best first,
+    ties by layer and head), the chosen heads in red, and the mean over all heads (the floor) dashed."""
+    L, H = mean.shape
+    order = sorted(range(L * H), key=lambda i: (-float(mean.flat[i]), i))[: min(show, L * H)]
+    chosen = set(map(tuple, heads))
+    labels = [f"{i // H}.{i % H}" for i in order]
+    colors = ["tab:red" if (i // H, i % H) in chosen else "0.45" for i in order]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(order) + 2), 3.8))
+    x = np.arange(len(order))
+    ax.bar(x, [mean.flat[i] for i in order], color=colors, alpha=0.6)
+    ax.errorbar(x, [mean.flat[i] for i in order], yerr=[sd.flat[i] for i in order], fmt="none", ecolor="k")
+    ax.axhline(float(mean.mean()), color="0.3", linestyle="--", linewidth=1, label="mean over all heads")
+    ax.set_xticks(x, labels, rotation=90, fontsize=7)
+    ax.set_xlabel("head (layer.head), best mean first")
+    ax.set_ylabel("retrieval score")
+    title = (
+        f"Retrieval score over {draws} probe draws, mean ± sd: the best {len(order)} of {L * H} heads; "
+        f"the {len(chosen)} chosen on the mean in red"
+    )
+    ax.set_title("\n".join(textwrap.wrap(title, width=90)), fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def thumbnail(path: Path, width: int = 340) -> Path:
     """A copy of a figure `width` pixels wide beside it (thumbnails/<name>.png), for places that show a
     picture at its natural size in a narrow column (Dagster's metadata table)."""

@@ -46,6 +46,12 @@ class Decoded:
         """Compared as text: the context may merge a value's last token with the closing quote."""
         return self.text.strip().startswith(answer.strip())
 
+    def token_accuracy(self, answer_ids: list[int]) -> float:
+        """Share of the answer's tokens generated at their position: partial credit where exact match has
+        none (a model that copies most of the value but not all of it)."""
+        hits = sum(g == a for g, a in zip(self.tokens, answer_ids, strict=False))
+        return hits / max(len(answer_ids), 1)
+
 
 PROBE_ATTN = "attention_influence_probe"
 
@@ -235,11 +241,14 @@ def select_heads(scores: np.ndarray, top_frac: float) -> list[tuple[int, int]]:
     return sorted((layer, h) for _, layer, h in order[:k])
 
 
-def head_set_id(model_identity: str, heads: Iterable[tuple[int, int]]) -> str:
-    payload = json.dumps(
-        {"model": model_identity, "heads": sorted([int(layer), int(h)] for layer, h in heads)}
-    )
-    return sha256_hex(payload.encode(), 16)  # this JSON (unsorted keys), not `digest`: ids are stored
+def head_set_id(model_identity: str, heads: Iterable[tuple[int, int]], draws: int = 1) -> str:
+    """Hash of the model and the heads; a set chosen on the mean of several probe draws also covers their
+    number (one draw: the payload, hence the id, of every head set made before draws existed)."""
+    payload = {"model": model_identity, "heads": sorted([int(layer), int(h)] for layer, h in heads)}
+    if draws > 1:
+        payload["draws"] = int(draws)
+    # this JSON (keys unsorted), not `digest`: ids are stored
+    return sha256_hex(json.dumps(payload).encode(), 16)
 
 
 @dataclass
@@ -250,6 +259,7 @@ class HeadRanking:
     model_identity: str
     head_set_id: str
     exact_match: float = float("nan")  # base model on the ranking probes
+    token_accuracy: float = float("nan")  # share of answer tokens generated at their position
     n_probes: int = 0
     probe_max_tokens: int = 0
     probe_digest: str = ""
@@ -270,6 +280,7 @@ class HeadRanking:
             "n_probes": self.n_probes,
             "probe_max_tokens": self.probe_max_tokens,
             "exact_match": self.exact_match,
+            "token_accuracy": self.token_accuracy,
             **self.extra,
         }
 
@@ -287,6 +298,7 @@ class HeadRanking:
             "n_probes",
             "probe_max_tokens",
             "exact_match",
+            "token_accuracy",
         }
         return cls(
             scores=np.asarray(d["scores"], dtype=np.float64),
@@ -295,6 +307,7 @@ class HeadRanking:
             model_identity=d["model"],
             head_set_id=d["head_set_id"],
             exact_match=float(d.get("exact_match", float("nan"))),
+            token_accuracy=float(d.get("token_accuracy", float("nan"))),
             n_probes=int(d.get("n_probes", 0)),
             probe_max_tokens=int(d.get("probe_max_tokens", 0)),
             probe_digest=d.get("probe_digest", ""),
@@ -311,11 +324,12 @@ def rank_on_probes(
     lm: LoadedModel, probes: list[Probe], top_frac: float = 0.05, progress: Progress = None
 ) -> HeadRanking:
     total = np.zeros((lm.num_layers, lm.num_heads))
-    hits = 0
+    hits, tokens = 0, 0.0
     for i, probe in enumerate(probes):
         decoded = decode_probe(lm, probe, record=True)
         total += decoded.copies
         hits += decoded.exact_match(probe.answer)
+        tokens += decoded.token_accuracy(probe.answer_ids)
         if progress:
             progress(i + 1, len(probes))
     scores = total / max(len(probes), 1)
@@ -327,6 +341,7 @@ def rank_on_probes(
         model_identity=lm.identity,
         head_set_id=head_set_id(lm.identity, heads),
         exact_match=hits / max(len(probes), 1),
+        token_accuracy=tokens / max(len(probes), 1),
         n_probes=len(probes),
         probe_max_tokens=max((p.n_tokens for p in probes), default=0),
         probe_digest=probe_set_digest(probes),

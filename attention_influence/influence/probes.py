@@ -24,6 +24,7 @@ HEADER = (
 )
 KEY_CHARS = string.ascii_letters + string.digits
 SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+MAX_REDRAWS = 20  # `build_probe`: draws of a probe whose 3-shot part does not fit, before giving up
 CLEAN_SENTENCE = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'()%$&+\-/.!?]+[.!?]$")
 
 
@@ -79,8 +80,29 @@ def render(pairs: list[tuple[str, str]], shots: list[tuple[str, str]], query_key
 
 
 def build_probe(pool: list[str], tokenizer, max_tokens: int, seed: int, index: int) -> Probe:
-    """One probe: the needle and 3 demonstration pairs, then filler pairs until the budget is reached."""
-    rng = random.Random(f"{seed}:{index}")
+    """One probe: the needle and 3 demonstration pairs, then filler pairs until the budget is reached.
+
+    Near the 3-shot minimum (430 tokens on average with SmolLM2's tokenizer, up to ~530 for the longest
+    sentences) a draw whose four pairs alone pass the budget is drawn again, from `seed:index:r` (r = 1, 2,
+    ...); a probe that fits on the first draw is the probe it always was."""
+    shortest = None
+    for redraw in range(MAX_REDRAWS + 1):
+        rng = random.Random(f"{seed}:{index}" + (f":{redraw}" if redraw else ""))
+        probe, n_tokens = _draw_probe(pool, tokenizer, max_tokens, rng, seed, index)
+        if probe is not None:
+            return probe
+        shortest = n_tokens if shortest is None else min(shortest, n_tokens)
+    raise ValueError(
+        f"max_tokens={max_tokens} is too small for a 3-shot probe (the shortest of {MAX_REDRAWS + 1} draws "
+        f"has {shortest} tokens)"
+    )
+
+
+def _draw_probe(
+    pool: list[str], tokenizer, max_tokens: int, rng: random.Random, seed: int, index: int
+) -> tuple[Probe | None, int]:
+    """One draw of `build_probe`: the probe, or None and the tokens of its 3-shot part when that alone passes
+    the budget."""
     order = rng.sample(range(len(pool)), len(pool))
     values = [pool[i] for i in order]
     needle = values[0]
@@ -112,11 +134,9 @@ def build_probe(pool: list[str], tokenizer, max_tokens: int, seed: int, index: i
             break
         drop = next((i for i in range(len(body) - 1, -1, -1) if body[i] not in pairs[:4]), None)
         if drop is None:
-            raise ValueError(
-                f"max_tokens={max_tokens} is too small for a 3-shot probe ({len(prompt_ids)} tokens)"
-            )
+            return None, len(prompt_ids) + len(answer_ids)
         body.pop(drop)
-    return Probe(
+    probe = Probe(
         prompt=prompt,
         answer=answer,
         prompt_ids=prompt_ids,
@@ -126,6 +146,7 @@ def build_probe(pool: list[str], tokenizer, max_tokens: int, seed: int, index: i
         seed=seed,
         index=index,
     )
+    return probe, probe.n_tokens
 
 
 def build_probes(
@@ -139,6 +160,19 @@ def build_probes(
             f"need at least 8 distinct sentences of <=30 tokens to build probes, got {len(pool)}"
         )
     return [build_probe(pool, tokenizer, max_tokens, seed, start + i) for i in range(n)]
+
+
+def draw_seeds(seed: int, draws: int) -> list[int]:
+    """The probe seed of each draw: `seed` for the first (the probe set of one draw), then the next ones."""
+    return [seed + d for d in range(draws)]
+
+
+def probes_by_draw(probes: list[Probe]) -> list[list[Probe]]:
+    """The probes of each draw (grouped by their seed, in the order the seeds first appear)."""
+    groups: dict[int, list[Probe]] = {}
+    for p in probes:
+        groups.setdefault(p.seed, []).append(p)
+    return list(groups.values())
 
 
 def probes_to_rows(probes: list[Probe]) -> list[dict]:
