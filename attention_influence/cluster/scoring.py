@@ -48,6 +48,23 @@ class ModelSpec:
     cache_dir: str | None = None
 
 
+def model_spec(model) -> ModelSpec:
+    """The `model` section (or the selector model resource) as plain values for a worker."""
+    cache_dir = model.cache_dir or None
+    return ModelSpec(model.spec, model.dtype, model.device, model.trust_remote_code, cache_dir)
+
+
+def plain_request(request):
+    """The `ShardScoring` with its scoring section as the library's own model: no Dagster config class
+    travels to a worker."""
+    import dataclasses
+
+    from attention_influence.config import ScoringConfig
+
+    scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
+    return dataclasses.replace(request, scoring=scoring)
+
+
 @dataclass(frozen=True)
 class TaskResources:
     """What each scorer actor asks the cluster for, and how often a shard whose scorer died is retried."""
@@ -116,6 +133,14 @@ def worker_model(model: ModelSpec):
         return _MODELS[key], time.perf_counter() - t0, _LOADS[key]
 
 
+def worker_version(task: ShardTask, lm) -> str:
+    """The data version a worker records: the driver's, unless the model loaded in another precision than
+    the driver assumed (e.g. "auto" gave float32 on a V100), then its own."""
+    if task.precision is not None and task.precision != lm.precision:
+        return task.request.data_version(lm.identity, task.heads_doc["head_set_id"], lm.precision)
+    return task.data_version
+
+
 def placement(device: str) -> dict:
     """Where this call runs: Ray node id and address, host name, process, device and GPU ids."""
     import ray
@@ -157,9 +182,7 @@ class ScorerActor:
         lm, load_seconds, worker = self._model(task.model)
         where = placement(str(lm.device))
         extra = {"placement": where, "worker": worker}
-        version = task.data_version
-        if task.precision is not None and task.precision != lm.precision:  # e.g. "auto" gave fp32 on a V100
-            version = task.request.data_version(lm.identity, task.heads_doc["head_set_id"], lm.precision)
+        version = worker_version(task, lm)
         record = score_and_record(lm, task.request, task.heads_doc, version, log=print, extra=extra)
         timings = {"model_load_seconds": round(load_seconds, 3), "task_seconds": time.perf_counter() - t0}
         return {**record, "timings": timings}
