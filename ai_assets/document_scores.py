@@ -7,7 +7,10 @@ fingerprint, the model and its precision (dtype, device class), the head set, th
 version, so a re-run with nothing changed is recognised (and reused without recomputation), while a new model,
 precision or head set makes every partition stale. Staging, the record and the reuse check are
 `attention_influence.shards.record`. With `ray.address` set, the scoring itself runs on a scorer actor of
-that cluster (`resources.RayCluster`); the metadata names the node and device that scored the shard.
+that cluster (`resources.RayCluster`); with `slurm.enabled`, in a Slurm job array (`resources.SlurmCluster`):
+a backfill's run then covers up to `slurm.max_shards_per_run` partitions (its backfill policy, set in
+`definitions`), all scored by one array, and each partition gets its own materialization and data version.
+The metadata names the node and device that scored the shard.
 """
 
 from typing import TYPE_CHECKING
@@ -20,7 +23,7 @@ from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
 from attention_influence.head_selection import HeadSetError, require_model
 from attention_influence.io.corpus import CorpusError, Shard
-from resources import Corpus, RayCluster, SelectionProfile, SelectorModel, Workdir
+from resources import Corpus, RayCluster, SelectionProfile, SelectorModel, SlurmCluster, Workdir
 
 if TYPE_CHECKING:  # attention_influence.shards imports torch: the code location loads without it
     from attention_influence.shards.record import ShardScoring
@@ -70,11 +73,32 @@ def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: W
 
 def _placement(record: dict) -> dict:
     """Where a Ray scorer scored the shard (node, address, host, process, device, the scorer actor and
-    whether its model was already loaded); empty when local."""
+    whether its model was already loaded), or a Slurm task (job id, node, host, GPUs, attempt); empty when
+    local."""
     where, worker = record.get("placement") or {}, record.get("worker") or {}
     keys = ("node_id", "node_ip", "hostname", "pid", "gpu_ids")
     out = {f"ray_{k}": str(where[k]) for k in keys if k in where}
-    return {**out, **{f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}}
+    out |= {f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}
+    slurm = record.get("slurm") or {}
+    keys = ("job_id", "node", "hostname", "gpu_ids", "restarts")
+    return {**out, **{f"slurm_{k}": slurm[k] for k in keys if k in slurm}}
+
+
+def _device(record: dict, model: SelectorModel, remote: bool) -> str:
+    """The device that scored the shard; never loads the model in this process when a cluster scores."""
+    where = record.get("placement") or record.get("slurm") or {}
+    if where.get("device"):
+        return where["device"]
+    return record.get("device_class", "unknown") if remote else str(model.lm.device)
+
+
+def _version_tags(data_version: str) -> dict:
+    """The tags Dagster gives a materialization with a data version of its own (one partition of a range)."""
+    return {
+        "dagster/data_version": data_version,
+        "dagster/data_version_is_user_provided": "true",
+        "dagster/code_version": CODE_VERSION,
+    }
 
 
 def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) -> dict:
@@ -112,6 +136,7 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
     code_version=CODE_VERSION,
     group_name="selection",
     kinds={"parquet", "pytorch"},
+    output_required=False,  # a range of partitions is materialized partition by partition (Slurm arrays)
     description="Per-document AttentionInfluence score (L_ref - L_base) / L_base for one shard, with "
     "loss_base, loss_ref, n_tokens, head_set_id, shard and model; rejected rows go to a quarantine file.",
 )
@@ -123,36 +148,80 @@ def document_scores(
     profile: SelectionProfile,
     workdir: Workdir,
     ray_cluster: RayCluster,
-) -> dg.MaterializeResult:
+    slurm_cluster: SlurmCluster,
+):
     from attention_influence.shards.record import is_unchanged, score_and_record
 
-    key = context.partition_key
+    keys = context.partition_keys  # one; a range only in a backfill's run on Slurm
+    remote = ray_cluster.enabled or slurm_cluster.enabled
     try:
-        shard = corpus.shard(key)
-        identity = model.identity() if ray_cluster.enabled else model.lm.identity
+        shards = [corpus.shard(key) for key in keys]
+        identity = model.identity() if remote else model.lm.identity
         heads_doc = read_head_set(workdir.pull(workdir.heads_path))
         require_model(heads_doc, identity, workdir.heads_path)
     except (CorpusError, HeadSetError) as exc:
         raise dg.Failure(str(exc)) from exc
-    request = _scoring(shard, corpus, profile, workdir)
-    precision = ray_cluster.expected_precision(model) if ray_cluster.enabled else model.lm.precision
-    data_version = request.data_version(identity, heads_doc["head_set_id"], precision)
-    previous = workdir.score_record(key)
-    reused = is_unchanged(previous, data_version, config.force)
-    if reused:
-        context.log.info(
-            f"{key}: unchanged since {previous['scored_at']} (data version {data_version}); reused"
-        )
-        record = previous
-    elif ray_cluster.enabled:
-        context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-        record = ray_cluster.score_shard(model, request, heads_doc, data_version)
-        context.log.info(f"{key}: scored on Ray node {record['placement']['node_id']} ({record['timings']})")
+    if ray_cluster.enabled:
+        precision = ray_cluster.expected_precision(model)
+    elif slurm_cluster.enabled:
+        precision = slurm_cluster.expected_precision(model)
     else:
-        progress, log = _progress(context, key), context.log.info
-        record = score_and_record(model.lm, request, heads_doc, data_version, progress=progress, log=log)
-    device = (record.get("placement") or {}).get("device") or str(model.lm.device)
-    return dg.MaterializeResult(
-        metadata=_metadata(record, request, device, reused),
-        data_version=dg.DataVersion(record["data_version"]),
-    )
+        precision = model.lm.precision
+    requests = {s.key: _scoring(s, corpus, profile, workdir) for s in shards}
+    versions = {k: r.data_version(identity, heads_doc["head_set_id"], precision) for k, r in requests.items()}
+    records, reused, errors = {}, set(), {}
+    for key in keys:
+        previous = workdir.score_record(key)
+        if is_unchanged(previous, versions[key], config.force):
+            context.log.info(
+                f"{key}: unchanged since {previous['scored_at']} (data version {versions[key]}); reused"
+            )
+            records[key] = previous
+            reused.add(key)
+    todo = [k for k in keys if k not in records]
+    if todo and slurm_cluster.enabled:
+        context.log.info(f"scoring {len(todo)} shard(s) as a Slurm job array")
+        scored = slurm_cluster.score_shards(
+            model,
+            [requests[k] for k in todo],
+            heads_doc,
+            [versions[k] for k in todo],
+            name=f"document_scores-{context.run.run_id[:8]}",
+            log=context.log.info,
+        )
+        for item in scored:
+            if "record" in item:
+                records[item["key"]] = item["record"]
+            else:
+                errors[item["key"]] = item["error"]
+    for key in todo if not slurm_cluster.enabled else ():
+        request, version = requests[key], versions[key]
+        if ray_cluster.enabled:
+            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+            records[key] = ray_cluster.score_shard(model, request, heads_doc, version)
+            node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
+            context.log.info(f"{key}: scored on Ray node {node} ({timings})")
+        else:
+            progress, log = _progress(context, key), context.log.info
+            records[key] = score_and_record(model.lm, request, heads_doc, version, progress=progress, log=log)
+    if len(keys) == 1 and not errors:
+        (key,) = keys
+        record = records[key]
+        device = _device(record, model, remote)
+        yield dg.MaterializeResult(
+            metadata=_metadata(record, requests[key], device, key in reused),
+            data_version=dg.DataVersion(record["data_version"]),
+        )
+    else:
+        for key in (k for k in keys if k in records):
+            record = records[key]
+            metadata = _metadata(record, requests[key], _device(record, model, remote), key in reused)
+            yield dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=key,
+                metadata=metadata,
+                tags=_version_tags(record["data_version"]),
+            )
+    if errors:
+        failed = "\n".join(f"{key}: {error}" for key, error in errors.items())
+        raise dg.Failure(f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:\n{failed}")
