@@ -92,13 +92,24 @@ def _device(record: dict, model: SelectorModel, remote: bool) -> str:
     return record.get("device_class", "unknown") if remote else str(model.lm.device)
 
 
-def _version_tags(data_version: str) -> dict:
-    """The tags Dagster gives a materialization with a data version of its own (one partition of a range)."""
-    return {
+def _version_tags(instance: dg.DagsterInstance, key: str, data_version: str) -> dict:
+    """The tags Dagster gives a materialization with a user-provided data version, for one partition of a
+    range: the version, the code version and each input's version and event (what the UI's staleness
+    compares), the inputs being the head set, the selector model and this partition's shard."""
+    tags = {
         "dagster/data_version": data_version,
         "dagster/data_version_is_user_provided": "true",
         "dagster/code_version": CODE_VERSION,
     }
+    for dep in (retrieval_heads.key, selector_model.key, corpus_shard.key):
+        partition = key if dep == corpus_shard.key else None
+        record = instance.get_latest_data_version_record(dep, partition_key=partition)
+        version = (record.event_log_entry.tags or {}).get("dagster/data_version") if record else None
+        tags[f"dagster/input_data_version/{dep.to_user_string()}"] = version or "INITIAL"
+        tags[f"dagster/input_event_pointer/{dep.to_user_string()}"] = (
+            str(record.storage_id) if record else "NULL"
+        )
+    return tags
 
 
 def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) -> dict:
@@ -220,7 +231,7 @@ def document_scores(
                 asset_key=context.asset_key,
                 partition=key,
                 metadata=metadata,
-                tags=_version_tags(record["data_version"]),
+                tags=_version_tags(context.instance, key, record["data_version"]),
             )
     if errors:
         failed = "\n".join(f"{key}: {error}" for key, error in errors.items())

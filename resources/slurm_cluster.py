@@ -37,15 +37,11 @@ class SlurmCluster(section_resource(SlurmConfig)):
         ]
         size = self.shards_per_task
         groups = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-        job_id, results = self._run(spec, groups, name, log)
+        _, results = self._run(spec, groups, name, log)
         out = []
         for group, result in zip(groups, results, strict=True):
             items = result.get("items") or [{"error": result.get("error", "no result")}] * len(group)
-            for task, item in zip(group, items, strict=True):
-                item = {**item, "key": task.request.shard.key}
-                if "record" in item:
-                    item["timings"] = {**result.get("timings", {}), "job_id": job_id}
-                out.append(item)
+            out += [{**item, "key": task.request.shard.key} for task, item in zip(group, items, strict=True)]
         return out
 
     def run_with_model(self, model, fn, *args, name: str, log: Callable, **kwargs) -> dict:
