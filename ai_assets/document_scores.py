@@ -140,6 +140,59 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
     }
 
 
+def _precision(model: SelectorModel, ray_cluster: RayCluster, slurm_cluster: SlurmCluster) -> dict:
+    """The precision the scores will be computed in: known before a cluster's worker loads the model."""
+    if ray_cluster.enabled:
+        return ray_cluster.expected_precision(model)
+    if slurm_cluster.enabled:
+        return slurm_cluster.expected_precision(model)
+    return model.lm.precision
+
+
+def _score(
+    context: dg.AssetExecutionContext,
+    keys: list[str],
+    requests: dict,
+    versions: dict,
+    heads_doc: dict,
+    model: SelectorModel,
+    ray_cluster: RayCluster,
+    slurm_cluster: SlurmCluster,
+) -> tuple[dict, dict]:
+    """Score the shards of `keys`: all in one Slurm job array, else one by one on Ray or in this process;
+    ({key: record}, {key: error}) (only a Slurm task reports an error instead of raising it)."""
+    from attention_influence.shards.record import score_and_record
+
+    records, errors = {}, {}
+    if keys and slurm_cluster.enabled:
+        context.log.info(f"scoring {len(keys)} shard(s) as a Slurm job array")
+        scored = slurm_cluster.score_shards(
+            model,
+            [requests[k] for k in keys],
+            heads_doc,
+            [versions[k] for k in keys],
+            name=f"document_scores-{context.run.run_id[:8]}",
+            log=context.log.info,
+        )
+        for item in scored:
+            if "record" in item:
+                records[item["key"]] = item["record"]
+            else:
+                errors[item["key"]] = item["error"]
+        return records, errors
+    for key in keys:
+        request, version = requests[key], versions[key]
+        if ray_cluster.enabled:
+            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+            records[key] = ray_cluster.score_shard(model, request, heads_doc, version)
+            node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
+            context.log.info(f"{key}: scored on Ray node {node} ({timings})")
+        else:
+            progress, log = _progress(context, key), context.log.info
+            records[key] = score_and_record(model.lm, request, heads_doc, version, progress=progress, log=log)
+    return records, errors
+
+
 @dg.asset(
     partitions_def=shard_partitions,
     deps=[retrieval_heads, selector_model, corpus_shard],
@@ -161,7 +214,7 @@ def document_scores(
     ray_cluster: RayCluster,
     slurm_cluster: SlurmCluster,
 ):
-    from attention_influence.shards.record import is_unchanged, score_and_record
+    from attention_influence.shards.record import is_unchanged
 
     keys = context.partition_keys  # one; a range only in a backfill's run on Slurm
     remote = ray_cluster.enabled or slurm_cluster.enabled
@@ -172,15 +225,10 @@ def document_scores(
         require_model(heads_doc, identity, workdir.heads_path)
     except (CorpusError, HeadSetError) as exc:
         raise dg.Failure(str(exc)) from exc
-    if ray_cluster.enabled:
-        precision = ray_cluster.expected_precision(model)
-    elif slurm_cluster.enabled:
-        precision = slurm_cluster.expected_precision(model)
-    else:
-        precision = model.lm.precision
+    precision = _precision(model, ray_cluster, slurm_cluster)
     requests = {s.key: _scoring(s, corpus, profile, workdir) for s in shards}
     versions = {k: r.data_version(identity, heads_doc["head_set_id"], precision) for k, r in requests.items()}
-    records, reused, errors = {}, set(), {}
+    records, reused = {}, set()
     for key in keys:
         previous = workdir.score_record(key)
         if is_unchanged(previous, versions[key], config.force):
@@ -190,31 +238,8 @@ def document_scores(
             records[key] = previous
             reused.add(key)
     todo = [k for k in keys if k not in records]
-    if todo and slurm_cluster.enabled:
-        context.log.info(f"scoring {len(todo)} shard(s) as a Slurm job array")
-        scored = slurm_cluster.score_shards(
-            model,
-            [requests[k] for k in todo],
-            heads_doc,
-            [versions[k] for k in todo],
-            name=f"document_scores-{context.run.run_id[:8]}",
-            log=context.log.info,
-        )
-        for item in scored:
-            if "record" in item:
-                records[item["key"]] = item["record"]
-            else:
-                errors[item["key"]] = item["error"]
-    for key in todo if not slurm_cluster.enabled else ():
-        request, version = requests[key], versions[key]
-        if ray_cluster.enabled:
-            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-            records[key] = ray_cluster.score_shard(model, request, heads_doc, version)
-            node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
-            context.log.info(f"{key}: scored on Ray node {node} ({timings})")
-        else:
-            progress, log = _progress(context, key), context.log.info
-            records[key] = score_and_record(model.lm, request, heads_doc, version, progress=progress, log=log)
+    scored, errors = _score(context, todo, requests, versions, heads_doc, model, ray_cluster, slurm_cluster)
+    records.update(scored)
     if len(keys) == 1 and not errors:
         (key,) = keys
         record = records[key]
