@@ -33,7 +33,7 @@ from graph_helpers import (
 )
 from shard_helpers import REPO, cli_env
 
-N_DOCS = 240  # 60 chunks of 4 documents: a kill or a preemption lands mid-shard
+N_DOCS = 960  # 240 chunks of 4 documents, ~20 s: a kill or a preemption (a few seconds) lands mid-shard
 RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 SLURM = {"slurm__enabled": True, "slurm__poll_seconds": 0.5, "slurm__gres": "gpu:1"}
 DRIVER_TIMEOUT = 300
