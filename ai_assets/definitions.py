@@ -40,6 +40,7 @@ from resources import (
     RayCluster,
     SelectionProfile,
     SelectorModel,
+    SlurmCluster,
     Workdir,
 )
 
@@ -80,7 +81,17 @@ def build_resources(config: Config) -> dict:
         "mlflow": MLflow(**{**config.mlflow.model_dump(), "tracking_uri": config.mlflow_tracking_uri}),
         "post_training": PostTraining(**{**config.post_training.model_dump(), "input": config.sft_input}),
         "ray_cluster": RayCluster(**config.ray.model_dump()),
+        "slurm_cluster": SlurmCluster(**{**config.slurm.model_dump(), "shared_dir": str(config.slurm_dir)}),
     }
+
+
+def scoring_assets(config: Config) -> list:
+    """ASSETS; on Slurm, a backfill of document_scores runs up to `slurm.max_shards_per_run` partitions per
+    run (one job array each) instead of one run per partition."""
+    if not config.slurm.enabled:
+        return ASSETS
+    policy = dg.BackfillPolicy.multi_run(config.slurm.max_shards_per_run)
+    return [a.with_attributes(backfill_policy=policy) if a is document_scores else a for a in ASSETS]
 
 
 SENSORS = [corpus_shard_sensor, automation_sensor, sft_shard_sensor]
@@ -92,7 +103,7 @@ def build_definitions(
     """The one list of definitions every code location (local, Kubernetes) builds from."""
     config = config or load_config().config
     return dg.Definitions(
-        assets=ASSETS,
+        assets=scoring_assets(config),
         jobs=JOBS,
         sensors=SENSORS,
         resources={**build_resources(config), **(resources or {})},

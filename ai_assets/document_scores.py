@@ -7,8 +7,11 @@ table's `ScoreInputs` (`attention_influence.shards.fingerprint`: the shard file,
 the head set, the scoring settings, the columns and the code version), so a re-run with nothing changed is
 recognised (and reused without recomputation), while a new model, precision or head set makes every
 partition stale. Staging, the record and the reuse check are `attention_influence.shards.record`. With
-`ray.address` set, the scoring itself runs on a scorer actor of that cluster (`resources.RayCluster`); the
-metadata names the node and device that scored the shard.
+`ray.address` set, the scoring itself runs on a scorer actor of that cluster (`resources.RayCluster`); with
+`slurm.enabled`, in a Slurm job array (`resources.SlurmCluster`): a backfill's run then covers up to
+`slurm.max_shards_per_run` partitions (its backfill policy, set in `definitions`), all scored by one array,
+and each partition gets its own materialization and data version. The metadata names the node and device
+that scored the shard.
 """
 
 from typing import TYPE_CHECKING
@@ -22,7 +25,7 @@ from ai_assets.selector_model import selector_model
 from attention_influence.code_versions import code_version
 from attention_influence.head_selection import HeadSetError, require_model
 from attention_influence.io.corpus import CorpusError, Shard
-from resources import Corpus, RayCluster, SelectionProfile, SelectorModel, Workdir
+from resources import Corpus, RayCluster, SelectionProfile, SelectorModel, SlurmCluster, Workdir
 
 if TYPE_CHECKING:  # attention_influence.shards imports torch: the code location loads without it
     from attention_influence.shards.record import ShardScoring
@@ -68,11 +71,43 @@ def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: W
 
 def _placement(record: dict) -> dict:
     """Where a Ray scorer scored the shard (node, address, host, process, device, the scorer actor and
-    whether its model was already loaded); empty when local."""
+    whether its model was already loaded), or a Slurm task (job id, node, host, GPUs, attempt); empty when
+    local."""
     where, worker = record.get("placement") or {}, record.get("worker") or {}
     keys = ("node_id", "node_ip", "hostname", "pid", "gpu_ids")
     out = {f"ray_{k}": str(where[k]) for k in keys if k in where}
-    return {**out, **{f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}}
+    out |= {f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}
+    slurm = record.get("slurm") or {}
+    keys = ("job_id", "node", "hostname", "gpu_ids", "restarts")
+    return {**out, **{f"slurm_{k}": slurm[k] for k in keys if k in slurm}}
+
+
+def _device(record: dict, model: SelectorModel, remote: bool) -> str:
+    """The device that scored the shard; never loads the model in this process when a cluster scores."""
+    where = record.get("placement") or record.get("slurm") or {}
+    if where.get("device"):
+        return where["device"]
+    return record.get("device_class", "unknown") if remote else str(model.lm.device)
+
+
+def _version_tags(instance: dg.DagsterInstance, key: str, data_version: str) -> dict:
+    """The tags Dagster gives a materialization with a user-provided data version, for one partition of a
+    range: the version, the code version and each input's version and event (what the UI's staleness
+    compares), the inputs being the head set, the selector model and this partition's shard."""
+    tags = {
+        "dagster/data_version": data_version,
+        "dagster/data_version_is_user_provided": "true",
+        "dagster/code_version": code_version("document_scores"),
+    }
+    for dep in (retrieval_heads.key, selector_model.key, corpus_shard.key):
+        partition = key if dep == corpus_shard.key else None
+        record = instance.get_latest_data_version_record(dep, partition_key=partition)
+        version = (record.event_log_entry.tags or {}).get("dagster/data_version") if record else None
+        tags[f"dagster/input_data_version/{dep.to_user_string()}"] = version or "INITIAL"
+        tags[f"dagster/input_event_pointer/{dep.to_user_string()}"] = (
+            str(record.storage_id) if record else "NULL"
+        )
+    return tags
 
 
 def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) -> dict:
@@ -103,6 +138,57 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
     }
 
 
+def _precision(model: SelectorModel, ray_cluster: RayCluster, slurm_cluster: SlurmCluster) -> dict:
+    """The precision the scores will be computed in: known before a cluster's worker loads the model."""
+    if ray_cluster.enabled:
+        return ray_cluster.expected_precision(model)
+    if slurm_cluster.enabled:
+        return slurm_cluster.expected_precision(model)
+    return model.lm.precision
+
+
+def _score(
+    context: dg.AssetExecutionContext,
+    keys: list[str],
+    requests: dict,
+    heads_doc: dict,
+    model: SelectorModel,
+    ray_cluster: RayCluster,
+    slurm_cluster: SlurmCluster,
+) -> tuple[dict, dict]:
+    """Score the shards of `keys`: all in one Slurm job array, else one by one on Ray or in this process;
+    ({key: record}, {key: error}) (only a Slurm task reports an error instead of raising it)."""
+    from attention_influence.shards.record import score_and_record
+
+    records, errors = {}, {}
+    if keys and slurm_cluster.enabled:
+        context.log.info(f"scoring {len(keys)} shard(s) as a Slurm job array")
+        scored = slurm_cluster.score_shards(
+            model,
+            [requests[k] for k in keys],
+            heads_doc,
+            name=f"document_scores-{context.run.run_id[:8]}",
+            log=context.log.info,
+        )
+        for item in scored:
+            if "record" in item:
+                records[item["key"]] = item["record"]
+            else:
+                errors[item["key"]] = item["error"]
+        return records, errors
+    for key in keys:
+        request = requests[key]
+        if ray_cluster.enabled:
+            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+            records[key] = ray_cluster.score_shard(model, request, heads_doc)
+            node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
+            context.log.info(f"{key}: scored on Ray node {node} ({timings})")
+        else:
+            progress, log = _progress(context, key), context.log.info
+            records[key] = score_and_record(model.lm, request, heads_doc, progress=progress, log=log)
+    return records, errors
+
+
 @dg.asset(
     partitions_def=shard_partitions,
     deps=[retrieval_heads, selector_model, corpus_shard],
@@ -110,6 +196,7 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
     code_version=code_version("document_scores"),
     group_name="selection",
     kinds={"parquet", "pytorch"},
+    output_required=False,  # a range of partitions is materialized partition by partition (Slurm arrays)
     description="Per-document AttentionInfluence score (L_ref - L_base) / L_base for one shard, with "
     "loss_base, loss_ref, n_tokens, head_set_id, shard and model; rejected rows go to a quarantine file.",
 )
@@ -121,36 +208,53 @@ def document_scores(
     profile: SelectionProfile,
     workdir: Workdir,
     ray_cluster: RayCluster,
-) -> dg.MaterializeResult:
-    from attention_influence.shards.record import is_unchanged, score_and_record
+    slurm_cluster: SlurmCluster,
+):
+    from attention_influence.shards.record import is_unchanged
 
-    key = context.partition_key
+    keys = context.partition_keys  # one; a range only in a backfill's run on Slurm
+    remote = ray_cluster.enabled or slurm_cluster.enabled
     try:
-        shard = corpus.shard(key)
-        identity = model.identity() if ray_cluster.enabled else model.lm.identity
+        shards = [corpus.shard(key) for key in keys]
+        identity = model.identity() if remote else model.lm.identity
         heads_doc = read_head_set(workdir.pull(workdir.heads_path))
         require_model(heads_doc, identity, workdir.heads_path)
     except (CorpusError, HeadSetError) as exc:
         raise dg.Failure(str(exc)) from exc
-    request = _scoring(shard, corpus, profile, workdir)
-    precision = ray_cluster.expected_precision(model) if ray_cluster.enabled else model.lm.precision
-    data_version = request.inputs(identity, heads_doc["head_set_id"], precision).version()
-    previous = workdir.score_record(key)
-    reused = is_unchanged(previous, data_version, config.force)
-    if reused:
-        context.log.info(
-            f"{key}: unchanged since {previous['scored_at']} (data version {data_version}); reused"
+    precision = _precision(model, ray_cluster, slurm_cluster)
+    requests = {s.key: _scoring(s, corpus, profile, workdir) for s in shards}
+    hsid = heads_doc["head_set_id"]
+    versions = {k: r.inputs(identity, hsid, precision).version() for k, r in requests.items()}
+    records, reused = {}, set()
+    for key in keys:
+        previous = workdir.score_record(key)
+        if is_unchanged(previous, versions[key], config.force):
+            context.log.info(
+                f"{key}: unchanged since {previous['scored_at']} (data version {versions[key]}); reused"
+            )
+            records[key] = previous
+            reused.add(key)
+    todo = [k for k in keys if k not in records]
+    scored, errors = _score(context, todo, requests, heads_doc, model, ray_cluster, slurm_cluster)
+    records.update(scored)
+    if len(keys) == 1 and not errors:
+        (key,) = keys
+        record = records[key]
+        device = _device(record, model, remote)
+        yield dg.MaterializeResult(
+            metadata=_metadata(record, requests[key], device, key in reused),
+            data_version=dg.DataVersion(record["data_version"]),
         )
-        record = previous
-    elif ray_cluster.enabled:
-        context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-        record = ray_cluster.score_shard(model, request, heads_doc)
-        context.log.info(f"{key}: scored on Ray node {record['placement']['node_id']} ({record['timings']})")
     else:
-        progress, log = _progress(context, key), context.log.info
-        record = score_and_record(model.lm, request, heads_doc, progress=progress, log=log)
-    device = (record.get("placement") or {}).get("device") or str(model.lm.device)
-    return dg.MaterializeResult(
-        metadata=_metadata(record, request, device, reused),
-        data_version=dg.DataVersion(record["data_version"]),
-    )
+        for key in (k for k in keys if k in records):
+            record = records[key]
+            metadata = _metadata(record, requests[key], _device(record, model, remote), key in reused)
+            yield dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=key,
+                metadata=metadata,
+                tags=_version_tags(context.instance, key, record["data_version"]),
+            )
+    if errors:
+        failed = "\n".join(f"{key}: {error}" for key, error in errors.items())
+        raise dg.Failure(f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:\n{failed}")

@@ -1,5 +1,6 @@
 """`sft_step_scores`: AIR step and sample scores of one SFT shard (a dynamic partition), with the selector
-model and the retrieval head set of the pretraining group; with `ray.address` set, scored as a Ray task."""
+model and the retrieval head set of the pretraining group; with `ray.address` set, scored by a Ray scorer
+actor, with `slurm.enabled`, by a Slurm job."""
 
 import dagster as dg
 
@@ -15,14 +16,15 @@ from attention_influence.post_training.step_record import (
     step_scores_version,
     top_steps,
 )
-from resources import PostTraining, RayCluster, SelectionProfile, SelectorModel, Workdir
+from resources import PostTraining, RayCluster, SelectionProfile, SelectorModel, SlurmCluster, Workdir
 
 
 def _metadata(summary: dict, hid: str, path, out, where: dict) -> dict:
     """The partition's page: counts that reconcile (rows = samples + quarantined), lineage, the top steps,
-    and the Ray node that scored it (when on a cluster)."""
+    and the Ray node or Slurm job that scored it (when on a cluster)."""
+    prefix = "slurm" if "job_id" in where else "ray"
     return {
-        **{f"ray_{k}": str(v) for k, v in where.items() if k != "device"},
+        **{f"{prefix}_{k}": str(v) for k, v in where.items() if k != "device"},
         **({"device": where["device"]} if "device" in where else {}),
         "rows": summary["rows"],
         "samples": summary["samples"],
@@ -54,16 +56,17 @@ def sft_step_scores(
     post_training: PostTraining,
     workdir: Workdir,
     ray_cluster: RayCluster,
+    slurm_cluster: SlurmCluster,
 ) -> dg.MaterializeResult:
+    from attention_influence.cluster.slurm import SlurmError
     from attention_influence.post_training.sft import SFTInputError
     from attention_influence.post_training.steps import score_sft_shard
 
     key = context.partition_key
     if not workdir.pull(workdir.heads_path).exists():
         raise dg.Failure(f"{workdir.heads_path} does not exist: materialize retrieval_heads first")
-    heads, hid = head_set_of(
-        workdir.heads_path, model.identity() if ray_cluster.enabled else model.lm.identity
-    )
+    remote = ray_cluster.enabled or slurm_cluster.enabled
+    heads, hid = head_set_of(workdir.heads_path, model.identity() if remote else model.lm.identity)
     where: dict = {}
     try:
         path, fingerprint = find_sft_shard(post_training.shards(), key, post_training.input)
@@ -75,6 +78,19 @@ def sft_step_scores(
                 model, score_sft_shard, *args, profile.scoring.batch_tokens, fingerprint=fingerprint
             )
             summary, where = done["result"], {**done["placement"], **done["worker"]}
+        elif slurm_cluster.enabled:
+            context.log.info(f"{key}: scoring as a Slurm job")
+            done = slurm_cluster.run_with_model(
+                model,
+                score_sft_shard,
+                *args,
+                profile.scoring.batch_tokens,
+                name=f"sft_step_scores-{context.run.run_id[:8]}",
+                log=context.log.info,
+                fingerprint=fingerprint,
+            )
+            keys = ("job_id", "node", "device", "gpu_ids", "restarts")
+            summary, where = done["result"], {k: done["placement"][k] for k in keys}
         else:
             progress = _log_progress(context, f"scoring {key}")
             summary = score_sft_shard(
@@ -85,7 +101,7 @@ def sft_step_scores(
                 fingerprint=fingerprint,
                 log=context.log.info,
             )
-    except (SFTShardError, SFTInputError) as exc:
+    except (SFTShardError, SFTInputError, SlurmError) as exc:
         raise dg.Failure(str(exc)) from exc
     context.log.info(
         f"{key}: {summary['rows']} rows = {summary['samples']} samples + {summary['quarantined']} quarantined"

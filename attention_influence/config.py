@@ -313,6 +313,68 @@ class RayConfig(Section):
     )
 
 
+class SlurmConfig(Section):
+    """Scoring on a Slurm cluster (docs/deploy.md): each document_scores or sft_step_scores partition is
+    scored by a Slurm job array task running the same code as one process; a backfill's run of several
+    partitions is one job array. Dagster still orchestrates; the outputs go to a folder every node sees."""
+
+    enabled: bool = Field(
+        False, description="Score on Slurm (`sbatch` must reach the cluster). Environment: AI_SLURM."
+    )
+    partition: str | None = Field(None, description="sbatch --partition. Null: the cluster's default.")
+    account: str | None = Field(None, description="sbatch --account. Null: the user's default.")
+    gres: str | None = Field(
+        None, description="sbatch --gres of each task, e.g. gpu:1 (device auto is then that GPU)."
+    )
+    cpus_per_task: Positive | None = Field(None, description="sbatch --cpus-per-task. Null: the default.")
+    mem: str | None = Field(None, description="sbatch --mem of each task, e.g. 64G. Null: the default.")
+    time_limit: str | None = Field(
+        None, description="sbatch --time of each task, e.g. 04:00:00. Null: the partition's limit."
+    )
+    sbatch_options: list[str] = Field(
+        [], description="More sbatch options, one per item, e.g. --qos=high, --constraint=a100."
+    )
+    setup: list[str] = Field(
+        [],
+        description="Shell lines the job runs before Python (module load, source a venv's activate).",
+    )
+    python: str | None = Field(
+        None, description="Python on the nodes. Null: the interpreter of the Dagster process."
+    )
+    shared_dir: str | None = Field(
+        None,
+        description="Folder every node and the Dagster process see at the same path: job scripts, "
+        "tasks, logs, results. Null: deploy.workdir/slurm. Environment: AI_SLURM_SHARED_DIR.",
+    )
+    shards_per_task: Positive = Field(
+        1,
+        description="Shards one array task scores with one model load (the rest of a run's shards go "
+        "to other tasks).",
+    )
+    max_shards_per_run: Positive = Field(
+        64, description="A backfill launches one run, one job array, per this many partitions."
+    )
+    max_parallel: Positive | None = Field(
+        None, description="Array tasks running at once (sbatch --array=...%N). Null: as the cluster allows."
+    )
+    signal: str = Field(
+        "USR1", description="Signal sent to the job signal_seconds before its time limit (sbatch --signal)."
+    )
+    signal_seconds: NonNegative = Field(
+        120, description="On the signal (or SIGTERM on preemption) a task finishes its chunk and exits."
+    )
+    requeue: bool = Field(
+        True, description="sbatch --requeue: a task on a failed or preempted node is requeued and resumes."
+    )
+    poll_seconds: Annotated[float, Field(gt=0.0)] = Field(
+        5.0, description="How often the Dagster run asks squeue and reads the tasks' logs."
+    )
+    script_template: str | None = Field(
+        None,
+        description="An sbatch template of your own (deploy/slurm/score.sbatch is the default one).",
+    )
+
+
 class Config(Section):
     """The whole configuration; `profile` names the shipped profile file it starts from."""
 
@@ -329,11 +391,16 @@ class Config(Section):
     post_training: PostTrainingConfig = PostTrainingConfig()
     deploy: DeployConfig = DeployConfig()
     ray: RayConfig = RayConfig()
+    slurm: SlurmConfig = SlurmConfig()
 
     # resolved paths: one place that applies the documented "null means" defaults
     @property
     def workdir(self) -> Path:
         return Path(self.deploy.workdir or REPO_ROOT / "work").expanduser().resolve()
+
+    @property
+    def slurm_dir(self) -> Path:
+        return Path(self.slurm.shared_dir or self.workdir / "slurm").expanduser().resolve()
 
     @property
     def corpus_uri(self) -> str:
@@ -382,6 +449,8 @@ DEPLOYMENT_ENV = {
     "AI_DEVICE": "model.device",
     "AI_RAY_ADDRESS": "ray.address",
     "AI_RAY_TOKEN_FILE": "ray.auth_token_file",
+    "AI_SLURM": "slurm.enabled",
+    "AI_SLURM_SHARED_DIR": "slurm.shared_dir",
 }
 
 # the run settings that were environment variables before the configuration file; still read, with a warning

@@ -55,25 +55,32 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
-def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: int, cluster) -> list[dict]:
-    import ray
+HEADS = {"heads": [[0, 0], [1, 1]], "head_set_id": "bench"}
 
-    from attention_influence.cluster.scoring import ModelSpec, ShardTask, TaskResources, connect, score_shards
+
+def bench_request(key: str, path: Path, work: Path, max_tokens: int):
+    """The `ShardScoring` of one benchmark shard (outputs in `work`)."""
     from attention_influence.config import ScoringConfig
     from attention_influence.io.corpus import Shard
     from attention_influence.shards.record import ShardScoring
 
     scoring = ScoringConfig(doc_max_tokens=max_tokens, checkpoint_every=256, batch_tokens=8192)
-    heads = {"heads": [[0, 0], [1, 1]], "head_set_id": "bench"}
+    shard = Shard(key=key, uri=str(path), folder="web", fingerprint=key)
+    return ShardScoring(
+        shard, work / f"{key}.parquet", work / f"{key}.staged.parquet", work / f"{key}.json",
+        "text", "id", "domain", scoring, {}, "bench", "bench",
+    )  # fmt: skip
+
+
+def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: int, cluster) -> list[dict]:
+    import ray
+
+    from attention_influence.cluster.scoring import ModelSpec, ShardTask, TaskResources, connect, score_shards
+
     rows = []
     for i, path in enumerate(shards):
-        key = f"{name}-{i}"
-        shard = Shard(key=key, uri=str(path), folder="web", fingerprint=key)
-        request = ShardScoring(
-            shard, work / f"{key}.parquet", work / f"{key}.staged.parquet", work / f"{key}.json",
-            "text", "id", "domain", scoring, {}, "bench", "bench",
-        )  # fmt: skip
-        task = ShardTask(ModelSpec(spec, dtype="float32", device="cpu"), request, heads, "bench")
+        request = bench_request(f"{name}-{i}", path, work, max_tokens)
+        task = ShardTask(ModelSpec(spec, dtype="float32", device="cpu"), request, HEADS, "bench")
         ray.shutdown()  # a new driver, a new Ray job: what each run of a backfill is
         connect(cluster.address, token_file=str(cluster.token_file))
         record = score_shards([task], TaskResources(num_gpus=0, num_cpus=1, max_retries=0))[0]

@@ -4,9 +4,7 @@ changes. Ray is imported only when used."""
 
 from __future__ import annotations
 
-import dataclasses
-
-from attention_influence.config import RayConfig, ScoringConfig
+from attention_influence.config import RayConfig
 from resources.sections import section_resource, validated
 
 
@@ -27,23 +25,19 @@ class RayCluster(section_resource(RayConfig)):
         """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
         record with `placement` (node, device), `worker` (scorer, model loads) and `timings`. A shard whose
         scorer's node dies is retried on another scorer and resumes from its chunks."""
-        from attention_influence.cluster.scoring import ShardTask, score_shards
+        from attention_influence.cluster.scoring import ShardTask, model_spec, plain_request, score_shards
 
         cfg = self._connect()
-        spec = self._model_spec(model)
-        # plain library values travel to the worker (no Dagster config classes)
-        scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
-        request = dataclasses.replace(request, scoring=scoring)
-        task = ShardTask(spec, request, heads_doc)
+        task = ShardTask(model_spec(model), plain_request(request), heads_doc)  # plain values travel
         return score_shards([task], self._resources(cfg))[0]
 
     def run_with_model(self, model, fn, *args, **kwargs) -> dict:
         """`fn(lm, *args, **kwargs)` on a scorer actor with the selector model loaded (the SFT step
         scores); returns {"result", "placement", "worker", "timings"}."""
-        from attention_influence.cluster.scoring import run_with_model
+        from attention_influence.cluster.scoring import model_spec, run_with_model
 
         cfg = self._connect()
-        return run_with_model(fn, self._model_spec(model), args, kwargs, self._resources(cfg))
+        return run_with_model(fn, model_spec(model), args, kwargs, self._resources(cfg))
 
     def shutdown_scorers(self) -> list[str]:
         """Kill the detached scorer actors and their pool in `ray.namespace` (they keep their GPUs and
@@ -58,14 +52,6 @@ class RayCluster(section_resource(RayConfig)):
         cfg = validated(RayConfig, self, "the run's resource config", "ray")
         connect(cfg.address, cfg.namespace, cfg.auth_token_file)
         return cfg
-
-    @staticmethod
-    def _model_spec(model):
-        from attention_influence.cluster.scoring import ModelSpec
-
-        return ModelSpec(
-            model.spec, model.dtype, model.device, model.trust_remote_code, model.cache_dir or None
-        )
 
     @staticmethod
     def _resources(cfg: RayConfig):

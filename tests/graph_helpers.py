@@ -145,3 +145,72 @@ def stale_status(
     )
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
     return resolver.get_status(dg.AssetKey(asset), partition).value
+
+
+def sft_partition(tmp_path: Path, model_dir: Path) -> dict:
+    """A small graph corpus, a 12-sample SFT shard registered as a partition, the heads ranked, in a Dagster
+    instance at `home`: what an SFT scoring test on a cluster starts from."""
+    from ai_assets.definitions import ASSETS
+    from ai_assets.sft_partitions import SFT_PARTITIONS
+    from attention_influence.post_training import sft_demo
+
+    corpus, work, home = build_corpus(tmp_path / "corpus"), tmp_path / "work", tmp_path / "dagster_home"
+    sft_demo.build(tmp_path / "sft", 12, eval_dir=tmp_path / "no-eval")
+    sft = {"post_training__input": str(tmp_path / "sft" / "*.jsonl"), "post_training__max_tokens": 256}
+    resources = graph_resources(model_dir, corpus, work, **sft)
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        selection = ["retrieval_probe_set", "retrieval_heads"]
+        dg.materialize(ASSETS, selection=selection, instance=instance, resources=resources)
+        ((key, path, _),) = resources["post_training"].shards()
+        instance.add_dynamic_partitions(SFT_PARTITIONS, [key])
+    return {
+        "corpus": corpus,
+        "work": work,
+        "home": home,
+        "resources": resources,
+        "sft": sft,
+        "key": key,
+        "path": path,
+    }
+
+
+def sft_scored_alone(tmp_path: Path, model_dir: Path, part: dict) -> tuple[dict, Path]:
+    """The SFT partition's step scores from one process (no Dagster, no cluster): (summary, steps path)."""
+    from attention_influence.head_selection import head_set_of
+    from attention_influence.influence.models import load_model
+    from attention_influence.post_training.steps import score_sft_shard
+
+    lm = load_model(str(model_dir), dtype="float32", device="cpu")
+    heads, hid = head_set_of(part["work"] / "heads" / "heads.json", lm.identity)
+    alone = tmp_path / "alone" / "steps.parquet"
+    resources = part["resources"]
+    fmt, batch = resources["post_training"].sft_format(), resources["profile"].scoring.batch_tokens
+    return score_sft_shard(lm, part["path"], alone, heads, hid, fmt, None, batch), alone
+
+
+def shards_scored_alone(tmp_path: Path, model_dir: Path, work: Path, resources: dict, keys) -> dict:
+    """Each shard's score table from one process (`score_shard` with the run's heads and scoring knobs, no
+    Dagster, no cluster): the reference a cluster's tables must equal."""
+    import json
+
+    from attention_influence.influence.models import load_model
+    from attention_influence.shards import HeadSet, ShardJob, score_shard
+
+    heads = json.loads((work / "heads" / "heads.json").read_text())
+    lm = load_model(str(model_dir), dtype="float32", device="cpu")
+    scoring, out = resources["profile"].scoring, {}
+    for key in keys:
+        path = tmp_path / "alone" / f"{key}.parquet"
+        job = ShardJob(
+            resources["corpus"].shard(key).uri,
+            path,
+            shard=key,
+            max_tokens=scoring.doc_max_tokens,
+            batch_tokens=scoring.batch_tokens,
+            checkpoint_every=scoring.checkpoint_every,
+        )
+        score_shard(lm, HeadSet(heads["heads"], heads["head_set_id"]), job)
+        out[key] = pl.read_parquet(path)
+    return out

@@ -10,7 +10,7 @@ import json
 import dagster as dg
 import polars as pl
 import pytest
-from graph_helpers import build_corpus, graph_resources, rank_heads
+from graph_helpers import build_corpus, graph_resources, materialize_head_set
 
 from attention_influence.cli import main
 from attention_influence.influence.heads import head_set_id
@@ -44,7 +44,7 @@ def test_one_draw_keeps_the_data_versions_of_before(tmp_path, corpus):
     tokenizer.save_pretrained(tmp_path / "tiny-pin")
     resources = graph_resources(tmp_path / "tiny-pin", corpus, tmp_path / "work")
     with instance_in(tmp_path) as instance:
-        rank_heads(instance, resources)
+        materialize_head_set(instance, resources)
         got = {a: latest(instance, a).tags["dagster/data_version"] for a in ONE_DRAW_VERSIONS}
         heads_meta = latest(instance, "retrieval_heads").metadata
     assert got == ONE_DRAW_VERSIONS
@@ -60,7 +60,7 @@ def test_five_draws_report_agreement_stability_and_warnings(tmp_path, tiny_model
     work = tmp_path / "work"
     resources = graph_resources(tiny_model_dir, corpus, work, heads__draws=5, heads__stability_docs=6)
     with instance_in(tmp_path) as instance:
-        rank_heads(instance, resources)
+        materialize_head_set(instance, resources)
         probes_version = latest(instance, "retrieval_probe_set").tags["dagster/data_version"]
         heads_mat = latest(instance, "retrieval_heads")
         logs = instance.all_logs(instance.get_runs(limit=1)[0].run_id)
@@ -112,7 +112,7 @@ def test_a_probe_set_of_other_draws_is_refused(tmp_path, tiny_model_dir, corpus)
     work = tmp_path / "work"
     one = graph_resources(tiny_model_dir, corpus, work)
     with instance_in(tmp_path) as instance:
-        rank_heads(instance, one)
+        materialize_head_set(instance, one)
         three = graph_resources(tiny_model_dir, corpus, work, heads__draws=3)
         result = dg.materialize(
             ASSETS, selection=["retrieval_heads"], instance=instance, resources=three, raise_on_error=False

@@ -122,41 +122,18 @@ def _check_tables(work, reference, keys) -> None:
 
 def test_sft_step_scores_on_a_ray_cluster(tmp_path, tiny_model_dir, cluster):
     """An SFT partition scored as a Ray task equals the one-process scores; the metadata names the node."""
-    from graph_helpers import build_corpus, graph_resources
+    from graph_helpers import sft_partition, sft_scored_alone
 
-    from ai_assets.definitions import ASSETS
-    from ai_assets.sft_partitions import SFT_PARTITIONS
-    from attention_influence.head_selection import head_set_of
-    from attention_influence.influence.models import load_model
-    from attention_influence.post_training import sft_demo
-    from attention_influence.post_training.steps import score_sft_shard
+    part = sft_partition(tmp_path, tiny_model_dir)
+    home, key, work = part["home"], part["key"], part["work"]
+    drivers = _drivers(
+        cluster, home, tiny_model_dir, part["corpus"], work, [key], "sft_step_scores", part["sft"]
+    )
+    _finish(drivers, 300)
 
-    corpus, work, home = build_corpus(tmp_path / "corpus"), tmp_path / "work", tmp_path / "dagster_home"
-    sft_demo.build(tmp_path / "sft", 12, eval_dir=tmp_path / "no-eval")
-    sft = {"post_training__input": str(tmp_path / "sft" / "*.jsonl"), "post_training__max_tokens": 256}
-    resources = graph_resources(tiny_model_dir, corpus, work, **sft)
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        dg.materialize(
-            ASSETS,
-            selection=["retrieval_probe_set", "retrieval_heads"],
-            instance=instance,
-            resources=resources,
-        )
-        ((key, path, _),) = resources["post_training"].shards()
-        instance.add_dynamic_partitions(SFT_PARTITIONS, [key])
-    _finish(_drivers(cluster, home, tiny_model_dir, corpus, work, [key], "sft_step_scores", sft), 300)
-
-    steps = work / "sft" / "scores" / f"{key}.steps.parquet"
-    lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
-    heads, hid = head_set_of(work / "heads" / "heads.json", lm.identity)
-    alone = tmp_path / "alone" / "steps.parquet"
-    post = resources["post_training"]
-    batch = resources["profile"].scoring.batch_tokens
-    summary = score_sft_shard(lm, path, alone, heads, hid, post.sft_format(), None, batch)
+    summary, alone = sft_scored_alone(tmp_path, tiny_model_dir, part)
     assert summary["samples"] > 0
-    assert pl.read_parquet(steps).equals(pl.read_parquet(alone))
+    assert pl.read_parquet(work / "sft" / "scores" / f"{key}.steps.parquet").equals(pl.read_parquet(alone))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         meta = (
             instance.fetch_materializations(
@@ -171,10 +148,7 @@ def test_sft_step_scores_on_a_ray_cluster(tmp_path, tiny_model_dir, cluster):
 
 
 def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir, cluster):
-    from graph_helpers import graph_resources, materialize_head_set, write_shard
-
-    from attention_influence.influence.models import load_model
-    from attention_influence.shards import HeadSet, ShardJob, score_shard
+    from graph_helpers import graph_resources, materialize_head_set, shards_scored_alone, write_shard
 
     corpus, work, home = tmp_path / "corpus", tmp_path / "work", tmp_path / "dagster_home"
     for i, domain in enumerate(["alpha", "alpha", "beta", "beta"][:N_SHARDS]):
@@ -187,22 +161,7 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
         keys = materialize_head_set(instance, resources)
     assert len(keys) == N_SHARDS
 
-    # the one-process reference
-    heads = json.loads((work / "heads" / "heads.json").read_text())
-    lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
-    scoring, reference = resources["profile"].scoring, {}
-    for key in keys:
-        out = tmp_path / "alone" / f"{key}.parquet"
-        job = ShardJob(
-            resources["corpus"].shard(key).uri,
-            out,
-            shard=key,
-            max_tokens=scoring.doc_max_tokens,
-            batch_tokens=scoring.batch_tokens,
-            checkpoint_every=scoring.checkpoint_every,
-        )
-        score_shard(lm, HeadSet(heads["heads"], heads["head_set_id"]), job)
-        reference[key] = pl.read_parquet(out)
+    reference = shards_scored_alone(tmp_path, tiny_model_dir, work, resources, keys)
 
     workers = {n.name: n for n in cluster.nodes if n.name != "head"}
 

@@ -134,7 +134,7 @@ def test_config_show_names_every_source(tmp_path):
     assert 'workdir = "' + str(tmp_path) + '"  # environment AI_WORKDIR' in out
     assert "doc_max_tokens = 256  # profile demo (demo.toml)" in out
     assert 'policy = "docs"  # default' in out
-    assert show(load_config(f, env={})).count("\n[") == 12  # every section
+    assert show(load_config(f, env={})).count("\n[") == 13  # every section
 
 
 def test_cli_flags_default_to_the_configuration_and_win_over_it(tmp_path):

@@ -1,6 +1,6 @@
 """Head ranking over several probe draws (`influence.head_draws`): the aggregation on fixed per-draw rankings
 (mean, sd, chosen set, Jaccard, id), the probe draws' seeds, ranking a tiny model over draws against
-rank_on_probes per draw, token accuracy, and the pinned ids and data versions of one draw (as before draws)."""
+rank_on_probes per draw, token accuracy, the pinned ids and data versions of one draw (as before draws)."""
 
 from __future__ import annotations
 

@@ -48,6 +48,23 @@ class ModelSpec:
     cache_dir: str | None = None
 
 
+def model_spec(model) -> ModelSpec:
+    """The `model` section (or the selector model resource) as plain values for a worker."""
+    cache_dir = model.cache_dir or None
+    return ModelSpec(model.spec, model.dtype, model.device, model.trust_remote_code, cache_dir)
+
+
+def plain_request(request):
+    """The `ShardScoring` with its scoring section as the library's own model: no Dagster config class
+    travels to a worker."""
+    import dataclasses
+
+    from attention_influence.config import ScoringConfig
+
+    scoring = ScoringConfig.model_validate(dict(request.scoring.model_dump()))
+    return dataclasses.replace(request, scoring=scoring)
+
+
 @dataclass(frozen=True)
 class TaskResources:
     """What each scorer actor asks the cluster for, and how often a shard whose scorer died is retried."""

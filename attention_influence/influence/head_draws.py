@@ -17,7 +17,13 @@ from itertools import combinations
 
 import numpy as np
 
-from attention_influence.influence.heads import HeadRanking, Progress, head_set_id, rank_on_probes, select_heads
+from attention_influence.influence.heads import (
+    HeadRanking,
+    Progress,
+    head_set_id,
+    rank_on_probes,
+    select_heads,
+)
 from attention_influence.influence.probes import Probe, draw_seeds, probe_set_digest, probes_by_draw
 
 __all__ = ["combine_draws", "draw_seeds", "jaccard", "pairwise_jaccard", "probes_by_draw", "rank_draws"]
