@@ -10,12 +10,14 @@ start, model load, teardown, the driver noticing the result. Per task it also pr
 after the previous one ended (teardown + scheduling + job start) and its torch import + model load. The share
 at a 10,000-document shard is extrapolated: overhead per shard / (10,000 x scoring seconds per document).
 
-    PYTHONPATH=. python benchmarks/slurm_overhead.py [--docs 32] [--shards 3] [--max-tokens 256]
+    PYTHONPATH=. python benchmarks/slurm_overhead.py [--docs 32] [--shards 3] [--max-tokens 256] \
+        [--out F.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--models", default="tiny,smollm2-135m")
+    ap.add_argument("--out", help="also write the rows as JSON here")
     args = ap.parse_args()
 
     from attention_influence.cluster.local_slurm import LocalSlurmCluster
@@ -105,6 +108,9 @@ def main() -> None:
             cluster.stop()
     with pl.Config(tbl_cols=-1, tbl_width_chars=200):
         print(pl.DataFrame(rows))
+    if args.out:
+        cpu = {"cores": os.cpu_count(), "amx_bf16": "amx_bf16" in Path("/proc/cpuinfo").read_text()}
+        Path(args.out).write_text(json.dumps({"args": vars(args), "machine": cpu, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
