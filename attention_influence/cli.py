@@ -28,18 +28,18 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_from_flags(argv: list[str] | None) -> Loaded:
-    """The configuration named by --config / --set (anywhere before the command), without the rest."""
-    pre = argparse.ArgumentParser(add_help=False)
+def load_from_flags(argv: list[str] | None) -> tuple[Loaded, list[str]]:
+    """The configuration named by --config / --set (before or after the command), and the other arguments."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_config_args(pre)
-    known, _ = pre.parse_known_args(argv)
+    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = {}
     for item in known.set:
         key, eq, raw = item.partition("=")
         if not eq:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cut.top_frac=0.1")
         overrides[key.strip()] = parse_value(key.strip(), raw)
-    return load_config(known.config, overrides=overrides, overrides_source="--set")
+    return load_config(known.config, overrides=overrides, overrides_source="--set"), rest
 
 
 def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
@@ -55,12 +55,12 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        loaded = load_from_flags(argv)
+        loaded, rest = load_from_flags(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args = build_parser(loaded).parse_args(
-        argv
+        rest
     )  # --help and usage errors exit here, before torch is imported
     if args.command == "config":
         return args.func(args)

@@ -127,7 +127,7 @@ def test_cli_heads_over_draws(tmp_path, tiny_model_dir, corpus, capsys):
     argv = ["heads", "--model", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu"]
     argv += ["--corpus", str(corpus / "*" / "*.parquet"), "--out", str(out), "--probes", "2"]
     argv += ["--max-tokens", "510", "--top-frac", "0.25", "--draws", "3", "--stability-docs", "5"]
-    assert main([*argv, "--set", "scoring.doc_max_tokens=32"]) == 0
+    assert main(["--set", "scoring.doc_max_tokens=32", *argv]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     doc = json.loads(out.read_text())

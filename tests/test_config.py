@@ -143,12 +143,36 @@ def test_cli_flags_default_to_the_configuration_and_win_over_it(tmp_path):
     f = write(
         tmp_path / "run.toml", "[scoring]\ndoc_max_tokens = 77\nwindows = true\n[model]\ndtype = 'float32'\n"
     )
+
+    def parse(argv):
+        loaded, rest = load_from_flags(argv)
+        return build_parser(loaded).parse_args(rest)
+
     argv = ["--config", str(f), "score", "--heads", "h", "--input", "i", "--output", "o"]
-    args = build_parser(load_from_flags(argv)).parse_args(argv)
+    args = parse(argv)
     assert (args.max_tokens, args.windows, args.dtype) == (77, True, "float32")
     argv += ["--max-tokens", "12", "--no-windows"]
-    args = build_parser(load_from_flags(argv)).parse_args(argv)
+    args = parse(argv)
     assert (args.max_tokens, args.windows) == (12, False)
+    # --config and --set after the command too, --set above the file
+    args = parse(["score", "--heads", "h", "--input", "i", "--output", "o", "--config", str(f)])
+    assert (args.max_tokens, args.dtype) == (77, "float32")
+    args = parse(
+        [
+            "score",
+            "--heads",
+            "h",
+            "--input",
+            "i",
+            "--output",
+            "o",
+            "--config",
+            str(f),
+            "--set",
+            "scoring.doc_max_tokens=5",
+        ]
+    )
+    assert args.max_tokens == 5
 
 
 def test_configuration_reference_is_generated_and_current():
