@@ -68,7 +68,7 @@ def slurm(tmp_path_factory):
         if in_ci():
             pytest.fail(f"CI=true but {missing} are not installed: .ci/run installs slurm-wlm and munge")
         pytest.skip(f"Slurm is not installed ({missing}): apt-get install slurm-wlm munge")
-    cluster = LocalSlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=2, grace_seconds=60)
+    cluster = LocalSlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=2, grace_seconds=0)
     try:
         cluster.start()
         yield cluster

@@ -63,6 +63,7 @@ def test_gpu_sized_batches_take_canonical_lengths(monkeypatch):
     assert not PassOptions.resolve(lm, 8192, 64).canonical  # a fixed size: the length buckets
     assert not PassOptions.resolve(lm, None, 64).canonical  # a CPU's "auto" is the fixed 8192
     assert PassOptions.resolve(lm, None, 64).batch_tokens == batching.AUTO_BATCH_TOKENS_CPU
+    assert PassOptions.resolve(lm, "auto", 64) == PassOptions.resolve(lm, None, 64)  # the config's spelling
     assert PassOptions.resolve(lm, 8192, 64, canonical=True).canonical  # scoring.batch_invariant
 
     class OnGpu(type(lm)):

@@ -9,10 +9,11 @@ generated here, readable by its owner only and never copied elsewhere. A unique 
 free ports keep it apart from other clusters on the machine; the processes it started are stopped by pid
 (`stop`), also the slurmstepd and job processes of its own nodes (`job_processes`).
 
-Two partitions: `low` (default; its jobs are preempted by requeue, with `grace_seconds` between the SIGTERM
-and the kill) and `high` (PriorityTier 10: a job there preempts `low` jobs). Each node has one fake GPU gres
-(`gpu:1`, File=/dev/null) so `--gres=gpu:1` is scheduled as on a GPU cluster (CUDA_VISIBLE_DEVICES is set;
-torch still finds no GPU and scores on the CPU).
+Two partitions: `low` (default; its jobs are preempted by requeue after its `GraceTime`, `grace_seconds`:
+0 sends the batch shell SIGTERM at once and SIGKILL `KillWait` = 5 s later; docs/deploy.md) and `high`
+(PriorityTier 10: a job there preempts `low` jobs). Each node has one fake GPU gres (`gpu:1`, File=/dev/null)
+so `--gres=gpu:1` is scheduled as on a GPU cluster (CUDA_VISIBLE_DEVICES is set; torch still finds no GPU and
+scores on the CPU).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class LocalSlurmCluster:
     root: Path  # every file of the cluster lives below it
     nodes: int = 2
     cpus: int = 1  # per node: one job at a time each with 1 CPU per task
-    grace_seconds: int = 30  # preemption: SIGTERM, then the kill this much later
+    grace_seconds: int = 0  # the low partition's GraceTime: 0, SIGTERM at preemption (see above)
     name: str = field(default_factory=lambda: "ai" + secrets.token_hex(4))
     daemons: dict[str, Daemon] = field(default_factory=dict)
     node_ports: dict[str, int] = field(default_factory=dict)

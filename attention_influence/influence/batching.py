@@ -146,20 +146,21 @@ class PassOptions:
     def resolve(
         cls,
         lm: LoadedModel,
-        batch_tokens: int | None,
+        batch_tokens: int | str | None,
         longest: int,
         packed: bool | None = None,
         compile: bool = False,
         base: bool = True,
         canonical: bool | None = None,
     ) -> PassOptions:
-        """batch_tokens None (or <= 0): sized from free accelerator memory; packed None: `use_packing`;
-        canonical None: `use_canonical`."""
-        auto = batch_tokens is None or batch_tokens <= 0
+        """batch_tokens None, "auto" (the configuration's spelling) or <= 0: sized from free accelerator
+        memory; packed None: `use_packing`; canonical None: `use_canonical`."""
+        auto = batch_tokens is None or batch_tokens == "auto" or int(batch_tokens) <= 0
         if auto:
             batch_tokens = auto_batch_tokens(lm, longest)
         canonical = use_canonical(canonical, auto, lm.device.type)
-        return cls(max(batch_tokens, longest), use_packing(lm, packed, compile), compile, base, canonical)
+        packed = use_packing(lm, packed, compile)
+        return cls(max(int(batch_tokens), longest), packed, compile, base, canonical)
 
 
 # ---------------------------------------------------------------- running batches
