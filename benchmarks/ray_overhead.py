@@ -68,7 +68,7 @@ def bench_request(key: str, path: Path, work: Path, max_tokens: int):
     shard = Shard(key=key, uri=str(path), folder="web", fingerprint=key)
     return ShardScoring(
         shard, work / f"{key}.parquet", work / f"{key}.staged.parquet", work / f"{key}.json",
-        "text", "id", "domain", scoring, {}, "bench", "bench",
+        "text", "id", "domain", scoring, "bench",
     )  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def run_model(name: str, spec: str, shards: list[Path], work: Path, max_tokens: 
     rows = []
     for i, path in enumerate(shards):
         request = bench_request(f"{name}-{i}", path, work, max_tokens)
-        task = ShardTask(ModelSpec(spec, dtype="float32", device="cpu"), request, HEADS, "bench")
+        task = ShardTask(ModelSpec(spec, dtype="float32", device="cpu"), request, HEADS)
         ray.shutdown()  # a new driver, a new Ray job: what each run of a backfill is
         connect(cluster.address, token_file=str(cluster.token_file))
         record = score_shards([task], TaskResources(num_gpus=0, num_cpus=1, max_retries=0))[0]

@@ -34,9 +34,9 @@ from ray_overhead import HEADS, TARGET_DOCS, bench_request, tiny_model, write_sh
 def batch_tasks(name: str, spec: str, shards: list[Path], work: Path, max_tokens: int) -> list:
     from attention_influence.cluster.scoring import ModelSpec, ShardTask
 
-    model, version = ModelSpec(spec, dtype="float32", device="cpu"), f"v-{time.time()}"  # nothing reused
+    model = ModelSpec(spec, dtype="float32", device="cpu")  # a work dir per layout: nothing reused
     return [
-        ShardTask(model, bench_request(f"{name}-{i}", path, work, max_tokens), HEADS, version)
+        ShardTask(model, bench_request(f"{name}-{i}", path, work, max_tokens), HEADS)
         for i, path in enumerate(shards)
     ]
 
