@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from ai_assets.metadata import heads_text, markdown_table, read_head_set
+from ai_assets.metadata import check_metadata, heads_text, markdown_table, peak_rss_mb, read_head_set
 from ai_assets.partitions import corpus_shard, shard_partitions
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
@@ -135,7 +135,37 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
         "probe_set_version": str(record.get("probe_set_version")),
         "reused_unchanged": reused,
         "data_version": record["data_version"],
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def score_output_checks(workdir: Workdir, key: str) -> list:
+    """The score checks of one shard's output as it is on disk (`attention_influence.checks`)."""
+    from attention_influence.checks import score_output_checks as checks_of
+
+    record = workdir.score_record(key)
+    return checks_of(key, workdir.score_path(key), workdir.score_quarantine_path(key), record)
+
+
+def _range_checks(context: dg.AssetExecutionContext, keys: list[str], workdir: Workdir):
+    """A run of several partitions (a Slurm backfill's run) yields no output, so Dagster does not run the
+    partitioned score checks (`asset_checks.document_scores_checks`) after it: the same checks, per
+    partition, as check evaluations of this step; the failed ones as lines naming the partition."""
+    failed = []
+    for key in keys:
+        for check in score_output_checks(workdir, key):
+            yield dg.AssetCheckEvaluation(
+                asset_key=context.asset_key,
+                check_name=check.name,
+                passed=check.passed,
+                metadata=check_metadata(check),
+                description=check.found,
+                blocking=True,
+                partition=key,
+            )
+            if not check.passed:
+                failed.append(f"{key}: {check.name}: {check.found}")
+    return failed
 
 
 def _precision(model: SelectorModel, ray_cluster: RayCluster, slurm_cluster: SlurmCluster) -> dict:
@@ -237,6 +267,7 @@ def document_scores(
     todo = [k for k in keys if k not in records]
     scored, errors = _score(context, todo, requests, heads_doc, model, ray_cluster, slurm_cluster)
     records.update(scored)
+    failed_checks = []
     if len(keys) == 1 and not errors:
         (key,) = keys
         record = records[key]
@@ -255,6 +286,10 @@ def document_scores(
                 metadata=metadata,
                 tags=_version_tags(context.instance, key, record["data_version"]),
             )
-    if errors:
-        failed = "\n".join(f"{key}: {error}" for key, error in errors.items())
-        raise dg.Failure(f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:\n{failed}")
+        failed_checks = yield from _range_checks(context, [k for k in keys if k in records], workdir)
+    problems = [f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:"] if errors else []
+    problems += [f"{key}: {error}" for key, error in errors.items()]
+    if failed_checks:
+        problems += [f"{len(failed_checks)} blocking check(s) failed:", *failed_checks]
+    if problems:
+        raise dg.Failure("\n".join(problems))
