@@ -293,7 +293,7 @@ def run_timings(instance, run_id: str) -> dict:
 
     kinds = {
         dg.DagsterEventType.RUN_ENQUEUED: "enqueued",
-        dg.DagsterEventType.RUN_DEQUEUED: "dequeued",
+        dg.DagsterEventType.RUN_STARTING: "dequeued",  # launched from the queue (1.13 logs no DEQUEUED)
         dg.DagsterEventType.RUN_START: "started",
         dg.DagsterEventType.RUN_SUCCESS: "ended",
         dg.DagsterEventType.RUN_FAILURE: "ended",
@@ -391,7 +391,10 @@ def graph_phase(args, corpus: dict, model_dir: Path, root: Path, log) -> dict:
                 out["backfill"]["relaunched"]["status"] = wait_backfill(instance, gql, again, n, faults, log)
             t_done = time.time()
             out["backfill"]["wall_seconds"] = round(t_done - t_backfill, 1)
-            out["runs"] = backfill_runs(instance, backfill_id, sampler)
+            ids = [backfill_id] + (
+                [out["backfill"]["relaunched"]["id"]] if "relaunched" in out["backfill"] else []
+            )
+            out["runs"] = backfill_runs(instance, ids, sampler)
             out["faults"] = faults.done if faults else None
             if faults and "step_killed" in faults.done:
                 key = faults.done["step_killed"]["partition"]
