@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ai_assets.asset_checks import CHECKS
 from ai_assets.document_scores import document_scores
 from ai_assets.domain_cut import domain_cut
 from ai_assets.jobs import JOBS
@@ -104,6 +105,7 @@ def build_definitions(
     config = config or load_config().config
     return dg.Definitions(
         assets=scoring_assets(config),
+        asset_checks=CHECKS,
         jobs=JOBS,
         sensors=SENSORS,
         resources={**build_resources(config), **(resources or {})},

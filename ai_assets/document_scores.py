@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from ai_assets.metadata import heads_text, markdown_table, read_head_set
+from ai_assets.metadata import check_metadata, heads_text, markdown_table, peak_rss_mb, read_head_set
 from ai_assets.partitions import corpus_shard, shard_partitions
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
@@ -50,6 +50,47 @@ def _progress(context: dg.AssetExecutionContext, key: str):
         context.log.info(f"{key}: {done}/{total} chunks scored")
 
     return progress
+
+
+def _ray_events(context: dg.AssetExecutionContext, key: str):
+    """What the Ray scorer streams, into the run's log as it comes: where it scores, its chunk progress and
+    log lines; a dead scorer as a warning naming it, its node and the retry."""
+
+    def node(e: dict) -> str:
+        return f"node {e.get('node_id')} ({e.get('node_ip')}, {e.get('hostname')}, pid {e.get('pid')})"
+
+    def on_event(event: dict) -> None:
+        kind = event["event"]
+        if kind == "placement":
+            actor, where = event["worker"]["actor"], event["placement"]
+            context.log.info(f"{key}: scoring on {actor} at {node(where)}, device {where.get('device')}")
+        elif kind == "progress":
+            context.log.info(f"{key}: {event['done']}/{event['total']} chunks scored")
+        elif kind == "log":
+            context.log.info(event["message"])
+        elif kind == "retry":
+            context.log.warning(
+                f"{key}: scorer {event['scorer']} died at {node(event)} ({event['error']}); the shard goes "
+                f"to another scorer (retry {event['attempt']} of {event['max_retries']})"
+            )
+
+    return on_event
+
+
+def _ray_score(context: dg.AssetExecutionContext, key: str, ray_cluster: RayCluster, *args) -> dict:
+    """One shard on a Ray scorer, its progress streamed into the run's log; after a retry, a warning with
+    how many chunks the scorer that finished resumed."""
+    context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+    record = ray_cluster.score_shard(*args, on_event=_ray_events(context, key))
+    node, timings = record["placement"]["node_id"], record["timings"]
+    context.log.info(f"{key}: scored on Ray node {node} ({timings})")
+    for dead in record.get("retries", []):
+        context.log.warning(
+            f"{key}: scorer {dead['scorer']} (node {dead['node_id']}) died while scoring; "
+            f"{record['worker']['actor']} on node {node} resumed {record.get('chunks_resumed', 0)} of "
+            f"{record.get('chunks', 0)} chunks and scored the rest"
+        )
+    return record
 
 
 def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: Workdir) -> "ShardScoring":
@@ -134,8 +175,41 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
         "device": device,
         "probe_set_version": str(record.get("probe_set_version")),
         "reused_unchanged": reused,
+        "chunks": record.get("chunks", 0),
+        "chunks_resumed": record.get("chunks_resumed", 0),
+        **({"ray_retries": dg.MetadataValue.json(record["retries"])} if record.get("retries") else {}),
         "data_version": record["data_version"],
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def score_output_checks(workdir: Workdir, key: str) -> list:
+    """The score checks of one shard's output as it is on disk (`attention_influence.checks`)."""
+    from attention_influence.checks import score_output_checks as checks_of
+
+    record = workdir.score_record(key)
+    return checks_of(key, workdir.score_path(key), workdir.score_quarantine_path(key), record)
+
+
+def _range_checks(context: dg.AssetExecutionContext, keys: list[str], workdir: Workdir):
+    """A run of several partitions (a Slurm backfill's run) yields no output, so Dagster does not run the
+    partitioned score checks (`asset_checks.document_scores_checks`) after it: the same checks, per
+    partition, as check evaluations of this step; the failed ones as lines naming the partition."""
+    failed = []
+    for key in keys:
+        for check in score_output_checks(workdir, key):
+            yield dg.AssetCheckEvaluation(
+                asset_key=context.asset_key,
+                check_name=check.name,
+                passed=check.passed,
+                metadata=check_metadata(check),
+                description=check.found,
+                blocking=True,
+                partition=key,
+            )
+            if not check.passed:
+                failed.append(f"{key}: {check.name}: {check.found}")
+    return failed
 
 
 def _precision(model: SelectorModel, ray_cluster: RayCluster, slurm_cluster: SlurmCluster) -> dict:
@@ -179,10 +253,7 @@ def _score(
     for key in keys:
         request = requests[key]
         if ray_cluster.enabled:
-            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-            records[key] = ray_cluster.score_shard(model, request, heads_doc)
-            node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
-            context.log.info(f"{key}: scored on Ray node {node} ({timings})")
+            records[key] = _ray_score(context, key, ray_cluster, model, request, heads_doc)
         else:
             progress, log = _progress(context, key), context.log.info
             records[key] = score_and_record(model.lm, request, heads_doc, progress=progress, log=log)
@@ -237,6 +308,7 @@ def document_scores(
     todo = [k for k in keys if k not in records]
     scored, errors = _score(context, todo, requests, heads_doc, model, ray_cluster, slurm_cluster)
     records.update(scored)
+    failed_checks = []
     if len(keys) == 1 and not errors:
         (key,) = keys
         record = records[key]
@@ -255,6 +327,10 @@ def document_scores(
                 metadata=metadata,
                 tags=_version_tags(context.instance, key, record["data_version"]),
             )
-    if errors:
-        failed = "\n".join(f"{key}: {error}" for key, error in errors.items())
-        raise dg.Failure(f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:\n{failed}")
+        failed_checks = yield from _range_checks(context, [k for k in keys if k in records], workdir)
+    problems = [f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:"] if errors else []
+    problems += [f"{key}: {error}" for key, error in errors.items()]
+    if failed_checks:
+        problems += [f"{len(failed_checks)} blocking check(s) failed:", *failed_checks]
+    if problems:
+        raise dg.Failure("\n".join(problems))

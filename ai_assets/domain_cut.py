@@ -16,8 +16,9 @@ reports metadata.
 import dagster as dg
 
 from ai_assets.document_scores import document_scores
-from ai_assets.metadata import heads_text, markdown_table, read_head_set
+from ai_assets.metadata import heads_text, markdown_table, peak_rss_mb, read_head_set
 from ai_assets.partitions import SHARD_PARTITIONS
+from attention_influence.checks import damaged_score_tables
 from attention_influence.code_versions import code_version
 from attention_influence.cut import (
     ROUNDING,
@@ -42,6 +43,22 @@ def scored_shards(instance: dg.DagsterInstance, workdir: Workdir) -> tuple[list[
         else:
             scored.append(record)
     return scored, unscored
+
+
+def refuse_damaged_tables(shards: list[dict], files: list[str], workdir: Workdir) -> None:
+    """The score checks (`document_scores_checks`) on every table as it is now: a table damaged after its
+    run (rows lost or repeated) stops the cut, naming the shard, instead of reaching it."""
+    quarantines = [workdir.score_quarantine_path(s["key"]) for s in shards]
+    tables = [(s["key"], f, q, s) for s, f, q in zip(shards, files, quarantines, strict=True)]
+    problems = damaged_score_tables(tables)
+    if problems:
+        shown = "\n".join(problems[:20]) + (
+            f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        )
+        raise CutInputError(
+            f"{len(problems)} score table check(s) fail, so the cut would be wrong; re-materialize those "
+            f"document_scores partitions (config force: true):\n{shown}"
+        )
 
 
 def gate_metadata(policy, summary) -> dict:
@@ -91,6 +108,7 @@ def _metadata(
         "model": heads_doc["model"],
         "heads": heads_text(heads_doc["heads"]),
         "probe_set_version": str(heads_doc.get("probe_set_version")),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -118,6 +136,7 @@ def domain_cut(
         hsid, warn = heads_doc["head_set_id"], context.log.warning
         frac = check_scored_shards(shards, unscored, hsid, profile.cut.top_frac, warn=warn)
         files = [str(workdir.score_path(s["key"])) for s in shards]
+        refuse_damaged_tables(shards, files, workdir)
         with duckdb.connect() as con:
             cut = cut_shards(
                 con,

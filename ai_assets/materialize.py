@@ -113,10 +113,10 @@ class CodeLocationLauncher:
 
 def in_process_launcher(instance: dg.DagsterInstance, resources: dict) -> Launch:
     """The same named jobs run with the given resources (tests: a tiny model, a temporary work dir)."""
-    from ai_assets.definitions import ASSETS
+    from ai_assets.definitions import ASSETS, CHECKS
     from ai_assets.jobs import JOBS
 
-    defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources)
+    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=JOBS, resources=resources)
 
     def launch(job_name: str, partition_key: str | None = None) -> None:
         defs.resolve_job_def(job_name).execute_in_process(instance=instance, partition_key=partition_key)
@@ -158,10 +158,10 @@ def materialize_all(
     tail = UNPARTITIONED_TAIL if tail is None else tail
     if tail == UNPARTITIONED_TAIL:
         step(select_job.name)
-    elif tail:  # a part of the last stage (tests): an asset selection of the same assets
-        from ai_assets.definitions import ASSETS
+    elif tail:  # a part of the last stage (tests): an asset selection of the same assets, with their checks
+        from ai_assets.definitions import ASSETS, CHECKS
 
-        dg.materialize(ASSETS, selection=tail, instance=instance, resources=resources)
+        dg.materialize([*ASSETS, *CHECKS], selection=tail, instance=instance, resources=resources)
     if post_training:
         materialize_post_training(instance, resources, step, log)
     return keys

@@ -24,6 +24,21 @@ def read_head_set(path: Path) -> dict:
     return doc
 
 
+def check_metadata(check) -> dict:
+    """An asset check's metadata (`attention_influence.checks.Check`): what it found, then its counts."""
+    plain = (int, float, str, bool)
+    values = {k: v if isinstance(v, plain) else dg.MetadataValue.json(v) for k, v in check.metadata.items()}
+    return {"found": check.found, **values}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB: the step's own under the multiprocess executor (one
+    process per step), the run's so far in process. A plot over a backfill's partitions shows growth."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def heads_text(heads) -> str:
     return ", ".join(f"({layer}, {head})" for layer, head in heads)
 

@@ -9,7 +9,7 @@ are `attention_influence.mixed_corpus` (`mix_manifest`).
 
 import dagster as dg
 
-from ai_assets.metadata import markdown_table
+from ai_assets.metadata import markdown_table, peak_rss_mb
 from ai_assets.pretraining_manifest import pretraining_manifest
 from attention_influence.audit import read_provenance
 from attention_influence.code_versions import code_version
@@ -33,6 +33,7 @@ def _metadata(mix: MixResult, manifest_prov: dict, profile: SelectionProfile, wo
         "rows_per_file": int(profile.mix.rows_per_file),
         "head_set_id": manifest_prov["head_set_id"],
         "load": f"datasets.load_dataset('parquet', data_files='{workdir.mixed_dir}/mixed-*.parquet')",
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -10,7 +10,7 @@ an in-memory DuckDB, so it never holds a lock on the selection database (`attent
 import dagster as dg
 
 from ai_assets.domain_cut import domain_cut
-from ai_assets.metadata import heads_text, markdown_table
+from ai_assets.metadata import heads_text, markdown_table, peak_rss_mb
 from attention_influence.code_versions import code_version
 from attention_influence.manifest import (
     MANIFEST_FILE,
@@ -43,6 +43,7 @@ def _metadata(manifest: Manifest) -> dict:
         "heads": heads_text(cut_prov["heads"]),
         "probe_set_version": str(cut_prov.get("probe_set_version")),
         "audit": f"attention-influence audit {manifest.path}",
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

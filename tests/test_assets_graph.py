@@ -294,7 +294,15 @@ def test_cut_rounding_ties_duplicates_and_nan(graph, tmp_path):
             work / "scores" / f"{key}.quarantine.parquet"
         )  # a complete score output: table, quarantine table, provenance
         (work / "scores" / f"{key}.json").write_text(
-            json.dumps({"key": key, "head_set_id": "h1", "data_version": key, "code_versions": {}})
+            json.dumps(
+                {
+                    "key": key,
+                    "head_set_id": "h1",
+                    "data_version": key,
+                    "code_versions": {},
+                    "documents_considered": part.height,  # what the cut's score checks reconcile
+                }
+            )
         )
     dg.materialize(ASSETS, selection=["domain_cut"], instance=instance, resources=resources)
     cut = pl.read_parquet(work / "cut" / "cut.parquet")

@@ -36,6 +36,22 @@ def test_chunked_attention_equals_causal_sdpa(B, H, Hkv, T, D, dtype):
     )  # rows independent
 
 
+def test_chunk_masks_of_many_lengths_are_slices_of_one_set(monkeypatch):
+    """Every length's masks equal the ones built for it alone (contiguous, as built), in any order of
+    lengths; the cache holds one set (the longest length's), however many lengths were seen."""
+    monkeypatch.setattr(llama, "_MASKS", {})
+    cpu = torch.device("cpu")
+    for T in [300, 130, 1024, 129, 640, 1000, 257]:
+        got = llama.chunk_masks(T, 3, 128, torch.float32, cpu)
+        want = llama._build_masks(T, 3, 128, torch.float32, cpu)
+        assert len(got) == len(want) == -(-T // 128)
+        assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(got, want, strict=True)), T
+    ((longest, masks),) = llama._MASKS.values()
+    assert longest == 1024 and sum(m.numel() for m in masks) == sum(
+        m.numel() for m in llama._build_masks(1024, 3, 128, torch.float32, cpu)
+    )
+
+
 def test_causal_attention_chooses_the_kernel_by_length(monkeypatch):
     calls = []
     real = llama.chunked_causal_attention

@@ -162,7 +162,7 @@ LAYERS = [
     {"audit", "influence"},
     {"shards"},
     {"cut", "evaluation", "mixed_corpus", "manifest", "demo_corpus", "probe_set", "cluster", "bench"},
-    {"training", "head_selection", "head_stability"},
+    {"training", "head_selection", "head_stability", "checks"},
     {"post_training"},
     {"api", "commands"},
     {"cli"},

@@ -93,6 +93,7 @@ def run_agreement(
     The control (one masked forward per sampled document and draw) runs only with quality columns: without
     labels it says nothing."""
     from attention_influence.influence.structure import FEATURES
+    from attention_influence.shards.spec import batch_size
 
     quality = quality_columns(evaluation.quality_columns)
     frame, missing = scored_documents(sources, id_column, text_column, quality, fmt)
@@ -116,7 +117,7 @@ def run_agreement(
             sample,
             evaluation.control_draws,
             scoring.doc_max_tokens or None,
-            scoring.batch_tokens,
+            batch_size(scoring.batch_tokens),  # "auto" -> None: sized by the engine
             scoring.windows,
             CONTROL_SEED,
             log,

@@ -12,8 +12,6 @@ plain Llama, Mistral or Qwen2 layers (`supports`) run through their own modules.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -55,12 +53,10 @@ def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
 
 
-@lru_cache(maxsize=64)
-def chunk_masks(
-    T: int, group: int, chunk: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, ...]:
-    """Additive causal masks, one per block of `chunk` positions: (chunk * group, end) each, query rows
-    position-major (position i's `group` heads are rows i*group..i*group+group-1)."""
+_MASKS: dict[tuple, tuple[int, tuple[torch.Tensor, ...]]] = {}  # (group, chunk, dtype, device) -> longest T
+
+
+def _build_masks(T: int, group: int, chunk: int, dtype: torch.dtype, device: torch.device):
     masks = []
     for start in range(0, T, chunk):
         end = min(T, start + chunk)
@@ -68,6 +64,29 @@ def chunk_masks(
         hidden = torch.arange(end, device=device)[None, :] > q_pos  # (n * group, end)
         masks.append(torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(hidden, float("-inf")))
     return tuple(masks)
+
+
+def chunk_masks(
+    T: int, group: int, chunk: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Additive causal masks, one per block of `chunk` positions: (chunk * group, end) each, query rows
+    position-major (position i's `group` heads are rows i*group..i*group+group-1).
+
+    One set is kept per (group, chunk, dtype, device), for the longest T seen: an entry depends only on its
+    query and key positions, so a shorter T's masks are slices of it (the last one copied to be contiguous,
+    as a mask built for T is). An lru_cache keyed by T held up to 64 sets, ~6 MB each at T = 1,024 with
+    3 query heads per KV head, one more for every new length scored (benchmarks/memory_growth.py)."""
+    key = (group, chunk, dtype, device)
+    longest, masks = _MASKS.get(key, (0, ()))
+    if T > longest:
+        masks = _build_masks(T, group, chunk, dtype, device)
+        _MASKS[key] = (T, masks)
+    out = []
+    for i, start in enumerate(range(0, T, chunk)):
+        end = min(T, start + chunk)
+        mask = masks[i][: (end - start) * group, :end]
+        out.append(mask if mask.is_contiguous() else mask.contiguous())
+    return tuple(out)
 
 
 def chunked_causal_attention(

@@ -3,20 +3,50 @@
 `replacing` is the one way to do it: write a temporary sibling (`.<name>.<random>.tmp`, in the same folder so
 the rename never crosses filesystems), fsync it, `os.replace` it over the target, then fsync the folder so the
 rename itself survives a crash. A failed write removes its temporary file; one left by a killed process is
-found by `temp_siblings` (and skipped by the object-store upload, which ignores `.tmp`).
+found by `temp_siblings` (and skipped by the object-store upload, which ignores `.tmp`). A write that runs out
+of space (ENOSPC, EDQUOT, also when a writer such as polars wraps it in its own error) raises `DiskFullError`
+naming the file and the free space left, after removing its temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
+
+
+class DiskFullError(OSError):
+    """The file system of an output is full: the message names the file; nothing partial was kept."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        return True
+    return any(text in str(exc).lower() for text in FULL_TEXT)
+
+
+def _full_error(path: Path, exc: BaseException) -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    error = DiskFullError(
+        errno.ENOSPC,
+        f"{path}: no space left on its file system ({free}; {exc}); nothing partial was kept: free space "
+        "and run again",
+    )
+    error.filename = str(path)
+    return error
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -57,8 +87,10 @@ def replacing(path: str | Path) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise _full_error(path, exc) from exc
         raise
     _fsync_dir(path.parent)
 
