@@ -43,11 +43,17 @@ class MixResult:
 
 
 def text_view(
-    con, shards: Sequence[tuple[str, str]], text_column: str, id_column: str | None, fmt: str | None = None
+    con,
+    shards: Sequence[tuple[str, str]],
+    text_column: str,
+    id_column: str | None,
+    fmt: str | None = None,
+    through_reader: frozenset[str] = frozenset(),
 ) -> None:
     """View `mix_texts(shard, id, text)` over the corpus shards [(key, uri)], read in any shard format with
-    the scorer's ids (`shards.columns`; `id_column` None: generated `<key>:<row>`). Column names are
-    identifiers, so they go through DuckDB's expression API, never into SQL text."""
+    the scorer's ids (`shards.columns`; `id_column` None: generated `<key>:<row>`); the shards of
+    `through_reader` are read by the scorer's reader, not by DuckDB in place. Column names are identifiers,
+    so they go through DuckDB's expression API, never into SQL text."""
     import duckdb
 
     from attention_influence.shards.columns import Columns, ShardSource, duckdb_relation
@@ -57,7 +63,9 @@ def text_view(
     rels = []
     for key, uri in shards:
         try:
-            rel, _ = duckdb_relation(con, ShardSource(key, uri), columns)
+            rel, _ = duckdb_relation(
+                con, ShardSource(key, uri), columns, read_in_place=key not in through_reader
+            )
         except InputError as exc:
             raise MixError(f"shard {key}: {exc}") from exc
         rels.append(
@@ -73,6 +81,24 @@ def text_view(
     for rel in rels[1:]:
         union = union.union(rel)
     union.create_view("mix_texts", replace=True)
+
+
+def undecodable_shards(con, shards: Sequence[tuple[str, str]], text_column: str) -> frozenset[str]:
+    """Keys of the Parquet shards whose text column DuckDB cannot decode (a row that is not valid UTF-8)."""
+    import duckdb
+
+    bad = set()
+    for key, uri in shards:
+        try:
+            length = duckdb.FunctionExpression("length", duckdb.ColumnExpression(text_column))
+            con.read_parquet(str(uri)).select(length.alias("n")).aggregate("max(n)").fetchall()  # decodes
+        except duckdb.InvalidInputException as exc:
+            if "Invalid string encoding" not in str(exc):
+                raise
+            bad.add(key)
+        except duckdb.Error:  # not Parquet, or no such column: the reader's path says what is wrong
+            continue
+    return frozenset(bad)
 
 
 def _chunks(reader, rows_per_file: int) -> Iterator[list]:
@@ -119,7 +145,16 @@ def write_mixed_corpus(
         if temp_dir:
             con.execute("SET temp_directory = ?", [str(temp_dir)])
         text_view(con, shards, text_column, id_column, fmt)
-        problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
+        try:
+            problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
+        except duckdb.InvalidInputException as exc:
+            if "Invalid string encoding" not in str(exc):
+                raise
+            # a shard holds text that is not valid UTF-8 (rows scoring quarantined): DuckDB refuses the whole
+            # file, so those shards are read by the reader, which sets the rows aside
+            bad = undecodable_shards(con, shards, text_column)
+            text_view(con, shards, text_column, id_column, fmt, through_reader=bad)
+            problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
         if problems:
             listed = "; ".join(f"{s}/{i}: {m} rows, {t} texts" for s, i, m, t in problems)
             raise MixError(

@@ -97,3 +97,26 @@ def test_a_manifest_row_without_text_names_shard_and_id(manifest, tmp_path):
         mix(manifest, tmp_path)
     with pytest.raises(MixError, match="corpus.text_column='text'"):
         mix(manifest, tmp_path, text_column="text")
+
+
+def test_a_shard_with_text_that_is_not_utf8_is_read_through_the_reader(manifest, tmp_path):
+    """DuckDB refuses a whole Parquet file when one row's text is not valid UTF-8 (scoring quarantined that
+    row): the mix reads that shard through the scorer's reader instead, and every manifest row keeps its
+    text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, sources = manifest
+    before = texts(sources)
+    corpus = pl.read_parquet(sources[1][1])
+    raw = pa.array([t.encode() for t in corpus["body"]] + [b"caf\xe9 \xff"], pa.binary())
+    body = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())  # no validation, on purpose
+    ids = pa.array([*corpus["doc_id"].to_list(), "not-in-manifest"])
+    pq.write_table(pa.table({"doc_id": ids, "body": body}), sources[1][1])
+    with pytest.raises(duckdb.InvalidInputException, match="Invalid string encoding"):
+        duckdb.sql(f"SELECT max(length(body)) FROM read_parquet('{sources[1][1]}')").fetchall()
+    result = mix(manifest, tmp_path)
+    rows = pl.concat([pl.read_parquet(f) for f in result.files])
+    assert rows.height == pl.read_parquet(path).height == result.rows
+    assert rows["text"].null_count() == 0
+    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())

@@ -80,13 +80,16 @@ def in_place(source: ShardSource, columns: Columns) -> bool:
     return bool(plain) and shard_format(source.uri, columns.format).name == "parquet"
 
 
-def duckdb_relation(con, source: ShardSource, columns: Columns, extra: Sequence[str] = ()):
+def duckdb_relation(
+    con, source: ShardSource, columns: Columns, extra: Sequence[str] = (), read_in_place: bool = True
+):
     """A DuckDB relation over the shard with `id, text, *extra`, and the extra columns it has. A shard DuckDB
-    cannot read in place is loaded batch by batch into a table of the connection (spilled to its temp
-    directory when large). A missing text or id column is an InputError naming the shard and setting."""
+    cannot read in place (or `read_in_place` False) is loaded batch by batch through the reader, which sets
+    aside the rows it quarantines, into a table of the connection (spilled to its temp directory when large).
+    A missing text or id column is an InputError naming the shard and setting."""
     import duckdb
 
-    if in_place(source, columns):
+    if read_in_place and in_place(source, columns):
         register_fsspec(con, source.uri)
         rel = con.read_parquet(str(source.uri))
         for name, setting in ((columns.text, "corpus.text_column"), (columns.id, "corpus.id_column")):
