@@ -14,6 +14,8 @@ tokenizers), the features for a whole chunk at once (`structure.text_features`, 
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -201,6 +203,40 @@ class TokenRate:
         self.margin = float(margins[int(np.argmin(cost))])
 
 
+_DECODING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> decoding_table
+
+
+def decoding_table(tokenizer) -> tuple[bool, np.ndarray, np.ndarray]:
+    """(whether decode(encode(text)) is the text's own bytes, the ids decode skips as special, each id's
+    length in bytes), built once per tokenizer and process (reading the vocabulary takes ~0.1 s, as much as
+    preparing a chunk). A byte-level BPE token's string holds one character per byte of its text."""
+    try:
+        return _DECODING[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    rust = backend(tokenizer)
+    if rust is None:
+        return False, np.zeros(0, np.int32), np.zeros(0, np.int64)
+    from tokenizers import decoders, pre_tokenizers
+
+    lossless = (
+        rust.normalizer is None
+        and isinstance(rust.decoder, decoders.ByteLevel)
+        and isinstance(rust.pre_tokenizer, pre_tokenizers.ByteLevel)
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    )
+    added = rust.get_added_tokens_decoder()
+    vocab = rust.get_vocab(with_added_tokens=True)
+    byte_len = np.zeros(max(vocab.values(), default=0) + 1, dtype=np.int64)
+    for token, i in vocab.items():
+        byte_len[i] = len(added[i].content.encode("utf-8")) if i in added else len(token)
+    special = [i for i, tok in added.items() if tok.special]
+    table = lossless, np.array(sorted(special), dtype=np.int32), byte_len
+    with contextlib.suppress(TypeError):  # a tokenizer that cannot be weakly referenced: not kept
+        _DECODING[tokenizer] = table
+    return table
+
+
 @dataclass
 class Preparer:
     """Prepares chunks of texts for a model's tokenizer (`__call__`); picklable, so a worker process can hold
@@ -265,26 +301,7 @@ class Preparer:
 
     @cached_property
     def _decoding(self) -> tuple[bool, np.ndarray, np.ndarray]:
-        """(whether decode(encode(text)) is the text's own bytes, the ids decode skips as special, each id's
-        length in bytes). A byte-level BPE token's string holds one character per byte of its text."""
-        rust = backend(self.tokenizer)
-        if rust is None:
-            return False, np.zeros(0, np.int32), np.zeros(0, np.int64)
-        from tokenizers import decoders, pre_tokenizers
-
-        lossless = (
-            rust.normalizer is None
-            and isinstance(rust.decoder, decoders.ByteLevel)
-            and isinstance(rust.pre_tokenizer, pre_tokenizers.ByteLevel)
-            and not getattr(self.tokenizer, "clean_up_tokenization_spaces", False)
-        )
-        added = rust.get_added_tokens_decoder()
-        vocab = rust.get_vocab(with_added_tokens=True)
-        byte_len = np.zeros(max(vocab.values(), default=0) + 1, dtype=np.int64)
-        for token, i in vocab.items():
-            byte_len[i] = len(added[i].content.encode("utf-8")) if i in added else len(token)
-        special = [i for i, tok in added.items() if tok.special]
-        return lossless, np.array(sorted(special), dtype=np.int32), byte_len
+        return decoding_table(self.tokenizer)
 
     def __call__(self, texts: list[str]) -> Prepared:
         ids = self.tokenize(texts)
