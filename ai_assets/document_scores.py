@@ -52,47 +52,6 @@ def _progress(context: dg.AssetExecutionContext, key: str):
     return progress
 
 
-def _ray_events(context: dg.AssetExecutionContext, key: str):
-    """What the Ray scorer streams, into the run's log as it comes: where it scores, its chunk progress and
-    log lines; a dead scorer as a warning naming it, its node and the retry."""
-
-    def node(e: dict) -> str:
-        return f"node {e.get('node_id')} ({e.get('node_ip')}, {e.get('hostname')}, pid {e.get('pid')})"
-
-    def on_event(event: dict) -> None:
-        kind = event["event"]
-        if kind == "placement":
-            actor, where = event["worker"]["actor"], event["placement"]
-            context.log.info(f"{key}: scoring on {actor} at {node(where)}, device {where.get('device')}")
-        elif kind == "progress":
-            context.log.info(f"{key}: {event['done']}/{event['total']} chunks scored")
-        elif kind == "log":
-            context.log.info(event["message"])
-        elif kind == "retry":
-            context.log.warning(
-                f"{key}: scorer {event['scorer']} died at {node(event)} ({event['error']}); the shard goes "
-                f"to another scorer (retry {event['attempt']} of {event['max_retries']})"
-            )
-
-    return on_event
-
-
-def _ray_score(context: dg.AssetExecutionContext, key: str, ray_cluster: RayCluster, *args) -> dict:
-    """One shard on a Ray scorer, its progress streamed into the run's log; after a retry, a warning with
-    how many chunks the scorer that finished resumed."""
-    context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-    record = ray_cluster.score_shard(*args, on_event=_ray_events(context, key))
-    node, timings = record["placement"]["node_id"], record["timings"]
-    context.log.info(f"{key}: scored on Ray node {node} ({timings})")
-    for dead in record.get("retries", []):
-        context.log.warning(
-            f"{key}: scorer {dead['scorer']} (node {dead['node_id']}) died while scoring; "
-            f"{record['worker']['actor']} on node {node} resumed {record.get('chunks_resumed', 0)} of "
-            f"{record.get('chunks', 0)} chunks and scored the rest"
-        )
-    return record
-
-
 def _scoring(shard: Shard, corpus: Corpus, profile: SelectionProfile, workdir: Workdir) -> "ShardScoring":
     """The shard's scoring request from the resources: columns, scoring section and work-dir paths."""
     from attention_influence.shards.record import ShardScoring
@@ -175,9 +134,6 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
         "device": device,
         "probe_set_version": str(record.get("probe_set_version")),
         "reused_unchanged": reused,
-        "chunks": record.get("chunks", 0),
-        "chunks_resumed": record.get("chunks_resumed", 0),
-        **({"ray_retries": dg.MetadataValue.json(record["retries"])} if record.get("retries") else {}),
         "data_version": record["data_version"],
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -253,7 +209,10 @@ def _score(
     for key in keys:
         request = requests[key]
         if ray_cluster.enabled:
-            records[key] = _ray_score(context, key, ray_cluster, model, request, heads_doc)
+            context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
+            records[key] = ray_cluster.score_shard(model, request, heads_doc)
+            node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
+            context.log.info(f"{key}: scored on Ray node {node} ({timings})")
         else:
             progress, log = _progress(context, key), context.log.info
             records[key] = score_and_record(model.lm, request, heads_doc, progress=progress, log=log)

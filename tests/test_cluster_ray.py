@@ -11,7 +11,6 @@ or duplicated and the scores still equal the one-process run's."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -242,32 +241,6 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
     # run 1; no scorer loaded it twice
     assert all(r["worker"]["model_reused"] and r["worker"]["model_loads"] == 1 for r in records.values())
     assert records[key]["worker"]["actor"] in actors, records[key]["worker"]
-
-    # the killed shard's run: its metadata lists the dead scorer on the killed node; its log has the chunk
-    # progress streamed from the scorers, a warning naming the dead scorer and its node, then how many chunks
-    # the retry resumed
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        mat = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("document_scores"), asset_partitions=[key]), limit=1
-        ).records[0]
-        meta = {k: v.value for k, v in mat.asset_materialization.metadata.items()}
-        logs = [(e.level, e.user_message) for e in instance.all_logs(mat.run_id) if e.user_message]
-    (dead,) = meta["ray_retries"]
-    assert cluster.node(dead["node_id"]).name == victim, dead
-    assert dead["scorer"] != records[key]["worker"]["actor"]
-    assert (meta["chunks"], meta["chunks_resumed"]) == (
-        records[key]["chunks"],
-        records[key]["chunks_resumed"],
-    )
-    warnings = [m for level, m in logs if level == logging.WARNING]
-    died = f"{key}: scorer {dead['scorer']} died at node {dead['node_id']}"
-    assert any(m.startswith(died) and "retry 1 of" in m for m in warnings), warnings
-    resumed = f"resumed {records[key]['chunks_resumed']} of {records[key]['chunks']} chunks"
-    assert any(dead["scorer"] in m and resumed in m for m in warnings), warnings
-    progress = [m for _, m in logs if m.startswith(f"{key}: ") and m.endswith(" chunks scored")]
-    total = records[key]["chunks"]
-    assert f"{key}: {total}/{total} chunks scored" in progress, progress  # streamed from the survivor
-    assert len(progress) >= 2, logs  # from the scorer that died, then from the one that finished
 
     # the documented teardown removes the detached actors
     env = {**cli_env(), **cluster.driver_env()}

@@ -14,10 +14,7 @@ must see at the same path. A scorer whose node dies is not restarted by Ray (it 
 surviving scorers hold): the driver marks it dead in the pool, leases another scorer and calls again, up to
 `max_retries` times; that call resumes from the chunks already written (the lock is an flock, which the
 kernel drops with its dead holder). Each result carries where it ran (`placement`), the scorer's model-load
-count (`worker`) and timings. A shard's call streams (a Ray generator): where it runs, each chunk's progress
-and log line, then the record, so the driver shows them as they come (`on_event`); a retry is an event too,
-naming the dead scorer and its node, and the record lists the dead scorers under `retries`.
-`shutdown_scorers()` removes the actors (they hold their GPUs until then).
+count (`worker`) and timings. `shutdown_scorers()` removes the actors (they hold their GPUs until then).
 
     connect("10.0.0.5:6379")
     records = score_shards([ShardTask(model, request, heads_doc) for ...], TaskResources(num_gpus=1))
@@ -171,48 +168,18 @@ class ScorerActor:
         }
         return lm, load_seconds, worker
 
-    def score(self, task: ShardTask):
-        """Load (or reuse) the model, score and record the shard (`score_and_record`, as in one process),
-        streaming as it goes (a Ray generator): where it runs first, then each progress and log event of the
-        chunk loop, the record (with `placement`, `worker`, `timings`) last."""
-        import queue
-
+    def score(self, task: ShardTask) -> dict:
+        """Load (or reuse) the model, score and record the shard: `score_and_record`, as in one process;
+        the record plus `placement`, `worker` (model loads, reuse) and `timings`."""
         from attention_influence.shards.record import score_and_record
 
         t0 = time.perf_counter()
         lm, load_seconds, worker = self._model(task.model)
         where = placement(str(lm.device))
-        yield {"event": "placement", "placement": where, "worker": worker}
         extra = {"placement": where, "worker": worker}
-        events: queue.Queue = queue.Queue()
-        outcome: dict = {}
-
-        def log(message: str) -> None:
-            print(message)
-            events.put({"event": "log", "message": message})
-
-        def progress(done: int, total: int) -> None:
-            events.put({"event": "progress", "done": done, "total": total})
-
-        def work() -> None:  # in a thread, so that its events go out while it scores
-            try:
-                outcome["record"] = score_and_record(
-                    lm, task.request, task.heads_doc, progress=progress, log=log, extra=extra
-                )
-            except BaseException as exc:  # noqa: BLE001 - raised again below, in the actor's call
-                outcome["error"] = exc
-            finally:
-                events.put(None)
-
-        thread = threading.Thread(target=work, name=f"score-{self.name}", daemon=True)
-        thread.start()
-        while (item := events.get()) is not None:
-            yield item
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
+        record = score_and_record(lm, task.request, task.heads_doc, log=print, extra=extra)
         timings = {"model_load_seconds": round(load_seconds, 3), "task_seconds": time.perf_counter() - t0}
-        yield {"event": "record", "record": {**outcome["record"], "timings": timings}}
+        return {**record, "timings": timings}
 
     def run(self, model: ModelSpec, fn, args: tuple, kwargs: dict) -> dict:
         """`fn(lm, *args, **kwargs)` with this actor's model (SFT step scores); {"result", "placement",
@@ -297,56 +264,28 @@ def _scorer(name: str, resources: TaskResources):
     return cls.remote(name)
 
 
-def _outcome(call, on_event, where: dict) -> dict:
-    """The result of a scorer call: an ObjectRef's value, or a streamed call's record, each of its events
-    passed to `on_event` on the way (the placement event also fills `where`)."""
-    import ray
-
-    if isinstance(call, ray.ObjectRef):
-        return ray.get(call)
-    for ref in call:
-        item = ray.get(ref)
-        if item["event"] == "record":
-            return item["record"]
-        if item["event"] == "placement":
-            where.update(item["placement"], actor=item["worker"]["actor"])
-        if on_event:
-            on_event(item)
-    raise RuntimeError("the scorer's stream ended without a record")
-
-
-def on_scorer(call, resources: TaskResources, on_event=None) -> dict:
-    """`call(actor)` -> ObjectRef (or a streamed call) on a leased scorer, its result; a scorer that dies
-    (lost node or process) is forgotten and the call goes to another one, up to `max_retries` times, each
-    time with a `retry` event naming the dead scorer and its node; the result then lists them under
-    `retries`. The lease is released whatever happens. `on_event(event)`: the streamed events (placement,
-    progress, log) and the retries."""
+def on_scorer(call, resources: TaskResources) -> dict:
+    """`call(actor)` -> ObjectRef on a leased scorer, its result; a scorer that dies (lost node or process)
+    is forgotten and the call goes to another one, up to `max_retries` times. The lease is released
+    whatever happens."""
     import uuid
 
     import ray
     from ray.exceptions import RayActorError
 
-    pool, lease, retries = _pool(), uuid.uuid4().hex, []
+    pool, lease = _pool(), uuid.uuid4().hex
     for attempt in range(resources.max_retries + 1):
         name = None
         while name is None:
             name = ray.get(pool.acquire.remote(lease, capacity(resources)))
             if name is None:
                 time.sleep(LEASE_POLL_SECONDS)
-        actor, where = _scorer(name, resources), {}
+        actor = _scorer(name, resources)
         try:
-            result = _outcome(call(actor), on_event, where)
-            return {**result, "retries": retries} if retries and isinstance(result, dict) else result
-        except RayActorError as exc:  # died with its node or process (or unreachable: then killed to be sure)
+            return ray.get(call(actor))
+        except RayActorError:  # died with its node or process (or unreachable: then killed to be sure)
             ray.kill(actor, no_restart=True)
             ray.get(pool.dead.remote(name))
-            dead = {"scorer": name, **{k: where.get(k) for k in ("node_id", "node_ip", "hostname", "pid")}}
-            dead["error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            retries.append(dead)
-            if on_event:
-                on_event(
-                    {"event": "retry", **dead, "attempt": attempt + 1, "max_retries": resources.max_retries}
-                )
             if attempt == resources.max_retries:
                 raise
         finally:
@@ -364,21 +303,19 @@ def run_with_model(fn, model: ModelSpec, args: tuple, kwargs: dict, resources: T
     return out
 
 
-def score_shards(tasks: list[ShardTask], resources: TaskResources, on_event=None) -> list[dict]:
+def score_shards(tasks: list[ShardTask], resources: TaskResources) -> list[dict]:
     """Score every task on the scorers at once (connect first); the records in task order, each with
-    `timings.driver_seconds` (lease to result) besides the worker's own timings, and `retries` when a scorer
-    died. `on_event(task index, event)`: what the scorers stream (placement, progress, log) and each retry."""
+    `timings.driver_seconds` (lease to result) besides the worker's own timings."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(i: int) -> dict:
+    def one(task: ShardTask) -> dict:
         t0 = time.perf_counter()
-        forward = (lambda event: on_event(i, event)) if on_event else None
-        record = on_scorer(lambda actor: actor.score.remote(tasks[i]), resources, forward)
+        record = on_scorer(lambda actor: actor.score.remote(task), resources)
         record["timings"]["driver_seconds"] = round(time.perf_counter() - t0, 3)
         return record
 
     with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as threads:
-        return list(threads.map(one, range(len(tasks))))
+        return list(threads.map(one, tasks))
 
 
 def shutdown_scorers(namespace: str = "attention-influence") -> list[str]:
