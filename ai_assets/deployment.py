@@ -1,7 +1,7 @@
 """The code location deployed as users run it on one machine: `dagster-daemon run` and `dagster-webserver`
 over a persistent instance, and what the UI sends them, through the webserver's GraphQL API.
 
-For the load benchmark (benchmarks/graph_load.py) and the fault tests (tests/test_faults_backfill.py): each
+For the load benchmark (benchmarks/graph_load.py): each
 service is its own process group (its code server and the runs it launches are in it), so one can be
 SIGKILLed on purpose and everything stopped by group at the end. The backfill is launched with the mutation
 the UI's "Materialize all partitions" sends (`LaunchPartitionBackfill`, with the backfill parameters built the

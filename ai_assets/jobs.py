@@ -31,7 +31,7 @@ score_shards_job = dg.define_asset_job(
     partitions_def=shard_partitions,
     description="Score one corpus shard (a partition) with and without the retrieval heads masked.",
     # a run whose process died (OOM, SIGKILL) is started again where the instance has run retries; it
-    # resumes from the shard's chunks (tests/test_faults_backfill.py)
+    # resumes from the shard's chunks
     tags={"dagster/max_retries": "2"},
 )
 SELECT_ASSETS = (
