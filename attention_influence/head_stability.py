@@ -97,7 +97,6 @@ def draw_scores(
     come from the first pass; a head set already scored is not scored again. `progress(done, total)`
     counts tokens over all passes."""
     from attention_influence.influence.scoring import prepare_texts, score_prepared
-    from attention_influence.shards.spec import batch_size
 
     prepared = prepare_texts(lm, sample.get_column("text").to_list(), max_tokens, windows)  # tokenized once
     base, done, out = None, {}, sample
@@ -110,7 +109,7 @@ def draw_scores(
                 if progress:
                     progress(offset * total + n, passes * total)
 
-            s = score_prepared(lm, prepared, key, batch_size(batch_tokens), progress=step, base=base is None)
+            s = score_prepared(lm, prepared, key, batch_tokens, progress=step, base=base is None)
             base = s.loss_base if base is None else base
             with np.errstate(divide="ignore", invalid="ignore"):
                 done[key] = (s.loss_ref - base) / base

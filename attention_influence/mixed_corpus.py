@@ -83,6 +83,11 @@ def text_view(
     union.create_view("mix_texts", replace=True)
 
 
+def undecodable(exc: Exception) -> bool:
+    """DuckDB's error for Parquet text that is not valid UTF-8."""
+    return "Invalid string encoding" in str(exc)
+
+
 def undecodable_shards(con, shards: Sequence[tuple[str, str]], text_column: str) -> frozenset[str]:
     """Keys of the Parquet shards whose text column DuckDB cannot decode (a row that is not valid UTF-8)."""
     import duckdb
@@ -93,7 +98,7 @@ def undecodable_shards(con, shards: Sequence[tuple[str, str]], text_column: str)
             length = duckdb.FunctionExpression("length", duckdb.ColumnExpression(text_column))
             con.read_parquet(str(uri)).select(length.alias("n")).aggregate("max(n)").fetchall()  # decodes
         except duckdb.InvalidInputException as exc:
-            if "Invalid string encoding" not in str(exc):
+            if not undecodable(exc):
                 raise
             bad.add(key)
         except duckdb.Error:  # not Parquet, or no such column: the reader's path says what is wrong
@@ -148,7 +153,7 @@ def write_mixed_corpus(
         try:
             problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
         except duckdb.InvalidInputException as exc:
-            if "Invalid string encoding" not in str(exc):
+            if not undecodable(exc):
                 raise
             # a shard holds text that is not valid UTF-8 (rows scoring quarantined): DuckDB refuses the whole
             # file, so those shards are read by the reader, which sets the rows aside

@@ -93,7 +93,6 @@ def run_agreement(
     The control (one masked forward per sampled document and draw) runs only with quality columns: without
     labels it says nothing."""
     from attention_influence.influence.structure import FEATURES
-    from attention_influence.shards.spec import batch_size
 
     quality = quality_columns(evaluation.quality_columns)
     frame, missing = scored_documents(sources, id_column, text_column, quality, fmt)
@@ -117,7 +116,7 @@ def run_agreement(
             sample,
             evaluation.control_draws,
             scoring.doc_max_tokens or None,
-            batch_size(scoring.batch_tokens),  # "auto" -> None: sized by the engine
+            scoring.batch_tokens,  # "auto" or a number: the engine resolves it
             scoring.windows,
             CONTROL_SEED,
             log,

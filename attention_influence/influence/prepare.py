@@ -18,7 +18,6 @@ import contextlib
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 
@@ -286,7 +285,7 @@ class Preparer:
         """The text each document is scored on, as the decode of its scored tokens would give it: for a
         byte-level tokenizer the scored tokens' bytes of the text itself (no special token among them), else
         the Rust decode of the scored tokens."""
-        lossless, special, byte_len = self._decoding
+        lossless, special, byte_len = decoding_table(self.tokenizer)
         scored = ids if self.windows else [t[: self.max_tokens] for t in ids]
         out = list(texts)
         redo = []
@@ -298,10 +297,6 @@ class Preparer:
         for i, text in zip(redo, decode(self.tokenizer, [scored[i] for i in redo]), strict=True):
             out[i] = text
         return out
-
-    @cached_property
-    def _decoding(self) -> tuple[bool, np.ndarray, np.ndarray]:
-        return decoding_table(self.tokenizer)
 
     def __call__(self, texts: list[str]) -> Prepared:
         ids = self.tokenize(texts)
