@@ -77,6 +77,10 @@ def _placement(record: dict) -> dict:
     keys = ("node_id", "node_ip", "hostname", "pid", "gpu_ids")
     out = {f"ray_{k}": str(where[k]) for k in keys if k in where}
     out |= {f"ray_{k}": worker[k] for k in ("actor", "model_loads", "model_reused") if k in worker}
+    if "ray_retries" in record:  # scorers that died under the shard, and what the retry resumed
+        out["ray_retries"] = len(record["ray_retries"])
+        out["ray_dead_scorers"] = dg.MetadataValue.json(record["ray_retries"])
+        out["chunks_resumed"] = record.get("chunks_resumed", 0)
     slurm = record.get("slurm") or {}
     keys = ("job_id", "node", "hostname", "gpu_ids", "restarts")
     return {**out, **{f"slurm_{k}": slurm[k] for k in keys if k in slurm}}
@@ -210,7 +214,8 @@ def _score(
         request = requests[key]
         if ray_cluster.enabled:
             context.log.info(f"{key}: scoring on the Ray cluster at {ray_cluster.address}")
-            records[key] = ray_cluster.score_shard(model, request, heads_doc)
+            log, warn = context.log.info, context.log.warning
+            records[key] = ray_cluster.score_shard(model, request, heads_doc, log=log, warn=warn)
             node, timings = records[key]["placement"]["node_id"], records[key]["timings"]
             context.log.info(f"{key}: scored on Ray node {node} ({timings})")
         else:

@@ -21,15 +21,16 @@ class RayCluster(section_resource(RayConfig)):
 
         return expected_precision(model.dtype, model.device, self.num_gpus)
 
-    def score_shard(self, model, request, heads_doc: dict) -> dict:
+    def score_shard(self, model, request, heads_doc: dict, log=None, warn=None) -> dict:
         """Score one shard (`ShardScoring`) on the cluster with the selector model's settings; returns the
-        record with `placement` (node, device), `worker` (scorer, model loads) and `timings`. A shard whose
-        scorer's node dies is retried on another scorer and resumes from its chunks."""
+        record with `placement` (node, device), `worker` (scorer, model loads), `timings` and `ray_retries`.
+        A shard whose scorer's node dies is retried on another scorer and resumes from its chunks; `log`
+        hears the chunks written while it scores, `warn` each dead scorer."""
         from attention_influence.cluster.scoring import ShardTask, model_spec, plain_request, score_shards
 
         cfg = self._connect()
         task = ShardTask(model_spec(model), plain_request(request), heads_doc)  # plain values travel
-        return score_shards([task], self._resources(cfg))[0]
+        return score_shards([task], self._resources(cfg), log=log, warn=warn)[0]
 
     def run_with_model(self, model, fn, *args, **kwargs) -> dict:
         """`fn(lm, *args, **kwargs)` on a scorer actor with the selector model loaded (the SFT step

@@ -11,6 +11,7 @@ or duplicated and the scores still equal the one-process run's."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,7 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
     assert len(reused) >= N_SHARDS - len(actors), f"the model was loaded again: {records}"
     assert all(r["worker"]["model_loads"] == 1 for r in records.values())
     _check_tables(work, reference, keys)
+    progress = {}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for key in keys:
             mat = instance.fetch_materializations(
@@ -194,6 +196,11 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
             assert meta["ray_node_id"].value == records[key]["placement"]["node_id"], key
             assert meta["device"].value == "cpu"
             assert meta["ray_model_reused"].value == records[key]["worker"]["model_reused"], key
+            assert meta["ray_retries"].value == 0 and meta["chunks_resumed"].value == 0, key
+            # the chunks written while it scored remotely, in the run's own log (every WATCH_SECONDS)
+            logs = [e.user_message for e in instance.all_logs(mat.run_id)]
+            progress[key] = [m for m in logs if m.startswith(f"{key}: ") and "chunk(s) of up to" in m]
+    assert any(progress.values()), progress
 
     # run 2, into a fresh work dir: SIGKILL the worker node scoring a shard once it has written chunks
     work2 = tmp_path / "work2"
@@ -241,6 +248,25 @@ def test_scoring_on_a_ray_cluster_survives_a_lost_node(tmp_path, tiny_model_dir,
     # run 1; no scorer loaded it twice
     assert all(r["worker"]["model_reused"] and r["worker"]["model_loads"] == 1 for r in records.values())
     assert records[key]["worker"]["actor"] in actors, records[key]["worker"]
+    # the run says so: a warning naming the dead scorer and its node, then what the retry resumed
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        mat = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("document_scores"), asset_partitions=[key]), limit=1
+        ).records[0]
+        meta = mat.asset_materialization.metadata
+        logs = [(e.level, e.user_message) for e in instance.all_logs(mat.run_id)]
+    # the scorer on the killed node first; a scorer the pool created before Ray marked the node dead can die
+    # unplaced after it (seen here: `scorer-2`, no node), and is named too
+    dead = meta["ray_dead_scorers"].value
+    assert meta["ray_retries"].value == len(dead) >= 1, dead
+    assert meta["chunks_resumed"].value == records[key]["chunks_resumed"]
+    dead_node = dead[0]["node_id"]
+    assert cluster.node(dead_node).name == victim, dead
+    assert all(d["node_id"] in (dead_node, None) for d in dead), dead
+    warnings = [m for level, m in logs if level == logging.WARNING and "died" in m]
+    assert len(warnings) == len(dead) and dead_node in warnings[0], logs
+    assert all(d["scorer"] in w for d, w in zip(dead, warnings, strict=True)), warnings
+    assert any(f"resumed {records[key]['chunks_resumed']} chunk(s)" in m for _, m in logs), logs
 
     # the documented teardown removes the detached actors
     env = {**cli_env(), **cluster.driver_env()}

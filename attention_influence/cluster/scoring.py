@@ -35,6 +35,7 @@ _LOADS: dict[tuple, int] = {}  # how often this process loaded each model (1 whi
 _LOCK = threading.Lock()
 POOL = "scorer-pool"
 LEASE_POLL_SECONDS = 0.2
+WATCH_SECONDS = 1.0  # how often the driver looks at a remote shard's progress while it waits
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,10 @@ class ScorerActor:
         }
         return lm, load_seconds, worker
 
+    def where(self) -> dict:
+        """The node and process this scorer runs in (the driver names them if it dies)."""
+        return placement("")
+
     def score(self, task: ShardTask) -> dict:
         """Load (or reuse) the model, score and record the shard: `score_and_record`, as in one process;
         the record plus `placement`, `worker` (model loads, reuse) and `timings`."""
@@ -264,15 +269,28 @@ def _scorer(name: str, resources: TaskResources):
     return cls.remote(name)
 
 
-def on_scorer(call, resources: TaskResources) -> dict:
+@dataclass
+class Watch:
+    """What the driver reports while a call runs on a scorer: `waiting()` every WATCH_SECONDS until the
+    result is in, `died(scorer, where, attempt)` when the scorer died and the call goes to another one.
+    `retries` lists the dead scorers (name, node) for the record."""
+
+    waiting: object = None  # () -> None
+    died: object = None  # (scorer name, placement dict, attempt) -> None
+    retries: list = field(default_factory=list)
+
+
+def on_scorer(call, resources: TaskResources, watch: Watch | None = None) -> dict:
     """`call(actor)` -> ObjectRef on a leased scorer, its result; a scorer that dies (lost node or process)
     is forgotten and the call goes to another one, up to `max_retries` times. The lease is released
-    whatever happens."""
+    whatever happens. The driver waits in steps of WATCH_SECONDS (`watch.waiting`), not in one blocking get,
+    and a dead actor's result resolves to its error, so a lost node is noticed as soon as Ray knows."""
     import uuid
 
     import ray
     from ray.exceptions import RayActorError
 
+    watch = watch or Watch()
     pool, lease = _pool(), uuid.uuid4().hex
     for attempt in range(resources.max_retries + 1):
         name = None
@@ -280,14 +298,24 @@ def on_scorer(call, resources: TaskResources) -> dict:
             name = ray.get(pool.acquire.remote(lease, capacity(resources)))
             if name is None:
                 time.sleep(LEASE_POLL_SECONDS)
-        actor = _scorer(name, resources)
+        actor, where = _scorer(name, resources), {}
         try:
-            return ray.get(call(actor))
+            where = ray.get(actor.where.remote())
+            ref = call(actor)
+            while not ray.wait([ref], timeout=WATCH_SECONDS)[0]:
+                if watch.waiting:
+                    watch.waiting()
+            return ray.get(ref)
         except RayActorError:  # died with its node or process (or unreachable: then killed to be sure)
             ray.kill(actor, no_restart=True)
             ray.get(pool.dead.remote(name))
+            watch.retries.append(
+                {"scorer": name, "node_id": where.get("node_id"), "node_ip": where.get("node_ip")}
+            )
             if attempt == resources.max_retries:
                 raise
+            if watch.died:
+                watch.died(name, where, attempt + 1)
         finally:
             ray.get(pool.release.remote(name, lease))
     raise AssertionError("unreachable")
@@ -303,19 +331,63 @@ def run_with_model(fn, model: ModelSpec, args: tuple, kwargs: dict, resources: T
     return out
 
 
-def score_shards(tasks: list[ShardTask], resources: TaskResources) -> list[dict]:
+def score_shards(tasks: list[ShardTask], resources: TaskResources, log=None, warn=None) -> list[dict]:
     """Score every task on the scorers at once (connect first); the records in task order, each with
-    `timings.driver_seconds` (lease to result) besides the worker's own timings."""
+    `timings.driver_seconds` (lease to result) besides the worker's own timings and `ray_retries` (the
+    scorers that died under it). While a shard scores, `log` gets each new count of chunks written (the
+    driver reads the shard's parts folder in the shared work dir); `warn` gets each dead scorer, its node
+    and the retry."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(task: ShardTask) -> dict:
         t0 = time.perf_counter()
-        record = on_scorer(lambda actor: actor.score.remote(task), resources)
+        watch = Watch(waiting=_chunk_counter(task, log), died=_retry_warning(task, warn))
+        record = on_scorer(lambda actor: actor.score.remote(task), resources, watch)
         record["timings"]["driver_seconds"] = round(time.perf_counter() - t0, 3)
+        record["ray_retries"] = watch.retries
+        if watch.retries and log:
+            resumed = record.get("chunks_resumed", 0)
+            log(f"{task.request.shard.key}: resumed {resumed} chunk(s) after the retry")
         return record
 
     with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as threads:
         return list(threads.map(one, tasks))
+
+
+def _chunk_counter(task: ShardTask, log):
+    """A `Watch.waiting` that logs the shard's chunks written so far when their count changes."""
+    if log is None:
+        return None
+    from attention_influence.shards.parts import parts_path
+
+    parts, seen = parts_path(Path(task.request.output_path)), [-1]
+
+    def waiting() -> None:
+        n = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
+        if n != seen[0]:
+            seen[0] = n
+            every = task.request.scoring.checkpoint_every
+            log(f"{task.request.shard.key}: {n} chunk(s) of up to {every} documents written")
+
+    return waiting
+
+
+def _retry_warning(task: ShardTask, warn):
+    if warn is None:
+        return None
+
+    def died(scorer: str, where: dict, attempt: int) -> None:
+        node = (
+            f"on node {where['node_id']} ({where.get('node_ip', '?')})"
+            if where.get("node_id")
+            else "unplaced"
+        )
+        warn(
+            f"{task.request.shard.key}: scorer {scorer} died ({node}); retry {attempt} on another scorer "
+            "resumes from the chunks written"
+        )
+
+    return died
 
 
 def shutdown_scorers(namespace: str = "attention-influence") -> list[str]:
