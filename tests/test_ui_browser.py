@@ -241,3 +241,28 @@ def test_mlflow_run_page_shows_metrics_and_figures(uis, page):
     page.get_by_text("figures/head_heatmap.png").first.wait_for()
     # the viewer shows the PNG itself (a blob: URL), a real picture of a few hundred pixels
     page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth > 300)")
+
+
+def test_asset_checks_show_their_results(uis, page):
+    """The checks of what the metadata counted (ai_assets/asset_checks.py), passed, on the asset pages."""
+    page.goto(f"{uis['dagster']}/assets/domain_cut?view=checks")
+    page.get_by_text("selected_equals_k").first.wait_for()
+    _dismiss(page)
+    text = page.inner_text("body")
+    assert "one_precision_per_domain" in text and "Passed" in text, text[-1500:]
+    assert "Failed" not in text
+    page.get_by_text("selected_equals_k").first.click()
+    page.get_by_text(
+        "domain(s) select exactly k"
+    ).first.wait_for()  # the check's description of what it found
+    page.goto(f"{uis['dagster']}/assets/document_scores?view=checks")
+    for check in ("documents_reconcile", "ids_unique"):  # the list renders as the checks' records arrive
+        page.get_by_text(check).first.wait_for(state="attached")
+    for asset, check in (
+        ("pretraining_manifest", "rows_equal_eligible_plus_selected"),
+        ("mixed_corpus", "rows_and_texts_match_manifest"),
+    ):
+        page.goto(f"{uis['dagster']}/assets/{asset}?view=checks")
+        # a long name is shown middle-truncated; the whole name is in a hidden measuring element
+        page.get_by_text(check).first.wait_for(state="attached")
+        page.get_by_text("Passed").first.wait_for()
