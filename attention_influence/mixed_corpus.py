@@ -89,7 +89,8 @@ def undecodable(exc: Exception) -> bool:
 
 
 def undecodable_shards(con, shards: Sequence[tuple[str, str]], text_column: str) -> frozenset[str]:
-    """Keys of the Parquet shards whose text column DuckDB cannot decode (a row that is not valid UTF-8)."""
+    """Keys of the Parquet shards whose text column DuckDB cannot decode (a row that is not valid UTF-8); the
+    other shards, of any format, are left to the usual path (which names what is wrong, if anything)."""
     import duckdb
 
     bad = set()
@@ -97,12 +98,9 @@ def undecodable_shards(con, shards: Sequence[tuple[str, str]], text_column: str)
         try:
             length = duckdb.FunctionExpression("length", duckdb.ColumnExpression(text_column))
             con.read_parquet(str(uri)).select(length.alias("n")).aggregate("max(n)").fetchall()  # decodes
-        except duckdb.InvalidInputException as exc:
-            if not undecodable(exc):
-                raise
-            bad.add(key)
-        except duckdb.Error:  # not Parquet, or no such column: the reader's path says what is wrong
-            continue
+        except duckdb.Error as exc:  # else not Parquet (JSON Lines, Arrow) or no such column: read as before
+            if undecodable(exc):
+                bad.add(key)
     return frozenset(bad)
 
 

@@ -120,3 +120,33 @@ def test_a_shard_with_text_that_is_not_utf8_is_read_through_the_reader(manifest,
     assert rows.height == pl.read_parquet(path).height == result.rows
     assert rows["text"].null_count() == 0
     assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
+
+
+def test_an_undecodable_parquet_shard_beside_a_json_lines_shard(manifest, tmp_path):
+    """A corpus of mixed formats: one shard JSON Lines, the other Parquet with text that is not valid UTF-8
+    (seen at 100,000 documents in benchmarks/graph_load.py: looking for the undecodable shards must not
+    stop at a shard that is not Parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, sources = manifest
+    before = texts(sources)
+    jsonl = tmp_path / "s0.corpus.jsonl"
+    pl.read_parquet(sources[0][1]).write_ndjson(jsonl)
+    corpus = pl.read_parquet(sources[1][1])
+    raw = pa.array([t.encode() for t in corpus["body"]] + [b"caf\xe9 \xff"], pa.binary())
+    body = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())  # no validation, on purpose
+    pq.write_table(pa.table({"doc_id": [*corpus["doc_id"].to_list(), "x"], "body": body}), sources[1][1])
+    mixed = [(sources[0][0], str(jsonl)), sources[1]]
+    result = write_mixed_corpus(
+        path,
+        mixed,
+        tmp_path / "mixed",
+        provenance={"head_set_id": "h1"},
+        rows_per_file=10,
+        text_column="body",
+        id_column="doc_id",
+    )
+    rows = pl.concat([pl.read_parquet(f) for f in result.files])
+    assert rows.height == pl.read_parquet(path).height == result.rows
+    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
