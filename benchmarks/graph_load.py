@@ -281,7 +281,8 @@ class Faults:
             error = record.event_log_entry.dagster_event.step_failure_data.error
             text = error.to_string() if error else ""
             if "no space left" in text.lower():
-                self.done["disk_full"]["error"] = text.strip().splitlines()[-1][:400]
+                said = [line.strip() for line in text.splitlines() if "no space left" in line.lower()]
+                self.done["disk_full"]["error"] = said[0][:400]  # the line that says it, not the trace's last
                 self.done["disk_full"]["run_id"] = record.run_id
                 return True
         return False
@@ -471,7 +472,8 @@ def ui_load_times(base_url: str, n: int, backfill_id: str, rounds: int = 2) -> d
                     t0 = time.perf_counter()
                     try:
                         page.goto(base_url + path.format(backfill=backfill_id))
-                        page.get_by_text(marker.format(n=n)).first.wait_for()
+                        # in the page's DOM: a name the UI middle-truncates is whole only in a hidden element
+                        page.get_by_text(marker.format(n=n)).first.wait_for(state="attached")
                         times.append(round(time.perf_counter() - t0, 2))
                     except Exception as exc:  # noqa: BLE001 - reported, the other pages still timed
                         errors.append(f"{marker.format(n=n)!r} not shown: {str(exc).splitlines()[0]}")
@@ -580,7 +582,8 @@ def backfill_runs(instance, backfill_ids: list[str], sampler: RssSampler) -> dic
     first, last = rss[:20], rss[-20:]
     return {
         "runs": len(runs),
-        "retry_runs": len(retries),
+        # a retry copies its parent's tags, the backfill's included: counted among `runs` as well
+        "retry_runs": len(retries) + sum(bool(r.tags.get("dagster/retry_number")) for r in runs),
         "failed_runs": sum(t["status"] == "FAILURE" for t in timings),
         "partitions_materialized_more_than_once": sorted(k for k, v in per_partition.items() if v > 1),
         "overhead_seconds": {k: spread(v) for k, v in overheads.items()},
@@ -625,6 +628,8 @@ def step_failures(instance, run_id: str) -> dict:
     failures = {}
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         error = entry.dagster_event.step_failure_data.error
+        while error and error.cause and "DagsterExecutionStepExecutionError" in error.message:
+            error = error.cause  # the user code's error, not Dagster's wrapper around it
         lines = (error.message if error else "").strip().splitlines() or [""]
         failures[entry.dagster_event.step_key] = lines[-1][:500]
     return failures
