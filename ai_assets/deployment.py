@@ -132,6 +132,15 @@ class LocationError(RuntimeError):
     """The code location could not be loaded (its import failed): waiting longer will not help."""
 
 
+def config_file_env(base: dict) -> dict:
+    """`base` (the caller's environment) without the deployment variables that override a configuration
+    file (`config.DEPLOYMENT_ENV`): the services are configured by AI_CONFIG alone. `make test` exports
+    AI_WORKDIR, for one, and the runs then wrote to the checkout's work dir, not the file's."""
+    from attention_influence.config import DEPLOYMENT_ENV
+
+    return {k: v for k, v in base.items() if k not in DEPLOYMENT_ENV}
+
+
 @dataclass
 class GraphQL:
     """The webserver's /graphql endpoint, queried as the UI does."""

@@ -322,7 +322,7 @@ def run_timings(instance, run_id: str) -> dict:
 def graph_phase(args, corpus: dict, model_dir: Path, root: Path, log) -> dict:
     import dagster as dg
 
-    from ai_assets.deployment import Deployment, instance_yaml
+    from ai_assets.deployment import Deployment, config_file_env, instance_yaml
 
     home, workdir = root / "dagster_home", root / "work"
     for path in (home, workdir):
@@ -339,7 +339,7 @@ def graph_phase(args, corpus: dict, model_dir: Path, root: Path, log) -> dict:
     (home / "dagster.yaml").write_text(instance_yaml(max_concurrent_runs=2, pool_limit=2, storage=storage))
     config = write_config(root / "graph_load.toml", model_dir, root / "corpus", workdir, args)
     env = {
-        **os.environ,
+        **config_file_env(dict(os.environ)),  # the config file alone says where things are
         **storage_env,
         "DAGSTER_HOME": str(home),
         "AI_CONFIG": str(config),

@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, free_port
 from graph_helpers import write_shard
 
-from ai_assets.deployment import Deployment, instance_yaml
+from ai_assets.deployment import Deployment, config_file_env, instance_yaml
 
 SHARDS = {"alpha/alpha-0": 10, "alpha/alpha-1": 12, "beta/beta-0": 11, "beta/beta-1": 9, "gamma/gamma-0": 10}
 VICTIM, VICTIM_DOCS = "beta/beta-big", 1200  # 300 chunks of 4: seconds to catch it mid-shard
@@ -53,7 +53,7 @@ def backfill(tmp_path_factory, tiny_model_dir):
         "checkpoint_every = 4\nbatch_tokens = 1024\n"
     )
     env = {
-        **os.environ,
+        **config_file_env(dict(os.environ)),  # AI_WORKDIR from `make test` would override run.toml's
         "DAGSTER_HOME": str(home),
         "AI_CONFIG": str(config),
         "PYTHONPATH": str(REPO),
@@ -75,6 +75,7 @@ def backfill(tmp_path_factory, tiny_model_dir):
         with dg.DagsterInstance.from_config(str(home)) as instance:
             for job in ("observe_selector_model", "rank_retrieval_heads"):
                 wait_for_run(instance, gql.launch_run(job), deadline)
+            assert (work / "heads" / "heads.json").exists(), f"the runs did not write to {work}"
             params = gql.backfill_params_all_partitions("document_scores")
             events["params"] = params
             backfill_id = gql.launch_backfill(params)
