@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from mask_cache_memory import rss_mb  # noqa: E402
 from shard_memory import DOC_CHARS, write_shard  # noqa: E402
 
 VARIANTS = {
@@ -69,13 +70,6 @@ def allocator_mb() -> dict:
         "malloc_in_use_mb": round((m.uordblks + m.hblkhd) / 1e6, 1),
         "malloc_free_in_arenas_mb": round(m.fordblks / 1e6, 1),
     }
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(shard: str, out: str, overlap: bool) -> None:
