@@ -14,6 +14,7 @@ large enough to keep the device busy.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from functools import cache
@@ -26,9 +27,9 @@ from attention_influence.influence.masking import HeadControl, enable_head_maski
 from attention_influence.influence.models import LoadedModel
 from attention_influence.influence.packing import Packed
 
-# float32 logits per chunk. CPU: 24 MB, under glibc's largest mmap threshold (32 MB), so the chunk is reused
-# from the heap instead of being mapped and page-faulted afresh each time; GPU: 512 MB.
+# float32 logits per chunk. CPU: 24 MB, written into two buffers kept per thread (`_cpu_buffers`); GPU: 512 MB
 LOGIT_CHUNK_ELEMENTS = {"cpu": 6 * 2**20, "cuda": 2**27}
+_HELD = threading.local()  # this thread's CPU (logits, log-probabilities) buffers
 
 FP32_HEAD = [True]  # the LM head in float32 from low-precision hidden states (`chunk_logits`); [False]: as is
 Masked = dict[int, torch.Tensor]  # layer -> indices of its masked query heads
@@ -110,13 +111,42 @@ def chunk_logits(lm_head: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h.float(), w, b)
 
 
+def _cpu_buffers(rows: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (rows, V) float32 buffers for the logits and log-probabilities, kept for this thread. Allocated per
+    chunk, these 24 MB blocks sat under glibc's dynamic mmap threshold and came from its arenas, where the
+    holes they left made one shard's peak RSS vary by ~150 MB from run to run (docs/performance.md); a
+    fixed threshold ends that but maps and faults every chunk afresh, doubling the tiny model's time."""
+    held = getattr(_HELD, "pair", None)
+    if held is None or held[0].shape != (rows, vocab):
+        _HELD.pair = None  # the old pair freed before the new one is made
+        held = _HELD.pair = (torch.empty(rows, vocab), torch.empty(rows, vocab))
+    return held
+
+
+def _cpu_chunk_nll(lm_head: torch.nn.Module, h: torch.Tensor, t: torch.Tensor, bufs) -> torch.Tensor:
+    """`F.cross_entropy(chunk_logits(lm_head, h), t)` for a float32-head CPU chunk, bit for bit, written into
+    `bufs` (`_cpu_buffers`): (n, C), (n,) -> (n,)."""
+    w, b = fp32_head(lm_head)
+    logits, logp = bufs[0][: h.shape[0]], bufs[1][: h.shape[0]]  # (n, V) each
+    h = h.float()
+    torch.mm(h, w.t(), out=logits) if b is None else torch.addmm(b, h, w.t(), out=logits)
+    torch.log_softmax(logits, 1, out=logp)
+    return -logp.gather(1, t[:, None]).squeeze(1)
+
+
 def chunked_nll(lm_head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy in float32, (N, C) hidden states against (N,) targets -> (N,), a chunk of rows at a time
     (LOGIT_CHUNK_ELEMENTS logits each). N is a shape, known on the host: no device sync to size the loop."""
     vocab = lm_head.weight.shape[0]
     step = max(16, LOGIT_CHUNK_ELEMENTS.get(targets.device.type, 2**26) // vocab)
     nll = torch.empty(h.shape[0], dtype=torch.float32, device=targets.device)
+    grads = torch.is_grad_enabled() and (h.requires_grad or lm_head.weight.requires_grad)
+    on_cpu = h.device.type == "cpu" and head_path(h.device, h.dtype) == "float32" and not grads
+    bufs = _cpu_buffers(step, vocab) if on_cpu else None  # out= buffers: scoring only, not training
     for i in range(0, h.shape[0], step):
+        if bufs is not None:
+            nll[i : i + step] = _cpu_chunk_nll(lm_head, h[i : i + step], targets[i : i + step], bufs)
+            continue
         logits = chunk_logits(lm_head, h[i : i + step])  # (n, V) float32
         nll[i : i + step] = F.cross_entropy(logits, targets[i : i + step], reduction="none")
     return nll

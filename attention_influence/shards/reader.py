@@ -104,6 +104,16 @@ def _read_parquet(
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt file, missing file, bad URI: name it
         raise InputError(describe_unreadable(path, exc)) from exc
+    finally:
+        release_read_memory()
+
+
+def release_read_memory() -> None:
+    """Give back what pyarrow's allocator kept after a read: it holds the freed buffers of a decoded row group
+    (~2.5x the group's text: 150 MB for a 64 MB group), which then sat under the scoring's peak RSS."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 class _open_ipc:
