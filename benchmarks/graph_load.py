@@ -441,7 +441,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 UI_PAGES = {  # page -> (path, what shows once it has loaded)
     "asset": ("/assets/document_scores", "documents_considered"),  # the latest materialization's metadata
     "partitions": ("/assets/document_scores?view=partitions", "Materialized ({n})"),
-    "backfill": ("/runs/b/{backfill}?tab=partitions", "document_scores"),
+    "backfill": ("/runs/b/{backfill}", "document_scores"),  # the overview: its table names the asset
 }
 
 

@@ -150,3 +150,45 @@ def test_an_undecodable_parquet_shard_beside_a_json_lines_shard(manifest, tmp_pa
     rows = pl.concat([pl.read_parquet(f) for f in result.files])
     assert rows.height == pl.read_parquet(path).height == result.rows
     assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_shard_that_repeats_ids_gives_the_scored_rows_text(manifest, tmp_path, fmt):
+    """A shard repeating ids (seen at 100,000 documents in benchmarks/graph_load.py: the mix stopped on "2
+    rows, 2 texts"): scoring keeps the first otherwise valid row of an id and sets the rest aside, and the mix
+    takes that row's text, once per manifest row. Here every id of the shard comes again later with another
+    text, and one id first comes as an empty row (not valid), so its second row is the scored one."""
+    from attention_influence.shards.quarantine import split_valid
+    from attention_influence.shards.reader import read_shard
+
+    path, sources = manifest
+    before = texts(sources)
+    corpus = pl.read_parquet(sources[1][1])
+    repeated = pl.concat(
+        [
+            pl.DataFrame({"doc_id": ["b0"], "body": [""]}),
+            corpus,
+            corpus.with_columns(pl.lit("a later copy").alias("body")),
+        ]
+    )
+    target = sources[1][1] if fmt == "parquet" else str(tmp_path / "s1.corpus.jsonl")
+    if fmt == "parquet":
+        repeated.write_parquet(target)
+    else:
+        repeated.write_ndjson(target)
+    good, bad = split_valid(read_shard(target, "body", "doc_id", None), "s1")  # what scoring keeps
+    assert good.height == corpus.height and bad.height == corpus.height + 1
+    assert good.filter(pl.col("id") == "b0")["text"].item() == before[("s1", "b0")]
+    result = write_mixed_corpus(
+        path,
+        [sources[0], ("s1", target)],
+        tmp_path / "mixed",
+        provenance={"head_set_id": "h1"},
+        rows_per_file=10,
+        text_column="body",
+        id_column="doc_id",
+    )
+    rows = pl.concat([pl.read_parquet(f) for f in result.files])
+    assert rows.height == pl.read_parquet(path).height == result.rows
+    assert rows.filter(pl.col("shard") == "s1").height > 0
+    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())

@@ -3,8 +3,8 @@
 The cut's quality columns, the mixed corpus's text, the agreement study and the selection evaluation join the
 score tables with the corpus by (shard, id). They read the corpus through the scorer's own reader
 (`reader.iter_shard`), so the ids are the scorer's ids: the id column, or `<shard key>:<row>` for a corpus
-without ids, in every format. Rows that are no document (a broken JSON line) have no id or text and are left
-out.
+without ids, in every format. Only the rows the scorer scores are read: a row it sets aside (no document, an
+empty text, a later row repeating an id) is left out.
 
 DuckDB reads a plain Parquet shard with an id column in place (`con.read_parquet`, fsspec for object
 stores); any other shard (JSON Lines, Arrow, generated ids, dotted paths) is loaded batch by batch into a
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from attention_influence.io.hashing import sha256_hex
+from attention_influence.shards.quarantine import split_valid
 from attention_influence.shards.reader import iter_shard, shard_format
 from attention_influence.shards.rows import InputError
 
@@ -43,20 +44,23 @@ class Columns:
 def column_batches(
     source: ShardSource, columns: Columns, extra: Sequence[str] = (), max_docs: int | None = None
 ) -> Iterator[pl.DataFrame]:
-    """Frames of `id, text, *extra` (extra as floats; a columnar shard without one leaves it out)."""
+    """Frames of `id, text, *extra` (extra as floats; a columnar shard without one leaves it out) of the rows
+    the scorer scores: a row it sets aside (an empty text, a broken line, a later row repeating an id) is left
+    out, so a join by (shard, id) finds the scored row only."""
+    earlier: dict[str, int] = {}  # the first valid row of each id so far, as the scorer keeps it
     for batch in iter_shard(
         source.uri,
         columns.text,
         columns.id or None,
         None,
         max_docs=max_docs,
-        domain_fallback="-",  # the domain is not read: the score tables have it
+        domain_fallback="unread",  # the domain is not read (the score tables have it); a valid name
         shard=source.key,
         fmt=columns.format,
         extra=extra,
     ):
-        if "input_error" in batch.columns:
-            batch = batch.filter(pl.col("input_error").is_null())
+        good, _ = split_valid(batch, source.key, None, earlier)
+        batch = batch.filter(pl.col("row").is_in(good.get_column("row").implode()))
         yield batch.select("id", "text", *[c for c in extra if c in batch.columns])
 
 
