@@ -43,6 +43,14 @@ def texts(sources) -> dict:
     return {(r["shard"], r["doc_id"]): r["body"] for r in pl.concat(frames).iter_rows(named=True)}
 
 
+def assert_texts(result, manifest_path, before: dict) -> pl.DataFrame:
+    """The mixed rows: as many as the manifest's, each with its corpus text from `before` (`texts`)."""
+    rows = pl.concat([pl.read_parquet(f) for f in result.files])
+    assert rows.height == pl.read_parquet(manifest_path).height == result.rows
+    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
+    return rows
+
+
 def test_datasets_reads_exactly_the_manifest_rows_with_their_text(manifest, tmp_path):
     import datasets
 
@@ -115,11 +123,8 @@ def test_a_shard_with_text_that_is_not_utf8_is_read_through_the_reader(manifest,
     pq.write_table(pa.table({"doc_id": ids, "body": body}), sources[1][1])
     with pytest.raises(duckdb.InvalidInputException, match="Invalid string encoding"):
         duckdb.sql(f"SELECT max(length(body)) FROM read_parquet('{sources[1][1]}')").fetchall()
-    result = mix(manifest, tmp_path)
-    rows = pl.concat([pl.read_parquet(f) for f in result.files])
-    assert rows.height == pl.read_parquet(path).height == result.rows
+    rows = assert_texts(mix(manifest, tmp_path), path, before)
     assert rows["text"].null_count() == 0
-    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
 
 
 def test_an_undecodable_parquet_shard_beside_a_json_lines_shard(manifest, tmp_path):
@@ -137,19 +142,8 @@ def test_an_undecodable_parquet_shard_beside_a_json_lines_shard(manifest, tmp_pa
     raw = pa.array([t.encode() for t in corpus["body"]] + [b"caf\xe9 \xff"], pa.binary())
     body = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())  # no validation, on purpose
     pq.write_table(pa.table({"doc_id": [*corpus["doc_id"].to_list(), "x"], "body": body}), sources[1][1])
-    mixed = [(sources[0][0], str(jsonl)), sources[1]]
-    result = write_mixed_corpus(
-        path,
-        mixed,
-        tmp_path / "mixed",
-        provenance={"head_set_id": "h1"},
-        rows_per_file=10,
-        text_column="body",
-        id_column="doc_id",
-    )
-    rows = pl.concat([pl.read_parquet(f) for f in result.files])
-    assert rows.height == pl.read_parquet(path).height == result.rows
-    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
+    result = mix((path, [(sources[0][0], str(jsonl)), sources[1]]), tmp_path)
+    assert_texts(result, path, before)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
@@ -179,16 +173,6 @@ def test_a_shard_that_repeats_ids_gives_the_scored_rows_text(manifest, tmp_path,
     good, bad = split_valid(read_shard(target, "body", "doc_id", None), "s1")  # what scoring keeps
     assert good.height == corpus.height and bad.height == corpus.height + 1
     assert good.filter(pl.col("id") == "b0")["text"].item() == before[("s1", "b0")]
-    result = write_mixed_corpus(
-        path,
-        [sources[0], ("s1", target)],
-        tmp_path / "mixed",
-        provenance={"head_set_id": "h1"},
-        rows_per_file=10,
-        text_column="body",
-        id_column="doc_id",
-    )
-    rows = pl.concat([pl.read_parquet(f) for f in result.files])
-    assert rows.height == pl.read_parquet(path).height == result.rows
+    result = mix((path, [sources[0], ("s1", target)]), tmp_path)
+    rows = assert_texts(result, path, before)
     assert rows.filter(pl.col("shard") == "s1").height > 0
-    assert all(t == before[(s, i)] for s, i, t in rows.select("shard", "id", "text").iter_rows())
