@@ -104,25 +104,6 @@ def undecodable_shards(con, shards: Sequence[tuple[str, str]], text_column: str)
     return frozenset(bad)
 
 
-def repeated_id_shards(
-    con, shards: Sequence[tuple[str, str]], columns, skip: frozenset[str]
-) -> frozenset[str]:
-    """Keys of the shards DuckDB reads in place (`shards.columns.in_place`; not in `skip`) in which an id
-    occurs more than once."""
-    import duckdb
-
-    from attention_influence.shards.columns import ShardSource, in_place
-
-    repeated = set()
-    for key, uri in shards:
-        if key in skip or not in_place(ShardSource(key, uri), columns):
-            continue
-        ids = con.read_parquet(str(uri)).select(duckdb.ColumnExpression(columns.id).alias("id"))
-        if ids.aggregate("count(*)").fetchall() != ids.distinct().aggregate("count(*)").fetchall():
-            repeated.add(key)
-    return frozenset(repeated)
-
-
 def _chunks(reader, rows_per_file: int) -> Iterator[list]:
     """Record batches regrouped into lists of at most `rows_per_file` rows (one list per output file)."""
     part, size = [], 0
@@ -157,8 +138,6 @@ def write_mixed_corpus(
     import polars as pl
     import pyarrow as pa
 
-    from attention_influence.shards.columns import Columns
-
     if rows_per_file < 1:
         raise MixError(f"mix.rows_per_file must be at least 1, got {rows_per_file}")
     out_dir = Path(out_dir)
@@ -168,7 +147,6 @@ def write_mixed_corpus(
     try:
         if temp_dir:
             con.execute("SET temp_directory = ?", [str(temp_dir)])
-        through: frozenset[str] = frozenset()
         text_view(con, shards, text_column, id_column, fmt)
         try:
             problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
@@ -178,12 +156,6 @@ def write_mixed_corpus(
             # a shard holds text that is not valid UTF-8 (rows scoring quarantined): DuckDB refuses the whole
             # file, so those shards are read by the reader, which sets the rows aside
             through = undecodable_shards(con, shards, text_column)
-            text_view(con, shards, text_column, id_column, fmt, through_reader=through)
-            problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
-        if any(matches > 1 for _, _, matches, _ in problems):
-            # a shard repeats an id: scoring kept its first valid row and set the others aside, and so does
-            # the reader, so those shards are read through it
-            through = through | repeated_id_shards(con, shards, Columns(text_column, id_column, fmt), through)
             text_view(con, shards, text_column, id_column, fmt, through_reader=through)
             problems = con.execute(load_sql("mixed_corpus_problems"), params).fetchall()
         if problems:

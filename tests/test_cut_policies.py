@@ -196,3 +196,40 @@ def test_cli_cut_with_a_policy(corpus, tmp_path, capsys):
     assert printed["selected"] == expected.totals["selected"]
     assert main(["cut", "--scores", *files, "--out", str(tmp_path / "f"), "--policy", "fused"]) == 2
     assert "cut.fusion_column" in capsys.readouterr().err
+
+
+def test_fused_cut_takes_the_scored_rows_quality_when_a_shard_repeats_an_id(tmp_path):
+    """A shard that repeats an id: scoring keeps the first otherwise valid row and sets the later copies
+    aside, so the fused ranking takes that row's quality, not the copies' (here inverted, so any mix of
+    them changes the order). One id first comes as an empty row (not valid): its second row is the scored
+    one. Read in place, DuckDB would join every copy."""
+    n = 10
+    first = pl.DataFrame(
+        {"id": [f"q{i}" for i in range(n)], "text": "text", "edu_score": [float(i) for i in range(n)]}
+    )
+    corpus = pl.concat(
+        [
+            pl.DataFrame({"id": ["q0"], "text": [""], "edu_score": [50.0]}),
+            first,
+            first.with_columns((100.0 - pl.col("edu_score")).alias("edu_score")),
+        ]
+    )
+    corpus_file = tmp_path / "corpus_s0.parquet"
+    corpus.write_parquet(corpus_file)
+    score_file = tmp_path / "s0.parquet"
+    first.select(
+        "id",
+        pl.lit("a").alias("domain"),
+        pl.lit(10).alias("n_tokens"),
+        pl.lit(0.1).alias("score"),
+        pl.lit(1.0).alias("loss_base"),
+        pl.lit(1.0).alias("loss_ref"),
+        pl.lit("h1").alias("head_set_id"),
+        pl.lit("s0").alias("shard"),
+        pl.lit("m").alias("model"),
+    ).write_parquet(score_file)
+    policy = CutPolicy("fused", fusion_column="edu_score", fusion_weight=1.0)
+    got, cut, _ = selected_ids(tmp_path, [str(score_file)], 0.2, policy, [("s0", str(corpus_file))])
+    ranks = dict(zip(cut["id"], cut["rank_quality"], strict=True))
+    assert ranks == {f"q{i}": n - i for i in range(n)}  # by the scored rows' edu_score 0..9, highest first
+    assert got == {"q9", "q8"}

@@ -7,8 +7,10 @@ without ids, in every format. Only the rows the scorer scores are read: a row it
 empty text, a later row repeating an id) is left out.
 
 DuckDB reads a plain Parquet shard with an id column in place (`con.read_parquet`, fsspec for object
-stores); any other shard (JSON Lines, Arrow, generated ids, dotted paths) is loaded batch by batch into a
-table of the connection holding just those columns.
+stores) when no id occurs twice in it (one scan of the id column says so); any other shard (JSON Lines, Arrow,
+generated ids, dotted paths, repeated ids) is loaded batch by batch into a table of the connection holding
+just those columns. A shard that repeats an id must go through the reader, which keeps the scorer's row of
+it: read in place, a join by (shard, id) would also find the copies scoring set aside.
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def duckdb_relation(
     con, source: ShardSource, columns: Columns, extra: Sequence[str] = (), read_in_place: bool = True
 ):
     """A DuckDB relation over the shard with `id, text, *extra`, and the extra columns it has. A shard DuckDB
-    cannot read in place (or `read_in_place` False) is loaded batch by batch through the reader, which sets
-    aside the rows it quarantines, into a table of the connection (spilled to its temp directory when large).
-    A missing text or id column is an InputError naming the shard and setting."""
+    cannot read in place (or `read_in_place` False, or one that repeats an id) is loaded batch by batch
+    through the reader, which sets aside the rows it quarantines, into a table of the connection (spilled to
+    its temp directory when large). A missing text or id column is an InputError naming the shard and
+    setting."""
     import duckdb
 
     if read_in_place and in_place(source, columns):
@@ -108,7 +111,8 @@ def duckdb_relation(
             duckdb.ColumnExpression(columns.text).alias("text"),
             *[duckdb.ColumnExpression(c) for c in present],
         ]
-        return rel.select(*picked), present
+        if unique_ids(rel.select(*picked[:1])):
+            return rel.select(*picked), present
     table = "shard_columns_" + sha256_hex("\0".join([source.key, source.uri, *extra]).encode(), 16)
     present: set[str] = set()
     created = False
@@ -130,6 +134,13 @@ def duckdb_relation(
         empty = pl.DataFrame(schema={"id": pl.String, "text": pl.String, **dict.fromkeys(extra, pl.Float64)})
         con.from_arrow(empty.to_arrow()).create(table)
     return con.table(table), [c for c in extra if c in present]
+
+
+def unique_ids(ids) -> bool:
+    """No id of the relation `ids(id)` occurs twice, and none is null (a null or repeated id is the reader's
+    to set aside)."""
+    ((rows, distinct),) = ids.aggregate("count(*), count(DISTINCT id)").fetchall()
+    return rows == distinct
 
 
 def register_fsspec(con, uri: str) -> None:
