@@ -8,24 +8,22 @@
 
 A check runs after its asset in the same run (the jobs, backfills and automation runs that select the asset
 select its checks). A failed blocking check fails its step, so the assets after it in that run are not
-materialized. The score checks are partitioned (a Dagster preview feature): a run of several partitions (a
-Slurm backfill's run) yields no output for them to follow, so `document_scores` reports the same checks per
-partition itself in such a run. They cannot run without their asset (dagster 1.13 refuses a checks-only
-partitioned run), so to check a score table again, materialize
-its partition again: an unchanged shard is reused, not re-scored, and its checks read the files as they are.
-`domain_cut` also refuses, in any run, score tables that fail the score checks now, so a table damaged after
-its run never reaches a cut.
+materialized. The score checks are declared on `document_scores` itself (`check_specs`, partitioned: a
+Dagster preview feature) and run at the end of the scoring step, per partition, also in a Slurm backfill's
+run of several partitions. As their own step they cost each partition a second process (a second pod on
+Kubernetes): about 3 s of every run's 4 s between the scoring step's end and the run's end, measured with
+benchmarks/graph_load.py. To check a score table again, materialize its partition again: an unchanged
+shard is reused, not re-scored, and its checks read the files as they are. `domain_cut` also refuses, in any
+run, score tables that fail the score checks now, so a table damaged after its run never reaches a cut.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from ai_assets.document_scores import document_scores, score_output_checks
 from ai_assets.domain_cut import domain_cut
 from ai_assets.metadata import check_metadata
 from ai_assets.mixed_corpus import mixed_corpus
-from ai_assets.partitions import shard_partitions
 from ai_assets.pretraining_manifest import pretraining_manifest
 from attention_influence import checks
 from attention_influence.audit import read_provenance
@@ -45,29 +43,6 @@ def _result(asset, check: checks.Check) -> dg.AssetCheckResult:
 
 def _spec(asset, name: str, description: str, **kwargs) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description, **kwargs)
-
-
-@dg.multi_asset_check(
-    specs=[
-        _spec(
-            document_scores,
-            checks.RECONCILE,
-            "Documents considered (the shard's rows, after any limit) = rows of the score table + rows of "
-            "its quarantine table, counted from the files.",
-            partitions_def=shard_partitions,
-        ),
-        _spec(
-            document_scores,
-            checks.IDS_UNIQUE,
-            "No id repeated or null in the score table.",
-            partitions_def=shard_partitions,
-        ),
-    ],
-    name="document_scores_checks",
-)
-def document_scores_checks(context, workdir: Workdir):
-    for check in score_output_checks(workdir, context.partition_key):
-        yield _result(document_scores, check)
 
 
 @dg.multi_asset_check(
@@ -120,4 +95,4 @@ def mixed_corpus_check(workdir: Workdir) -> dg.AssetCheckResult:
     return _result(mixed_corpus, checks.mixed_corpus_check(files, manifest))
 
 
-CHECKS = [document_scores_checks, domain_cut_checks, pretraining_manifest_check, mixed_corpus_check]
+CHECKS = [domain_cut_checks, pretraining_manifest_check, mixed_corpus_check]

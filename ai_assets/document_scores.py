@@ -22,6 +22,7 @@ from ai_assets.metadata import check_metadata, heads_text, markdown_table, peak_
 from ai_assets.partitions import corpus_shard, shard_partitions
 from ai_assets.retrieval_heads import retrieval_heads
 from ai_assets.selector_model import selector_model
+from attention_influence import checks
 from attention_influence.code_versions import code_version
 from attention_influence.head_selection import HeadSetError, require_model
 from attention_influence.io.corpus import CorpusError, Shard
@@ -145,28 +146,43 @@ def _metadata(record: dict, request: "ShardScoring", device: str, reused: bool) 
 
 def score_output_checks(workdir: Workdir, key: str) -> list:
     """The score checks of one shard's output as it is on disk (`attention_influence.checks`)."""
-    from attention_influence.checks import score_output_checks as checks_of
-
     record = workdir.score_record(key)
-    return checks_of(key, workdir.score_path(key), workdir.score_quarantine_path(key), record)
+    score, quarantine = workdir.score_path(key), workdir.score_quarantine_path(key)
+    return checks.score_output_checks(key, score, quarantine, record)
 
 
-def _range_checks(context: dg.AssetExecutionContext, keys: list[str], workdir: Workdir):
-    """A run of several partitions (a Slurm backfill's run) yields no output, so Dagster does not run the
-    partitioned score checks (`asset_checks.document_scores_checks`) after it: the same checks, per
-    partition, as check evaluations of this step; the failed ones as lines naming the partition."""
+def _check_specs() -> list[dg.AssetCheckSpec]:
+    """The score checks, on the asset itself: they run at the end of the scoring step (no second step, no
+    second process or pod per partition) and, blocking, fail it, so nothing after it in the run reads a
+    table that fails them."""
+    described = {
+        checks.RECONCILE: "Documents considered (the shard's rows, after any limit) = rows of the score "
+        "table + rows of its quarantine table, counted from the files.",
+        checks.IDS_UNIQUE: "No id repeated or null in the score table.",
+    }
+    return [
+        dg.AssetCheckSpec(
+            name, asset="document_scores", blocking=True, description=text, partitions_def=shard_partitions
+        )
+        for name, text in described.items()
+    ]
+
+
+def _score_checks(context: dg.AssetExecutionContext, keys: list[str], workdir: Workdir):
+    """The selected score checks of each partition's table as it is on disk: one check result each (one
+    partition), or per-partition check evaluations (a Slurm backfill's run of several); the failed ones as
+    lines naming the partition."""
+    selected = {k.name for k in context.selected_asset_check_keys}
     failed = []
     for key in keys:
-        for check in score_output_checks(workdir, key):
-            yield dg.AssetCheckEvaluation(
-                asset_key=context.asset_key,
-                check_name=check.name,
-                passed=check.passed,
-                metadata=check_metadata(check),
-                description=check.found,
-                blocking=True,
-                partition=key,
-            )
+        for check in (c for c in score_output_checks(workdir, key) if c.name in selected):
+            common = {"passed": check.passed, "metadata": check_metadata(check), "description": check.found}
+            if len(context.partition_keys) == 1:
+                yield dg.AssetCheckResult(check_name=check.name, **common)
+            else:
+                yield dg.AssetCheckEvaluation(
+                    asset_key=context.asset_key, check_name=check.name, blocking=True, partition=key, **common
+                )
             if not check.passed:
                 failed.append(f"{key}: {check.name}: {check.found}")
     return failed
@@ -224,16 +240,25 @@ def _score(
     return records, errors
 
 
-@dg.asset(
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "document_scores",
+            deps=[retrieval_heads, selector_model, corpus_shard],
+            code_version=code_version("document_scores"),
+            group_name="selection",
+            kinds={"parquet", "pytorch"},
+            skippable=True,  # a range of partitions is materialized partition by partition (Slurm arrays)
+            partitions_def=shard_partitions,
+            description="Per-document AttentionInfluence score (L_ref - L_base) / L_base for one shard, "
+            "with loss_base, loss_ref, n_tokens, head_set_id, shard and model; rejected rows go to a "
+            "quarantine file.",
+        )
+    ],
+    check_specs=_check_specs(),
+    can_subset=True,  # the checks may be left out of a run's selection
     partitions_def=shard_partitions,
-    deps=[retrieval_heads, selector_model, corpus_shard],
     pool=GPU_POOL,
-    code_version=code_version("document_scores"),
-    group_name="selection",
-    kinds={"parquet", "pytorch"},
-    output_required=False,  # a range of partitions is materialized partition by partition (Slurm arrays)
-    description="Per-document AttentionInfluence score (L_ref - L_base) / L_base for one shard, with "
-    "loss_base, loss_ref, n_tokens, head_set_id, shard and model; rejected rows go to a quarantine file.",
 )
 def document_scores(
     context: dg.AssetExecutionContext,
@@ -272,7 +297,6 @@ def document_scores(
     todo = [k for k in keys if k not in records]
     scored, errors = _score(context, todo, requests, heads_doc, model, ray_cluster, slurm_cluster)
     records.update(scored)
-    failed_checks = []
     if len(keys) == 1 and not errors:
         (key,) = keys
         record = records[key]
@@ -291,7 +315,7 @@ def document_scores(
                 metadata=metadata,
                 tags=_version_tags(context.instance, key, record["data_version"]),
             )
-        failed_checks = yield from _range_checks(context, [k for k in keys if k in records], workdir)
+    failed_checks = yield from _score_checks(context, [k for k in keys if k in records], workdir)
     problems = [f"{len(errors)} of {len(keys)} shard(s) failed on Slurm:"] if errors else []
     problems += [f"{key}: {error}" for key, error in errors.items()]
     if failed_checks:

@@ -46,7 +46,7 @@ def scored_shards(instance: dg.DagsterInstance, workdir: Workdir) -> tuple[list[
 
 
 def refuse_damaged_tables(shards: list[dict], files: list[str], workdir: Workdir) -> None:
-    """The score checks (`document_scores_checks`) on every table as it is now: a table damaged after its
+    """The score checks (`document_scores`' own) on every table as it is now: a table damaged after its
     run (rows lost or repeated) stops the cut, naming the shard, instead of reaching it."""
     quarantines = [workdir.score_quarantine_path(s["key"]) for s in shards]
     tables = [(s["key"], f, q, s) for s, f, q in zip(shards, files, quarantines, strict=True)]

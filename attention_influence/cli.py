@@ -11,6 +11,7 @@ import sys
 
 from attention_influence.commands import bench, configuration, model, post_training, selection, training
 from attention_influence.config import ConfigError, Loaded, load_config, parse_value
+from attention_influence.process_exit import skip_exit_collections
 
 GROUPS = (configuration, selection, bench, training, post_training, model)  # in `--help` order
 
@@ -54,6 +55,7 @@ def build_parser(loaded: Loaded | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_exit_collections()
     try:
         loaded, rest = load_from_flags(argv)
     except ConfigError as exc:

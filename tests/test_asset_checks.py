@@ -125,7 +125,7 @@ def test_a_rerun_that_reuses_a_damaged_table_blocks_the_cut_in_its_run(graph):
     assert materialized == ["document_scores"]  # reused, then blocked: no domain_cut
     assert not [e for e in result.all_events if e.step_key == "domain_cut"]  # never started ...
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
-    assert "Dependencies for step domain_cut failed: ['document_scores_checks']. Not executing." in logs
+    assert "Dependencies for step domain_cut failed: ['document_scores']. Not executing." in logs
 
     result = rerun(run_config={"ops": {"document_scores": {"config": {"force": True}}}})
     assert result.success
@@ -161,3 +161,34 @@ def test_a_run_of_a_partition_range_checks_each_partition(graph):
     assert failed == {(damaged, checks.RECONCILE), (damaged, checks.IDS_UNIQUE)}
     unique = latest(instance, "document_scores", checks.IDS_UNIQUE, damaged)
     assert not unique.passed and f"{table.height + 1} rows" in unique.description
+
+
+def test_the_score_checks_run_in_the_scoring_step_and_can_be_left_out(graph):
+    """The score checks are the scoring step's own (no second step, so no second process or pod per
+    partition); a selection without them scores (here: reuses) the partition and evaluates none."""
+    instance, resources, key = graph["instance"], graph["resources"], graph["keys"][0]
+
+    def rerun(selection):
+        return dg.materialize(
+            [*SELECTION_ASSETS, *CHECKS],
+            selection=selection,
+            instance=instance,
+            resources=resources,
+            partition_key=key,
+        )
+
+    result = rerun(["document_scores"])
+    steps = {e.step_key for e in result.all_events if e.step_key}
+    evaluations = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert steps == {"document_scores"}
+    assert sorted(e.asset_check_evaluation_data.check_name for e in evaluations) == sorted(
+        [checks.RECONCILE, checks.IDS_UNIQUE]
+    )
+    assert all(e.asset_check_evaluation_data.partition == key for e in evaluations)
+    assert all(e.asset_check_evaluation_data.passed for e in evaluations)
+
+    result = rerun(dg.AssetSelection.assets("document_scores").without_checks())
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == [
+        "document_scores"
+    ]
+    assert not [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]

@@ -159,4 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from attention_influence.process_exit import skip_exit_collections
+
+    skip_exit_collections()  # the task's array slot is free 1.4 s sooner
     sys.exit(main())
