@@ -157,7 +157,7 @@ def test_no_upward_imports(package, forbidden):
 # The library's parts, lowest layer first: a module imports its own part and the parts of lower layers only.
 # A new part must be placed here (docs/code_map.md shows the same order).
 LAYERS = [
-    {"settings", "rounding", "devices", "code_versions", "presets"},
+    {"settings", "rounding", "devices", "code_versions", "presets", "process_exit"},
     {"io", "config", "bench_flags"},
     {"audit", "influence"},
     {"shards"},
