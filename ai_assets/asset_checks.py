@@ -41,8 +41,8 @@ def _result(asset, check: checks.Check) -> dg.AssetCheckResult:
     )
 
 
-def _spec(asset, name: str, description: str, **kwargs) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description, **kwargs)
+def _spec(asset, name: str, description: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description)
 
 
 @dg.multi_asset_check(

@@ -110,6 +110,23 @@ def materialize_head_set(instance: dg.DagsterInstance, resources: dict) -> list[
     return sorted(instance.get_dynamic_partitions("corpus_shards"))
 
 
+def materialize_selection(
+    instance: dg.DagsterInstance, resources: dict, selection, **kwargs
+) -> dg.ExecuteInProcessResult:
+    """The selection group's assets and the asset checks (one partitions definition: the corpus shards),
+    `selection` of them materialized in this process; a failed run is returned, not raised."""
+    from ai_assets.definitions import CHECKS, SELECTION_ASSETS
+
+    return dg.materialize(
+        [*SELECTION_ASSETS, *CHECKS],
+        selection=selection,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        **kwargs,
+    )
+
+
 def run_whole_graph(instance: dg.DagsterInstance, resources: dict) -> list[str]:
     """Observe the sources, register shards, materialize everything; returns the shard keys."""
     from ai_assets.definitions import ASSETS

@@ -7,10 +7,10 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 import pytest
-from graph_helpers import build_corpus, graph_resources
+from graph_helpers import build_corpus, graph_resources, materialize_selection
 
 from ai_assets.asset_checks import CHECKS
-from ai_assets.definitions import ASSETS, SELECTION_ASSETS
+from ai_assets.definitions import ASSETS
 from ai_assets.materialize import materialize_all
 from attention_influence import checks
 
@@ -104,15 +104,8 @@ def test_a_rerun_that_reuses_a_damaged_table_blocks_the_cut_in_its_run(graph):
     table.slice(1).write_parquet(path)  # one row lost
 
     def rerun(**kwargs):
-        selection = ["document_scores", "domain_cut"]
-        return dg.materialize(  # the selection group only: one partitions definition (corpus shards)
-            [*SELECTION_ASSETS, *CHECKS],
-            selection=selection,
-            instance=instance,
-            resources=resources,
-            partition_key=key,
-            raise_on_error=False,
-            **kwargs,
+        return materialize_selection(
+            instance, resources, ["document_scores", "domain_cut"], partition_key=key, **kwargs
         )
 
     result = rerun()
@@ -141,13 +134,11 @@ def test_a_run_of_a_partition_range_checks_each_partition(graph):
     path = work / "scores" / f"{damaged}.parquet"
     table = pl.read_parquet(path)
     pl.concat([table, table.head(1)]).write_parquet(path)  # one row written twice
-    result = dg.materialize(
-        [*SELECTION_ASSETS, *CHECKS],
-        selection=["document_scores"],
-        instance=instance,
-        resources=resources,
+    result = materialize_selection(
+        instance,
+        resources,
+        ["document_scores"],
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[2]},
-        raise_on_error=False,
     )
     assert not result.success  # the damaged partition's blocking check fails the run
     evaluations = {
@@ -168,16 +159,8 @@ def test_the_score_checks_run_in_the_scoring_step_and_can_be_left_out(graph):
     partition); a selection without them scores (here: reuses) the partition and evaluates none."""
     instance, resources, key = graph["instance"], graph["resources"], graph["keys"][0]
 
-    def rerun(selection):
-        return dg.materialize(
-            [*SELECTION_ASSETS, *CHECKS],
-            selection=selection,
-            instance=instance,
-            resources=resources,
-            partition_key=key,
-        )
-
-    result = rerun(["document_scores"])
+    result = materialize_selection(instance, resources, ["document_scores"], partition_key=key)
+    assert result.success
     steps = {e.step_key for e in result.all_events if e.step_key}
     evaluations = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert steps == {"document_scores"}
@@ -187,7 +170,9 @@ def test_the_score_checks_run_in_the_scoring_step_and_can_be_left_out(graph):
     assert all(e.asset_check_evaluation_data.partition == key for e in evaluations)
     assert all(e.asset_check_evaluation_data.passed for e in evaluations)
 
-    result = rerun(dg.AssetSelection.assets("document_scores").without_checks())
+    selection = dg.AssetSelection.assets("document_scores").without_checks()
+    result = materialize_selection(instance, resources, selection, partition_key=key)
+    assert result.success
     assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == [
         "document_scores"
     ]

@@ -16,9 +16,9 @@ import time
 import dagster as dg
 import polars as pl
 import pytest
-from graph_helpers import graph_resources, materialize_head_set, write_shard
+from graph_helpers import graph_resources, materialize_head_set, materialize_selection, write_shard
 
-from ai_assets.definitions import CHECKS, SELECTION_ASSETS
+from ai_assets.definitions import SELECTION_ASSETS
 from ai_assets.document_scores import document_scores
 
 KEY = "web__web-0"
@@ -50,15 +50,7 @@ def fill_when_parts(parts_dir, n: int, filler, stop: threading.Event) -> None:
 
 def score(instance, resources):
     """The shard's `document_scores` partition with its checks, in this process."""
-    selection = [document_scores]
-    return dg.materialize(
-        [*SELECTION_ASSETS, *CHECKS],
-        selection=selection,
-        instance=instance,
-        resources=resources,
-        partition_key=KEY,
-        raise_on_error=False,
-    )
+    return materialize_selection(instance, resources, [document_scores], partition_key=KEY)
 
 
 def test_disk_full_during_a_chunk_write_then_resume(tmp_path, tmpfs, tiny_model_dir):
